@@ -61,7 +61,9 @@ impl AwsProvider {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(settings.connect_timeout)
-                    .operation_attempt_timeout(settings.operation_timeout / settings.max_attempts.max(1))
+                    .operation_attempt_timeout(
+                        settings.operation_timeout / settings.max_attempts.max(1),
+                    )
                     .operation_timeout(settings.operation_timeout)
                     .build(),
             )
@@ -102,7 +104,9 @@ impl CloudProvider for AwsProvider {
             .await
             .map_err(map_sdk_error)?;
 
-        let credentials = output.credentials().ok_or_else(|| invalid("no Credentials element"))?;
+        let credentials = output
+            .credentials()
+            .ok_or_else(|| invalid("no Credentials element"))?;
         let expiration = credentials.expiration();
         let expires_at = OffsetDateTime::from_unix_timestamp(expiration.secs())
             .map_err(|_| invalid("Expiration out of range"))?;
@@ -147,7 +151,12 @@ where
             // Throttling and AWS-side faults are "try again", not "fix your role".
             if matches!(
                 code.as_str(),
-                "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "ServiceUnavailable" | "InternalFailure" | "IDPCommunicationError"
+                "Throttling"
+                    | "ThrottlingException"
+                    | "RequestLimitExceeded"
+                    | "ServiceUnavailable"
+                    | "InternalFailure"
+                    | "IDPCommunicationError"
             ) {
                 ProviderError::Unavailable {
                     provider: ProviderKind::Aws,

@@ -1,0 +1,173 @@
+//! `POST /v1/credentials`: a bearer token and a stack in, a credential out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use stackpass_provider::{CredentialSecret, ProviderKind};
+use time::format_description::well_known::Rfc3339;
+
+use super::{Problem, RequestId};
+use crate::broker::{Broker, BrokerError, CredentialRequest, RequestContext};
+use crate::identity::IdentityError;
+use crate::stacks::StackRef;
+
+/// STS's own bounds for a session.
+const MIN_DURATION_SECONDS: u64 = 900;
+const MAX_DURATION_SECONDS: u64 = 43_200;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    stack: String,
+    provider: String,
+    duration_seconds: Option<u64>,
+}
+
+pub async fn issue(
+    State(broker): State<Arc<Broker>>,
+    Extension(request_id): Extension<RequestId>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let id = request_id.0.clone();
+    match handle(&broker, request_id, client, &headers, body).await {
+        Ok(response) => response,
+        Err(problem) => problem.with_request_id(&id).into_response(),
+    }
+}
+
+async fn handle(
+    broker: &Broker,
+    request_id: RequestId,
+    client: SocketAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let context = RequestContext {
+        request_id: request_id.0,
+        client_addr: Some(client.ip().to_string()),
+    };
+    // Authenticate first: an anonymous caller learns nothing, not even request syntax.
+    let token =
+        bearer_token(headers).map_err(|e| Problem::from_broker_error(&BrokerError::Identity(e)))?;
+    let principal = broker
+        .authenticate(&context, &token)
+        .await
+        .map_err(|e| Problem::from_broker_error(&e))?;
+    let request = parse_body(headers, body)?;
+    let issued = broker
+        .issue(&context, principal, &request)
+        .await
+        .map_err(|e| Problem::from_broker_error(&e))?;
+
+    let CredentialSecret::Aws {
+        access_key_id,
+        secret_access_key,
+        session_token,
+        assumed_role_arn,
+    } = &issued.credential.secret;
+    let expires_at = issued.expires_at.format(&Rfc3339).unwrap_or_default();
+    let body = serde_json::json!({
+        "issuance_id": issued.issuance_id,
+        "requester": issued.requester.to_string(),
+        "stack": issued.stack.to_string(),
+        "provider": issued.credential.provider,
+        "rule": issued.rule,
+        "role": issued.role,
+        "duration_seconds": issued.duration.as_secs(),
+        "expires_at": expires_at,
+        "credentials": {
+            "access_key_id": access_key_id,
+            "secret_access_key": secret_access_key.expose_secret(),
+            "session_token": session_token.expose_secret(),
+            "assumed_role_arn": assumed_role_arn,
+        },
+    });
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+fn bearer_token(headers: &HeaderMap) -> Result<SecretString, IdentityError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(IdentityError::Missing)?
+        .to_str()
+        .map_err(|_| IdentityError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(IdentityError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(IdentityError::Missing);
+    }
+    Ok(SecretString::from(token.trim().to_owned()))
+}
+
+fn parse_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<CredentialRequest, Problem> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "the request body must be JSON",
+            "send Content-Type: application/json",
+        ));
+    }
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+                "the request body exceeds the broker's limit",
+                "a credential request is a small JSON object; send only stack, provider and duration_seconds",
+            )
+        } else {
+            Problem::invalid_request("the request body could not be read")
+        }
+    })?;
+    let body: Body = serde_json::from_slice(&bytes)
+        .map_err(|e| Problem::invalid_request(format!("invalid JSON body: {e}")))?;
+    let stack =
+        StackRef::parse(&body.stack).map_err(|e| Problem::invalid_request(e.to_string()))?;
+    let provider: ProviderKind =
+        body.provider
+            .parse()
+            .map_err(|e: stackpass_provider::UnknownProvider| {
+                Problem::invalid_request(e.to_string())
+            })?;
+    let duration = match body.duration_seconds {
+        None => None,
+        Some(seconds) if (MIN_DURATION_SECONDS..=MAX_DURATION_SECONDS).contains(&seconds) => {
+            Some(Duration::from_secs(seconds))
+        }
+        Some(seconds) => {
+            return Err(Problem::invalid_request(format!(
+                "duration_seconds is {seconds}; it must be between {MIN_DURATION_SECONDS} and {MAX_DURATION_SECONDS}"
+            )))
+        }
+    };
+    Ok(CredentialRequest {
+        stack,
+        provider,
+        duration,
+    })
+}

@@ -1,0 +1,217 @@
+//! The HTTP API (axum). Handlers stay thin: extract, call the broker, map errors
+//! through [`Problem`]. Cross-cutting concerns are tower layers around the router:
+//! request ids, tracing, body size limit, timeout, concurrency limit, panic catching.
+
+mod credentials;
+mod problem;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use tower::ServiceBuilder;
+use tracing::Instrument;
+use uuid::Uuid;
+
+pub use problem::Problem;
+
+use crate::broker::Broker;
+use crate::config::ServerConfig;
+
+/// The id of one HTTP request: echoed in `x-request-id`, in every problem body and
+/// in every audit record, so a user's report can be matched to the logs.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
+    Router::new()
+        .route("/v1/credentials", post(credentials::issue))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/jwks.json", get(jwks))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn(request_id))
+                .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                    panic_response,
+                ))
+                .layer(HandleErrorLayer::new(overloaded_or_timed_out))
+                .load_shed()
+                .concurrency_limit(config.max_concurrent_requests)
+                .timeout(config.request_timeout),
+        )
+        .with_state(broker)
+}
+
+/// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Accepts a caller's `x-request-id` only if it is short and plain, so it cannot
+/// forge log lines or bloat audit rows; otherwise mints a UUID.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = async move {
+        let response = next.run(request).await;
+        tracing::info!(status = response.status().as_u16(), "handled");
+        response
+    }
+    .instrument(span)
+    .await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn overloaded_or_timed_out(
+    Extension(id): Extension<RequestId>,
+    error: tower::BoxError,
+) -> Problem {
+    let problem = if error.is::<tower::timeout::error::Elapsed>() {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "Request timed out",
+            "the broker did not finish this request in time; nothing was issued",
+            "retry; if it persists, a dependency (catalog, cloud, audit store) is slow",
+        )
+    } else {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Broker overloaded",
+            "the broker is at its concurrency limit",
+            "retry with backoff",
+        )
+    };
+    problem.with_request_id(&id.0)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal error",
+        "the broker failed while handling this request; nothing was issued",
+        "report the time of the request to the operator",
+    )
+    .into_response()
+}
+
+async fn not_found(Extension(id): Extension<RequestId>) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        "no such endpoint",
+        "see the README for the API",
+    )
+    .with_request_id(&id.0)
+}
+
+async fn method_not_allowed(Extension(id): Extension<RequestId>) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "this endpoint does not accept that method",
+        "see the README for the API",
+    )
+    .with_request_id(&id.0)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(
+    State(broker): State<Arc<Broker>>,
+    Extension(id): Extension<RequestId>,
+) -> Response {
+    match broker.ready().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(reason) => {
+            tracing::warn!(%reason, "not ready");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-ready",
+                "Not ready",
+                "the audit store or the signing key is not usable",
+                "the operator should check the broker's logs",
+            )
+            .with_request_id(&id.0)
+            .into_response()
+        }
+    }
+}
+
+/// Clouds cache these documents; an hour keeps rotations visible within a day.
+fn cacheable(body: serde_json::Value) -> Response {
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    response
+}
+
+async fn discovery(State(broker): State<Arc<Broker>>) -> Response {
+    cacheable(broker.issuer.discovery_document())
+}
+
+async fn jwks(State(broker): State<Arc<Broker>>) -> Response {
+    cacheable(broker.issuer.jwks())
+}

@@ -1,0 +1,186 @@
+//! RFC 9457 problem details: the single place where errors become HTTP responses.
+//! Every problem carries a stable `type`, a `detail` saying what happened, a `hint`
+//! saying what to do, and the request id, so a user can quote it to an operator.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use stackpass_provider::ProviderError;
+
+use crate::broker::BrokerError;
+use crate::identity::IdentityError;
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    #[serde(serialize_with = "serialize_status")]
+    pub status: StatusCode,
+    pub detail: String,
+    pub hint: &'static str,
+    pub request_id: String,
+    /// For denials: each rule considered and why it did not match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<serde_json::Value>,
+}
+
+fn serialize_status<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u16(status.as_u16())
+}
+
+impl Problem {
+    pub fn new(
+        status: StatusCode,
+        slug: &str,
+        title: &'static str,
+        detail: impl Into<String>,
+        hint: &'static str,
+    ) -> Self {
+        Problem {
+            kind: format!("urn:stackpass:problem:{slug}"),
+            title,
+            status,
+            detail: detail.into(),
+            hint,
+            request_id: String::new(),
+            rules: None,
+        }
+    }
+
+    pub fn with_request_id(mut self, request_id: &str) -> Self {
+        self.request_id = request_id.to_owned();
+        self
+    }
+
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            "Invalid request",
+            detail,
+            "send {\"stack\": \"pulumi:ORG/PROJECT/STACK\", \"provider\": \"aws\", \"duration_seconds\": 900}",
+        )
+    }
+
+    pub fn from_broker_error(error: &BrokerError) -> Self {
+        match error {
+            BrokerError::Identity(e) => from_identity_error(e),
+            BrokerError::ProviderNotEnabled(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "provider-not-enabled",
+                "Provider not enabled",
+                error.to_string(),
+                "ask for a provider this broker has configured, or ask the platform team to enable it",
+            ),
+            BrokerError::UnknownStack(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-stack",
+                "Unknown stack",
+                error.to_string(),
+                "check the stack reference (pulumi:ORG/PROJECT/STACK or terraform:ORG/WORKSPACE) or register the stack",
+            ),
+            BrokerError::Denied(denial) => Problem {
+                rules: Some(serde_json::to_value(&denial.rules).unwrap_or_default()),
+                ..Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "denied",
+                    "Denied by policy",
+                    denial.summary.clone(),
+                    "each listed rule says why it did not match; ask the stack's owning team or the platform team for access",
+                )
+            },
+            BrokerError::Catalog(e) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "catalog-unavailable",
+                "Catalog unavailable",
+                e.to_string(),
+                "retry shortly; if it persists, the operator should check the Backstage catalog",
+            ),
+            BrokerError::StackSource(e) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stack-source-unavailable",
+                "Stack source unavailable",
+                e.to_string(),
+                "retry shortly; if it persists, the operator should check the stack source",
+            ),
+            BrokerError::Audit(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit-unavailable",
+                "Audit log unavailable",
+                "the audit log could not record this request, so no credential was issued",
+                "retry shortly; if it persists, the operator should check the audit store",
+            ),
+            BrokerError::Provider(e) => from_provider_error(e),
+            BrokerError::Issuer(_) | BrokerError::Internal(_) => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the broker failed while handling this request; nothing was issued",
+                "report the request id to the operator",
+            ),
+        }
+    }
+}
+
+fn from_identity_error(error: &IdentityError) -> Problem {
+    if error.is_unavailable() {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "identity-unavailable",
+            "Identity provider unavailable",
+            "the token issuer's signing keys could not be fetched",
+            "retry shortly; if it persists, the operator should check the identity issuer",
+        );
+    }
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "Authentication failed",
+        error.to_string(),
+        "send a current Backstage identity token as Authorization: Bearer <token>",
+    )
+}
+
+fn from_provider_error(error: &ProviderError) -> Problem {
+    match error {
+        ProviderError::Rejected { .. } => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "cloud-refused",
+            "Cloud refused the exchange",
+            error.to_string(),
+            "the role's trust policy must trust this broker's issuer, audience and subject; ask the platform team",
+        ),
+        ProviderError::InvalidResponse { .. } => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "cloud-invalid-response",
+            "Cloud sent an unusable response",
+            error.to_string(),
+            "retry; if it persists, report the request id to the operator",
+        ),
+        ProviderError::Unavailable { .. } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cloud-unavailable",
+            "Cloud unreachable",
+            error.to_string(),
+            "retry shortly; if it persists, the operator should check connectivity to the cloud's token endpoint",
+        ),
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let unauthenticated = status == StatusCode::UNAUTHORIZED;
+        let mut response = (status, axum::Json(self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if unauthenticated {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,312 @@
+//! The issuance pipeline, wiring the stages together:
+//! authenticate → resolve stack → resolve ownership → decide → mint subject token →
+//! record intent → exchange → record outcome.
+//!
+//! Invariant: a credential leaves this module only after its outcome record is
+//! committed. Every decision about an authenticated principal is audited, allow
+//! and deny alike; a request that fails authentication is logged but not audited,
+//! because it is tied to nobody and would let anyone fill the audit log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use stackpass_provider::{CloudProvider, Credential, ExchangeRequest, ProviderError, ProviderKind};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::audit::{AuditError, AuditEvent, AuditRecord, AuditStore};
+use crate::catalog::{Catalog, CatalogError, EntityRef};
+use crate::identity::{IdentityError, Principal, Verifier};
+use crate::issuer::{aws_safe_name, Issuer, IssuerError, SubjectTokenRequest};
+use crate::policy::{self, Decision, Denial, Grant, PolicyInput, Rule};
+use crate::stacks::{Stack, StackRef, StackSource, StackSourceError};
+
+/// Facts about the HTTP request that belong in the audit log.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub client_addr: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialRequest {
+    pub stack: StackRef,
+    pub provider: ProviderKind,
+    pub duration: Option<Duration>,
+}
+
+/// A credential whose issuance is committed to the audit log.
+#[derive(Debug)]
+pub struct Issued {
+    pub issuance_id: Uuid,
+    pub requester: EntityRef,
+    pub stack: StackRef,
+    pub rule: String,
+    pub role: String,
+    pub duration: Duration,
+    pub expires_at: OffsetDateTime,
+    pub credential: Credential,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("provider {0} is not enabled on this broker")]
+    ProviderNotEnabled(ProviderKind),
+    #[error("stack {0} is not known to this broker")]
+    UnknownStack(StackRef),
+    #[error("{}", .0.summary)]
+    Denied(Denial),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    StackSource(#[from] StackSourceError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub struct Broker {
+    pub verifier: Verifier,
+    pub catalog: Arc<dyn Catalog>,
+    pub stacks: Arc<dyn StackSource>,
+    pub rules: Vec<Rule>,
+    pub issuer: Issuer,
+    pub providers: HashMap<ProviderKind, Arc<dyn CloudProvider>>,
+    pub audit: Arc<dyn AuditStore>,
+    pub component_tag: String,
+    pub environment_tag: String,
+}
+
+impl Broker {
+    pub async fn authenticate(
+        &self,
+        context: &RequestContext,
+        token: &SecretString,
+    ) -> Result<Principal, BrokerError> {
+        Ok(self.verifier.verify(token).await.inspect_err(|e| {
+            tracing::warn!(request_id = %context.request_id, client = ?context.client_addr, error = %e, "authentication failed");
+        })?)
+    }
+
+    pub async fn issue(
+        &self,
+        context: &RequestContext,
+        principal: Principal,
+        request: &CredentialRequest,
+    ) -> Result<Issued, BrokerError> {
+        let provider = self
+            .providers
+            .get(&request.provider)
+            .ok_or(BrokerError::ProviderNotEnabled(request.provider))?;
+        let template = base_record(context, &principal, request);
+
+        let Some(stack) = self.stacks.stack(&request.stack).await? else {
+            let mut record = template.derive(AuditEvent::Decision, "unknown_stack");
+            record.detail =
+                Some(serde_json::json!({ "reason": "the stack source does not know this stack" }));
+            self.audit.append(&[record]).await?;
+            return Err(BrokerError::UnknownStack(request.stack.clone()));
+        };
+
+        let component = stack.tags.get(&self.component_tag).and_then(|value| {
+            EntityRef::parse(value, Some("component"), "default")
+                .inspect_err(|e| tracing::warn!(stack = %stack.reference, error = %e, "stack's component tag is not an entity reference"))
+                .ok()
+        });
+        let (owner, groups) = tokio::join!(
+            async {
+                match &component {
+                    Some(component) => self.catalog.owner_of(component).await,
+                    None => Ok(None),
+                }
+            },
+            self.catalog.groups_of(&principal.subject)
+        );
+        let owner = owner?;
+        let principal = Principal {
+            groups: groups?,
+            ..principal
+        };
+        let environment = stack.tags.get(&self.environment_tag).map(String::as_str);
+
+        let decision = policy::decide(
+            &self.rules,
+            &PolicyInput {
+                principal: &principal,
+                stack: &stack,
+                component: component.as_ref(),
+                owner: owner.as_ref(),
+                environment,
+                provider: request.provider,
+                requested_duration: request.duration,
+            },
+        );
+        let mut decision_record = template.derive(AuditEvent::Decision, "");
+        decision_record.tags = Some(stack.tags.clone());
+        decision_record.component = component.as_ref().map(ToString::to_string);
+        decision_record.owner = owner.as_ref().map(ToString::to_string);
+
+        let grant = match decision {
+            Decision::Deny(denial) => {
+                decision_record.outcome = "denied".into();
+                decision_record.detail =
+                    Some(serde_json::to_value(&denial).expect("denials serialize"));
+                self.audit.append(&[decision_record]).await?;
+                tracing::info!(request_id = %context.request_id, requester = %principal.subject, stack = %stack.reference, "denied");
+                return Err(BrokerError::Denied(denial));
+            }
+            Decision::Allow(grant) => grant,
+        };
+        // The policy only allows stacks with a component and an owner; checked again
+        // here so that a future policy change cannot mint a token without them.
+        let (Some(component), Some(owner)) = (component, owner) else {
+            return Err(BrokerError::Internal(
+                "policy allowed a stack without a component owner".into(),
+            ));
+        };
+        self.exchange(
+            context,
+            &principal,
+            &stack,
+            &component,
+            &owner,
+            environment,
+            grant,
+            decision_record,
+            provider.as_ref(),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+        stack: &Stack,
+        component: &EntityRef,
+        owner: &EntityRef,
+        environment: Option<&str>,
+        grant: Grant,
+        mut decision_record: AuditRecord,
+        provider: &dyn CloudProvider,
+    ) -> Result<Issued, BrokerError> {
+        let issuance_id = Uuid::new_v4();
+        let subject_token = self.issuer.mint(&SubjectTokenRequest {
+            audience: provider.audience(),
+            provider: grant.provider,
+            stack: &stack.reference,
+            principal,
+            component,
+            owner,
+            environment,
+            rule: &grant.rule,
+            issuance_id,
+        })?;
+
+        decision_record.outcome = "allowed".into();
+        decision_record.rule = Some(grant.rule.clone());
+        decision_record.role = Some(grant.role.clone());
+        decision_record.duration_seconds = Some(grant.duration.as_secs() as i64);
+        decision_record.issuance_id = Some(issuance_id);
+        let mut intent = decision_record.derive(AuditEvent::IssuanceIntent, "pending");
+        intent.detail = Some(
+            serde_json::json!({ "subject_token_id": subject_token.jti, "session_policy": grant.session_policy.is_some() }),
+        );
+        self.audit
+            .append(&[decision_record.clone(), intent])
+            .await?;
+
+        let session_name = aws_safe_name(&principal.subject);
+        let result = provider
+            .exchange(ExchangeRequest {
+                subject_token: subject_token.token,
+                role: grant.role.clone(),
+                session_name,
+                duration: grant.duration,
+                session_policy: grant.session_policy.clone(),
+            })
+            .await;
+
+        let credential = match result {
+            Ok(credential) => credential,
+            Err(error) => {
+                let mut outcome = decision_record.derive(AuditEvent::IssuanceOutcome, "failed");
+                outcome.detail = Some(serde_json::json!({ "error": error.to_string() }));
+                if let Err(audit_error) = self.audit.append(&[outcome]).await {
+                    tracing::error!(request_id = %context.request_id, %issuance_id, error = %audit_error, "could not record a failed issuance");
+                }
+                tracing::warn!(request_id = %context.request_id, %issuance_id, error = %error, "the cloud refused the exchange");
+                return Err(error.into());
+            }
+        };
+
+        let mut outcome = decision_record.derive(AuditEvent::IssuanceOutcome, "issued");
+        outcome.credential_id = Some(credential.credential_id.clone());
+        outcome.expires_at = Some(credential.expires_at);
+        if let Err(error) = self.audit.append(&[outcome]).await {
+            // The credential exists at the cloud but is dropped here, unseen: without
+            // a committed record it must not reach the caller.
+            tracing::error!(request_id = %context.request_id, %issuance_id, credential_id = %credential.credential_id, error = %error,
+                "issued credential withheld: its audit record could not be committed");
+            return Err(error.into());
+        }
+        tracing::info!(request_id = %context.request_id, %issuance_id, requester = %principal.subject, stack = %stack.reference,
+            rule = %grant.rule, credential_id = %credential.credential_id, "issued");
+        Ok(Issued {
+            issuance_id,
+            requester: principal.subject.clone(),
+            stack: stack.reference.clone(),
+            rule: grant.rule,
+            role: grant.role,
+            duration: grant.duration,
+            expires_at: credential.expires_at,
+            credential,
+        })
+    }
+
+    /// Ready means: the audit store takes writes and the signing key signs.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.audit.ping().await.map_err(|e| e.to_string())?;
+        self.issuer.self_test().map_err(|e| e.to_string())
+    }
+}
+
+fn base_record(
+    context: &RequestContext,
+    principal: &Principal,
+    request: &CredentialRequest,
+) -> AuditRecord {
+    let mut record = AuditRecord::new(AuditEvent::Decision, "", &context.request_id);
+    record.requester = Some(principal.subject.to_string());
+    record.requester_kind = Some(principal.kind.as_str().to_owned());
+    record.actor = principal.actor.clone();
+    record.issuer = Some(principal.issuer.clone());
+    record.stack = Some(request.stack.to_string());
+    record.provider = Some(request.provider.to_string());
+    record.client_addr = context.client_addr.clone();
+    record
+}
+
+impl AuditRecord {
+    /// A new record (fresh id and time) carrying this one's context.
+    fn derive(&self, event: AuditEvent, outcome: &str) -> AuditRecord {
+        AuditRecord {
+            record_id: Uuid::new_v4(),
+            recorded_at: OffsetDateTime::now_utc(),
+            event,
+            outcome: outcome.to_owned(),
+            detail: None,
+            ..self.clone()
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `stackpass creds`: asks a broker for credentials and prints them as JSON, shell
+//! `export` lines, or the exact AWS `credential_process` format.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::CliError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Json,
+    Env,
+    CredentialProcess,
+}
+
+pub struct CredsArgs {
+    pub server: String,
+    pub token: SecretString,
+    pub stack: String,
+    pub provider: String,
+    pub duration: Option<Duration>,
+    pub format: OutputFormat,
+}
+
+#[derive(Deserialize)]
+struct Issued {
+    expires_at: String,
+    credentials: AwsCredentials,
+}
+
+#[derive(Deserialize)]
+struct AwsCredentials {
+    access_key_id: String,
+    secret_access_key: SecretString,
+    session_token: SecretString,
+}
+
+#[derive(Deserialize)]
+struct ProblemBody {
+    title: Option<String>,
+    detail: Option<String>,
+    hint: Option<String>,
+    request_id: Option<String>,
+    rules: Option<Vec<RuleMiss>>,
+}
+
+#[derive(Deserialize)]
+struct RuleMiss {
+    rule: String,
+    reasons: Vec<String>,
+}
+
+/// Reads the bearer token from a file (trimmed), for `--token-file`.
+pub fn read_token_file(path: &PathBuf) -> Result<SecretString, CliError> {
+    let token = std::fs::read_to_string(path).map_err(|e| {
+        CliError::new(
+            format!("could not read token file {}: {e}", path.display()),
+            "pass a readable --token-file or set STACKPASS_TOKEN",
+        )
+    })?;
+    Ok(SecretString::from(token.trim().to_owned()))
+}
+
+/// Fetches credentials and returns the text to print on stdout.
+pub async fn fetch_credentials(args: CredsArgs) -> Result<String, CliError> {
+    let base = args.server.trim_end_matches('/');
+    let url = format!("{base}/v1/credentials");
+    let mut body = serde_json::json!({ "stack": args.stack, "provider": args.provider });
+    if let Some(duration) = args.duration {
+        body["duration_seconds"] = duration.as_secs().into();
+    }
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| CliError::plain(format!("could not build an HTTP client: {e}")))?;
+    let response = client
+        .post(&url)
+        .bearer_auth(args.token.expose_secret())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| {
+            CliError::new(
+                format!(
+                    "could not reach the broker at {base}: {}",
+                    if e.is_timeout() {
+                        "timed out"
+                    } else {
+                        "connection failed"
+                    }
+                ),
+                "check --server / STACKPASS_URL and that the broker is running",
+            )
+        })?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| CliError::plain(format!("could not read the broker's answer: {e}")))?;
+    if !status.is_success() {
+        return Err(problem_error(status.as_u16(), &text));
+    }
+    let issued: Issued = serde_json::from_str(&text).map_err(|e| {
+        CliError::new(
+            format!("the broker's answer is not a credential: {e}"),
+            "check that --server points at a stackpass broker",
+        )
+    })?;
+    Ok(match args.format {
+        OutputFormat::Json => text,
+        OutputFormat::Env => format!(
+            "export AWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY={}\nexport AWS_SESSION_TOKEN={}\nexport AWS_CREDENTIAL_EXPIRATION={}",
+            issued.credentials.access_key_id,
+            issued.credentials.secret_access_key.expose_secret(),
+            issued.credentials.session_token.expose_secret(),
+            issued.expires_at
+        ),
+        OutputFormat::CredentialProcess => serde_json::json!({
+            "Version": 1,
+            "AccessKeyId": issued.credentials.access_key_id,
+            "SecretAccessKey": issued.credentials.secret_access_key.expose_secret(),
+            "SessionToken": issued.credentials.session_token.expose_secret(),
+            "Expiration": issued.expires_at,
+        })
+        .to_string(),
+    })
+}
+
+fn problem_error(status: u16, text: &str) -> CliError {
+    let Ok(problem) = serde_json::from_str::<ProblemBody>(text) else {
+        return CliError::new(
+            format!("the broker answered HTTP {status}"),
+            "check --server / STACKPASS_URL",
+        );
+    };
+    let mut message = format!(
+        "{} (HTTP {status}): {}",
+        problem.title.as_deref().unwrap_or("request failed"),
+        problem.detail.as_deref().unwrap_or("no detail")
+    );
+    for rule in problem.rules.iter().flatten() {
+        for reason in &rule.reasons {
+            message.push_str(&format!("\n  rule {}: {reason}", rule.rule));
+        }
+    }
+    if let Some(id) = problem.request_id {
+        message.push_str(&format!("\n  request id: {id}"));
+    }
+    CliError {
+        message,
+        hint: problem.hint,
+    }
+}

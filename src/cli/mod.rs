@@ -1,0 +1,45 @@
+//! The client-side and operator commands behind `stackpass creds`, `dev token`,
+//! `keys generate`, `config check` and `audit list`. Each returns a [`CliError`]:
+//! one line saying what went wrong and one hint saying what to do.
+
+mod creds;
+mod dev;
+
+use std::fmt;
+
+pub use creds::{fetch_credentials, read_token_file, CredsArgs, OutputFormat};
+pub use dev::{dev_token, DevTokenArgs};
+
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    pub fn new(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    pub fn plain(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            hint: None,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\nhint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CliError {}
