@@ -686,6 +686,13 @@ impl Config {
             }
         }
 
+        if self.audit.sqlite_path().is_none() {
+            problem(
+                "audit.url".into(),
+                format!("{:?} is not supported; use sqlite://PATH", self.audit.url),
+            );
+        }
+
         let enabled = self.providers.enabled();
         let mut rule_names = HashSet::new();
         for (i, rule) in self.policy.rules.iter().enumerate() {

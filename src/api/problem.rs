@@ -14,8 +14,8 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 
 #[derive(Debug, Serialize)]
 pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
+    #[serde(rename = "type", serialize_with = "serialize_type")]
+    pub kind: &'static str,
     pub title: &'static str,
     #[serde(serialize_with = "serialize_status")]
     pub status: StatusCode,
@@ -24,7 +24,12 @@ pub struct Problem {
     pub request_id: String,
     /// For denials: each rule considered and why it did not match.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rules: Option<serde_json::Value>,
+    pub rules: Option<Box<serde_json::Value>>,
+}
+
+/// Stable problem type URIs: `urn:stackpass:problem:{slug}`.
+fn serialize_type<S: serde::Serializer>(slug: &&'static str, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("urn:stackpass:problem:{slug}"))
 }
 
 fn serialize_status<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
@@ -34,13 +39,13 @@ fn serialize_status<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S
 impl Problem {
     pub fn new(
         status: StatusCode,
-        slug: &str,
+        slug: &'static str,
         title: &'static str,
         detail: impl Into<String>,
         hint: &'static str,
     ) -> Self {
         Problem {
-            kind: format!("urn:stackpass:problem:{slug}"),
+            kind: slug,
             title,
             status,
             detail: detail.into(),
@@ -83,7 +88,7 @@ impl Problem {
                 "check the stack reference (pulumi:ORG/PROJECT/STACK or terraform:ORG/WORKSPACE) or register the stack",
             ),
             BrokerError::Denied(denial) => Problem {
-                rules: Some(serde_json::to_value(&denial.rules).unwrap_or_default()),
+                rules: Some(Box::new(serde_json::to_value(&denial.rules).unwrap_or_default())),
                 ..Problem::new(
                     StatusCode::FORBIDDEN,
                     "denied",

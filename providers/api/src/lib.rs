@@ -93,7 +93,7 @@ pub enum CredentialSecret {
 /// policy or role), or the cloud could not be reached (retry later).
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("{provider} rejected the request: {message}")]
+    #[error("{provider} rejected the request ({code}): {message}")]
     Rejected {
         provider: ProviderKind,
         /// The cloud's own error code, e.g. `InvalidIdentityToken`.

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use secrecy::{ExposeSecret, SecretString};
 use stackpass_provider::{
@@ -138,10 +139,9 @@ fn invalid(message: &str) -> ProviderError {
 /// Splits SDK failures into "AWS said no" (the trust policy or role needs fixing)
 /// and "AWS could not be reached" (retry later). The token itself never appears in
 /// these messages: the SDK's errors carry only AWS's code and message.
-fn map_sdk_error<E, R>(error: SdkError<E, R>) -> ProviderError
+fn map_sdk_error<E>(error: SdkError<E, HttpResponse>) -> ProviderError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match &error {
         SdkError::ServiceError(service) => {
@@ -149,15 +149,17 @@ where
             let code = err.code().unwrap_or("Unknown").to_owned();
             let message = err.message().unwrap_or("no message").to_owned();
             // Throttling and AWS-side faults are "try again", not "fix your role".
-            if matches!(
-                code.as_str(),
-                "Throttling"
-                    | "ThrottlingException"
-                    | "RequestLimitExceeded"
-                    | "ServiceUnavailable"
-                    | "InternalFailure"
-                    | "IDPCommunicationError"
-            ) {
+            if service.raw().status().is_server_error()
+                || matches!(
+                    code.as_str(),
+                    "Throttling"
+                        | "ThrottlingException"
+                        | "RequestLimitExceeded"
+                        | "ServiceUnavailable"
+                        | "InternalFailure"
+                        | "IDPCommunicationError"
+                )
+            {
                 ProviderError::Unavailable {
                     provider: ProviderKind::Aws,
                     message: format!("{code}: {message}"),

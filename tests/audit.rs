@@ -1,0 +1,165 @@
+//! Fail closed: no credential leaves the broker unless its audit record is
+//! committed. And no secret ever reaches the logs.
+
+mod support;
+
+use serde_json::Value;
+use support::*;
+
+struct World {
+    backstage: BackstageDouble,
+    _moto: Moto,
+    sts: StsRecorder,
+    broker: Broker,
+}
+
+async fn world() -> World {
+    let backstage = BackstageDouble::start().await;
+    let moto = Moto::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Forward(moto.url.clone())).await;
+    let broker = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
+    World {
+        backstage,
+        _moto: moto,
+        sts,
+        broker,
+    }
+}
+
+/// Makes the audit store refuse some inserts, as a full disk or a broken database
+/// would, by adding a trigger from outside the broker.
+async fn break_audit_store(broker: &Broker, condition: &str) {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(broker.audit_path());
+    let mut conn = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse_writes BEFORE INSERT ON audit_records WHEN {condition} \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_audit_store_that_cannot_record_the_intent_means_503_and_no_cloud_call() {
+    let w = world().await;
+    break_audit_store(&w.broker, "1").await;
+    let token = w.backstage.user_token("user:default/jane");
+    let response = w
+        .broker
+        .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
+        .await;
+    response.assert_problem(503, "audit-unavailable");
+    assert!(
+        w.sts.calls().is_empty(),
+        "the cloud must not be called without a committed intent"
+    );
+    assert!(w.broker.audit_rows().await.is_empty());
+
+    // Denials are audited too, so they fail closed the same way.
+    let bob = w.backstage.user_token("user:default/bob");
+    let response = w
+        .broker
+        .request_credentials(Some(&bob), credential_request("pulumi:acme/payments/dev"))
+        .await;
+    response.assert_problem(503, "audit-unavailable");
+}
+
+#[tokio::test]
+async fn an_issued_credential_whose_outcome_cannot_be_recorded_is_withheld() {
+    let w = world().await;
+    break_audit_store(&w.broker, "NEW.event = 'issuance_outcome'").await;
+    let token = w.backstage.user_token("user:default/jane");
+    let response = w
+        .broker
+        .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
+        .await;
+    response.assert_problem(503, "audit-unavailable");
+    assert!(
+        !response.text.contains("ASIA"),
+        "no credential material in the error: {}",
+        response.text
+    );
+    assert_eq!(
+        w.sts.calls().len(),
+        1,
+        "the cloud was called after the intent was committed"
+    );
+
+    // The intent is on record, without an outcome: an operator can see that a
+    // credential was minted but never handed out.
+    let rows = w.broker.audit_rows().await;
+    let events: Vec<&str> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert_eq!(events, vec!["decision", "issuance_intent"]);
+    assert!(w.broker.logs().contains("issued credential withheld"));
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let w = world().await;
+    let token = w.backstage.user_token("user:default/jane");
+    let response = w
+        .broker
+        .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text);
+    let bob = w.backstage.user_token("user:default/bob");
+    w.broker
+        .request_credentials(Some(&bob), credential_request("pulumi:acme/payments/dev"))
+        .await;
+    let garbage = format!("{token}tampered");
+    w.broker
+        .request_credentials(
+            Some(&garbage),
+            credential_request("pulumi:acme/payments/dev"),
+        )
+        .await;
+
+    let subject_token = w.sts.calls()[0].form["WebIdentityToken"].clone();
+    let credentials: &Value = &response.body["credentials"];
+    let secrets = [
+        ("identity token", token.as_str()),
+        (
+            "identity token signature",
+            token.rsplit('.').next().unwrap(),
+        ),
+        ("bob's identity token", bob.as_str()),
+        ("subject token", subject_token.as_str()),
+        (
+            "subject token signature",
+            subject_token.rsplit('.').next().unwrap(),
+        ),
+        (
+            "secret access key",
+            credentials["secret_access_key"].as_str().unwrap(),
+        ),
+        (
+            "session token",
+            credentials["session_token"].as_str().unwrap(),
+        ),
+        ("catalog token", STATIC_CATALOG_TOKEN),
+    ];
+    // Let the log reader thread catch up with the last lines.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let logs = w.broker.logs();
+    assert!(
+        logs.contains("issued"),
+        "the log was captured at debug level:\n{logs}"
+    );
+    assert!(
+        logs.contains("DEBUG"),
+        "debug logging is on, so the check covers it:\n{logs}"
+    );
+    for (name, secret) in secrets {
+        assert!(!logs.contains(secret), "the {name} appears in the logs");
+    }
+    // The signing key never leaves its file either.
+    let key = std::fs::read_to_string(w.broker.dir.path().join("signing-key.pem")).unwrap();
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!logs.contains(&key_body));
+    let jwks = w.broker.get("/.well-known/jwks.json").await.text;
+    assert!(
+        !jwks.contains("\"d\""),
+        "the JWKS publishes no private component"
+    );
+}

@@ -1,0 +1,20 @@
+//! The README's quickstart, run exactly as a newcomer would run it.
+
+mod support;
+
+use std::process::Command;
+
+#[test]
+fn the_quickstart_demo_passes() {
+    let output = Command::new(support::workspace_root().join("examples/quickstart/demo.sh"))
+        .env("STACKPASS", support::stackpass_binary())
+        .output()
+        .expect("run demo.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "demo.sh failed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    );
+    assert!(stdout.contains("==> Demo passed"), "{stdout}");
+}
