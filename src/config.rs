@@ -669,6 +669,12 @@ impl Config {
         }
 
         if let Some(aws) = &self.providers.aws {
+            if !cfg!(feature = "aws") {
+                problem(
+                    "providers.aws".into(),
+                    "this build has no AWS provider; build with --features aws".into(),
+                );
+            }
             if aws.max_attempts == 0 {
                 problem(
                     "providers.aws.max_attempts".into(),

@@ -163,3 +163,38 @@ async fn secrets_never_reach_the_logs() {
         "the JWKS publishes no private component"
     );
 }
+
+#[tokio::test]
+async fn a_locked_audit_database_makes_the_broker_unready_and_fails_closed() {
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Outage).await;
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    options
+        .env
+        .push(("STACKPASS_AUDIT__BUSY_TIMEOUT".into(), "300ms".into()));
+    let broker = Broker::start(options).await;
+    assert_eq!(broker.get("/readyz").await.status, 200);
+
+    // Another process holds the write lock, as a stuck writer or a backup would.
+    let db = sqlx::sqlite::SqliteConnectOptions::new().filename(broker.audit_path());
+    let mut holder = sqlx::ConnectOptions::connect(&db).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    broker.get("/readyz").await.assert_problem(503, "not-ready");
+    let token = backstage.user_token("user:default/jane");
+    let response = broker
+        .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
+        .await;
+    response.assert_problem(503, "audit-unavailable");
+    assert!(sts.calls().is_empty());
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_eq!(
+        broker.get("/readyz").await.status,
+        200,
+        "ready again once the lock is released"
+    );
+}

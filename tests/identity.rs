@@ -45,7 +45,7 @@ async fn bad_tokens_are_401_and_reach_neither_catalog_nor_sts_nor_audit() {
     let claims = b.user_claims("user:default/jane");
     let sign = |claims: &Value| sign_jwt(&header, claims, Signer::Es256(&b.key));
     let now = now();
-    let stranger = TestKey::generate("backstage-key-1");
+    let stranger = TestKey::generate(&b.key.kid);
     let unknown_kid = TestKey::generate("never-published");
 
     let cases: Vec<(&str, String)> = vec![

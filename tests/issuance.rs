@@ -462,3 +462,92 @@ async fn a_catalog_token_the_catalog_refuses_fails_closed_without_leaking_it() {
     assert!(!broker.logs().contains("wrong-catalog-token"));
     assert!(sts.calls().is_empty());
 }
+
+#[tokio::test]
+async fn a_later_rule_can_grant_with_an_inline_session_policy() {
+    let backstage = BackstageDouble::start().await;
+    let moto = Moto::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Forward(moto.url.clone())).await;
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    options.extra_config = r#"
+[[policy.rules]]
+name = "owners-read-prod"
+provider = "aws"
+tags = { environment = ["prod"] }
+role = "arn:aws:iam::{tags.aws-account}:role/{component}-readonly"
+max_duration = "15m"
+session_policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}'
+"#
+    .into();
+    let broker = Broker::start(options).await;
+    let token = backstage.user_token("user:default/jane");
+    let response = broker
+        .request_credentials(
+            Some(&token),
+            credential_request("pulumi:acme/payments/prod"),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text);
+    assert_eq!(response.body["rule"], "owners-read-prod");
+    assert_eq!(
+        response.body["role"],
+        "arn:aws:iam::999999999999:role/payments-readonly"
+    );
+    let form = &sts.calls()[0].form;
+    let policy: Value = serde_json::from_str(&form["Policy"]).unwrap();
+    assert_eq!(policy["Statement"][0]["Action"], "s3:GetObject");
+    assert_eq!(form["DurationSeconds"], "900");
+
+    // The dev stack still goes through the first rule, without a session policy.
+    let response = broker
+        .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
+        .await;
+    assert_eq!(response.body["rule"], "owners-deploy-nonprod");
+    assert!(!sts.calls()[1].form.contains_key("Policy"));
+}
+
+#[tokio::test]
+async fn catalog_answers_are_cached() {
+    let w = world().await;
+    let token = w.backstage.user_token("user:default/jane");
+    for _ in 0..3 {
+        let response = w
+            .broker
+            .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text);
+    }
+    assert_eq!(
+        w.backstage.catalog_hits(),
+        2,
+        "one owner and one membership lookup, then the cache"
+    );
+}
+
+#[tokio::test]
+async fn several_trusted_issuers_are_accepted() {
+    let first = BackstageDouble::start().await;
+    let second = BackstageDouble::start().await;
+    let moto = Moto::start().await;
+    let mut options = BrokerOptions::new(&first, &moto.url);
+    options.env.push((
+        "STACKPASS_IDENTITY__ISSUERS".into(),
+        format!(
+            "[{{name=\"first\",kind=\"backstage\",url=\"{}\"}},{{name=\"second\",kind=\"backstage\",url=\"{}\"}}]",
+            first.url, second.url
+        ),
+    ));
+    let broker = Broker::start(options).await;
+    for (double, name) in [(&first, "first"), (&second, "second")] {
+        let response = broker
+            .request_credentials(
+                Some(&double.user_token("user:default/jane")),
+                credential_request("pulumi:acme/payments/dev"),
+            )
+            .await;
+        assert_eq!(response.status, 200, "{name}: {}", response.text);
+    }
+    let rows = broker.audit_rows().await;
+    assert_eq!(rows[0]["issuer"], first.issuer());
+    assert_eq!(rows[3]["issuer"], second.issuer());
+}

@@ -122,8 +122,27 @@ impl SigningKey {
             .ok_or(SigningKeyError::Invalid { path: shown })
     }
 
-    /// Loads the key, creating it first if it does not exist (development setups).
+    /// Loads the key, creating it (and its directory, mode 0700) first if it does
+    /// not exist. For development setups only.
     pub fn load_or_generate(path: &Path) -> Result<Self, SigningKeyError> {
+        if let Some(parent) = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+        {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                builder.mode(0o700);
+            }
+            builder
+                .create(parent)
+                .map_err(|e| SigningKeyError::Unwritable {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        }
         match Self::generate(path) {
             Err(SigningKeyError::Exists { .. }) => Self::load(path),
             other => other,

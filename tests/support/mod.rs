@@ -114,8 +114,9 @@ impl TestKey {
         }
     }
 
+    /// As Backstage publishes it: no `use`, `alg` ES256.
     pub fn jwk(&self) -> Value {
-        json!({ "kty": "EC", "crv": "P-256", "x": self.x, "y": self.y, "kid": self.kid, "alg": "ES256", "use": "sig" })
+        json!({ "kty": "EC", "x": self.x, "y": self.y, "crv": "P-256", "kid": self.kid, "alg": "ES256" })
     }
 
     pub fn public_key_pem(&self) -> String {
@@ -200,7 +201,7 @@ impl BackstageDouble {
     }
 
     pub async fn start_with(entities: Vec<Value>) -> BackstageDouble {
-        let key = TestKey::generate("backstage-key-1");
+        let key = TestKey::generate("53dedcff-a84a-4301-b1b5-b48fdb0acb5c");
         let state = Arc::new(BackstageState {
             base_url: Mutex::new(String::new()),
             keys: Mutex::new(vec![key.clone()]),
@@ -283,18 +284,22 @@ impl BackstageDouble {
 async fn discovery(State(state): State<Arc<BackstageState>>) -> Json<Value> {
     state.counters.discovery.fetch_add(1, Ordering::SeqCst);
     let base = format!("{}/api/auth", state.base_url.lock().unwrap());
+    // Field for field what a real Backstage auth backend serves (see
+    // tests/backstage-real/README.md for the recording this follows).
     Json(json!({
         "issuer": base,
         "token_endpoint": format!("{base}/v1/token"),
         "userinfo_endpoint": format!("{base}/v1/userinfo"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
-        "response_types_supported": ["id_token"],
+        "response_types_supported": ["code", "id_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"],
         "scopes_supported": ["openid"],
-        "token_endpoint_auth_methods_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "claims_supported": ["sub", "ent"],
-        "grant_types_supported": [],
+        "grant_types_supported": ["authorization_code"],
+        "authorization_endpoint": format!("{base}/v1/authorize"),
+        "code_challenge_methods_supported": ["S256", "plain"],
     }))
 }
 
@@ -328,7 +333,8 @@ async fn entity_by_name(
     headers: HeaderMap,
 ) -> Response {
     state.counters.catalog.fetch_add(1, Ordering::SeqCst);
-    let url = format!("/api/catalog/entities/by-name/{kind}/{namespace}/{name}");
+    // Backstage reports the URL relative to the catalog router.
+    let url = format!("/entities/by-name/{kind}/{namespace}/{name}");
     match headers.get("authorization").and_then(|v| v.to_str().ok()) {
         None => {
             return backstage_error(
@@ -366,17 +372,26 @@ async fn entity_by_name(
     }
 }
 
+/// Relations as the catalog serves them: type and a full lower-case `targetRef`.
 fn relation(kind: &str, target: &str) -> Value {
-    let (target_kind, rest) = target.split_once(':').unwrap();
-    let (namespace, name) = rest.split_once('/').unwrap();
-    json!({ "type": kind, "targetRef": target, "target": { "kind": target_kind, "namespace": namespace, "name": name } })
+    json!({ "type": kind, "targetRef": target.to_ascii_lowercase() })
+}
+
+fn metadata(name: &str) -> Value {
+    json!({
+        "namespace": "default",
+        "name": name,
+        "uid": uuid::Uuid::new_v4().to_string(),
+        "etag": "f18cc47c103a8ab1210147aaf2e48eef683b7288",
+        "annotations": { "backstage.io/managed-by-location": "file:/catalog/catalog-info.yaml" },
+    })
 }
 
 pub fn group(name: &str, members: &[&str]) -> Value {
     json!({
         "apiVersion": "backstage.io/v1alpha1",
         "kind": "Group",
-        "metadata": { "namespace": "default", "name": name },
+        "metadata": metadata(name),
         "spec": { "type": "team", "children": [] },
         "relations": members.iter().map(|m| relation("hasMember", &format!("user:default/{m}"))).collect::<Vec<_>>(),
     })
@@ -386,7 +401,7 @@ pub fn user(name: &str, groups: &[&str]) -> Value {
     json!({
         "apiVersion": "backstage.io/v1alpha1",
         "kind": "User",
-        "metadata": { "namespace": "default", "name": name },
+        "metadata": metadata(name),
         "spec": { "profile": { "displayName": name }, "memberOf": groups },
         "relations": groups.iter().map(|g| relation("memberOf", &format!("group:default/{g}"))).collect::<Vec<_>>(),
     })
@@ -396,7 +411,7 @@ pub fn component(name: &str, owner: &str) -> Value {
     json!({
         "apiVersion": "backstage.io/v1alpha1",
         "kind": "Component",
-        "metadata": { "namespace": "default", "name": name },
+        "metadata": metadata(name),
         "spec": { "type": "service", "lifecycle": "production", "owner": owner },
         "relations": [relation("ownedBy", &format!("group:default/{owner}"))],
     })

@@ -1,0 +1,31 @@
+//! The check against the real Backstage backend (installed from npm, run on this
+//! machine's Node.js): records its wire formats, checks every assumption the
+//! broker and the Backstage double make, and has the real broker verify a real
+//! Backstage user token and read the real catalog. See tests/backstage-real/.
+
+mod support;
+
+use std::process::Command;
+
+#[test]
+fn the_broker_works_against_a_real_backstage_backend() {
+    let script = support::workspace_root().join("tests/backstage-real/run-check.sh");
+    let output = Command::new(&script)
+        .env("STACKPASS", support::stackpass_binary())
+        .env("REQUIRE_STACKPASS", "1")
+        .output()
+        .expect("run tests/backstage-real/run-check.sh");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the real-Backstage check failed:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("stackpass verified jane's Backstage token"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stackpass refused jane for billing-api"),
+        "{stderr}"
+    );
+}
