@@ -296,17 +296,3 @@ fn base_record(
     record.client_addr = context.client_addr.clone();
     record
 }
-
-impl AuditRecord {
-    /// A new record (fresh id and time) carrying this one's context.
-    fn derive(&self, event: AuditEvent, outcome: &str) -> AuditRecord {
-        AuditRecord {
-            record_id: Uuid::new_v4(),
-            recorded_at: OffsetDateTime::now_utc(),
-            event,
-            outcome: outcome.to_owned(),
-            detail: None,
-            ..self.clone()
-        }
-    }
-}

@@ -171,15 +171,20 @@ fn default_max_token_lifetime() -> Duration {
 }
 
 impl TrustedIssuerConfig {
-    /// The `iss` value this issuer's tokens must carry.
-    pub fn issuer_id(&self) -> Option<String> {
-        match (&self.issuer, self.kind, &self.url) {
-            (Some(issuer), _, _) => Some(issuer.clone()),
-            (None, IssuerKind::Backstage, Some(url)) => {
+    /// Backstage's auth backend lives under `{url}/api/auth`; it is both the issuer
+    /// and the base of the discovery document.
+    fn backstage_auth_base(&self) -> Option<String> {
+        match (self.kind, &self.url) {
+            (IssuerKind::Backstage, Some(url)) => {
                 Some(format!("{}/api/auth", url.as_str().trim_end_matches('/')))
             }
             _ => None,
         }
+    }
+
+    /// The `iss` value this issuer's tokens must carry.
+    pub fn issuer_id(&self) -> Option<String> {
+        self.issuer.clone().or_else(|| self.backstage_auth_base())
     }
 
     pub fn discovery(&self) -> Option<Url> {
@@ -188,10 +193,7 @@ impl TrustedIssuerConfig {
         }
         let base = match self.kind {
             IssuerKind::Development => return None,
-            IssuerKind::Backstage => self
-                .url
-                .as_ref()
-                .map(|u| format!("{}/api/auth", u.as_str().trim_end_matches('/'))),
+            IssuerKind::Backstage => self.backstage_auth_base(),
             IssuerKind::Oidc => self.issuer.clone(),
         }?;
         Url::parse(&format!(

@@ -59,21 +59,8 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     }
     let verifier = Verifier::from_config(&config.identity)?;
     let catalog = build_catalog(config)?;
-    let stacks: Arc<dyn StackSource> = match config.stacks.kind {
-        StacksKind::Static => Arc::new(StaticStackRegistry::load(
-            config
-                .stacks
-                .file
-                .as_deref()
-                .expect("validated: static stacks have a file"),
-        )?),
-    };
-    let rules = config
-        .policy
-        .rules
-        .iter()
-        .map(Rule::from_config)
-        .collect::<Result<Vec<_>, _>>()?;
+    let stacks = load_stacks(config)?;
+    let rules = load_rules(config)?;
     let audit: Arc<dyn AuditStore> = match config.audit.sqlite_path() {
         Some(path) => Arc::new(SqliteAuditStore::open(&path, config.audit.busy_timeout).await?),
         None => return Err(AuditError::UnsupportedUrl(config.audit.url.clone()).into()),
@@ -95,15 +82,35 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     })
 }
 
+fn load_stacks(config: &Config) -> Result<Arc<dyn StackSource>, StartupError> {
+    let file = config.stacks.file.as_deref();
+    Ok(match config.stacks.kind {
+        StacksKind::Static => Arc::new(StaticStackRegistry::load(
+            file.expect("validated: static stacks have a file"),
+        )?),
+    })
+}
+
+fn load_rules(config: &Config) -> Result<Vec<Rule>, StartupError> {
+    Ok(config
+        .policy
+        .rules
+        .iter()
+        .map(Rule::from_config)
+        .collect::<Result<_, _>>()?)
+}
+
+fn load_static_catalog(config: &Config) -> Result<StaticCatalog, StartupError> {
+    let file = config.catalog.file.as_deref();
+    Ok(StaticCatalog::load(
+        file.expect("validated: static catalogs have a file"),
+    )?)
+}
+
 fn build_catalog(config: &Config) -> Result<Arc<dyn Catalog>, StartupError> {
     let catalog = &config.catalog;
     Ok(match catalog.kind {
-        CatalogKind::Static => Arc::new(StaticCatalog::load(
-            catalog
-                .file
-                .as_deref()
-                .expect("validated: static catalogs have a file"),
-        )?),
+        CatalogKind::Static => Arc::new(load_static_catalog(config)?),
         CatalogKind::Backstage => {
             let token = match (&catalog.token, &catalog.token_file) {
                 (Some(token), _) => Some(token.clone()),
@@ -161,27 +168,9 @@ pub fn check(config: &Config) -> Result<(), StartupError> {
         SigningKey::load(&config.issuer.signing_key)?;
     }
     if config.catalog.kind == CatalogKind::Static {
-        StaticCatalog::load(
-            config
-                .catalog
-                .file
-                .as_deref()
-                .expect("validated: static catalogs have a file"),
-        )?;
+        load_static_catalog(config)?;
     }
-    match config.stacks.kind {
-        StacksKind::Static => {
-            StaticStackRegistry::load(
-                config
-                    .stacks
-                    .file
-                    .as_deref()
-                    .expect("validated: static stacks have a file"),
-            )?;
-        }
-    }
-    for rule in &config.policy.rules {
-        Rule::from_config(rule)?;
-    }
+    load_stacks(config)?;
+    load_rules(config)?;
     Ok(())
 }

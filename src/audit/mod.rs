@@ -106,6 +106,19 @@ impl AuditRecord {
             detail: None,
         }
     }
+
+    /// A new record (fresh id and time) for the same request, carrying this one's
+    /// context, so the rows of one issuance cannot disagree about who and what.
+    pub fn derive(&self, event: AuditEvent, outcome: &str) -> AuditRecord {
+        AuditRecord {
+            record_id: Uuid::new_v4(),
+            recorded_at: OffsetDateTime::now_utc(),
+            event,
+            outcome: outcome.to_owned(),
+            detail: None,
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

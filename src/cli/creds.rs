@@ -1,7 +1,7 @@
 //! `stackpass creds`: asks a broker for credentials and prints them as JSON, shell
 //! `export` lines, or the exact AWS `credential_process` format.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -54,7 +54,7 @@ struct RuleMiss {
 }
 
 /// Reads the bearer token from a file (trimmed), for `--token-file`.
-pub fn read_token_file(path: &PathBuf) -> Result<SecretString, CliError> {
+pub fn read_token_file(path: &Path) -> Result<SecretString, CliError> {
     let token = std::fs::read_to_string(path).map_err(|e| {
         CliError::new(
             format!("could not read token file {}: {e}", path.display()),
