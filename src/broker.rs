@@ -16,7 +16,7 @@ use stackpass_provider::{CloudProvider, Credential, ExchangeRequest, ProviderErr
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::{AuditError, AuditEvent, AuditRecord, AuditStore};
+use crate::audit::{AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore};
 use crate::catalog::{Catalog, CatalogError, EntityRef};
 use crate::identity::{IdentityError, Principal, Verifier};
 use crate::issuer::{aws_safe_name, Issuer, IssuerError, SubjectTokenRequest};
@@ -70,6 +70,8 @@ pub enum BrokerError {
     Issuer(#[from] IssuerError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    #[error("{0}")]
+    AuditForbidden(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -82,6 +84,8 @@ pub struct Broker {
     pub issuer: Issuer,
     pub providers: HashMap<ProviderKind, Arc<dyn CloudProvider>>,
     pub audit: Arc<dyn AuditStore>,
+    /// Members of these groups may read the whole audit log.
+    pub auditor_groups: Vec<EntityRef>,
     pub component_tag: String,
     pub environment_tag: String,
 }
@@ -113,7 +117,7 @@ impl Broker {
             let mut record = template.derive(AuditEvent::Decision, "unknown_stack");
             record.detail =
                 Some(serde_json::json!({ "reason": "the stack source does not know this stack" }));
-            self.audit.append(&[record]).await?;
+            self.audit.append(vec![record]).await?;
             return Err(BrokerError::UnknownStack(request.stack.clone()));
         };
 
@@ -160,7 +164,7 @@ impl Broker {
                 decision_record.outcome = "denied".into();
                 decision_record.detail =
                     Some(serde_json::to_value(&denial).expect("denials serialize"));
-                self.audit.append(&[decision_record]).await?;
+                self.audit.append(vec![decision_record]).await?;
                 tracing::info!(request_id = %context.request_id, requester = %principal.subject, stack = %stack.reference, "denied");
                 return Err(BrokerError::Denied(denial));
             }
@@ -223,7 +227,7 @@ impl Broker {
             serde_json::json!({ "subject_token_id": subject_token.jti, "session_policy": grant.session_policy.is_some() }),
         );
         self.audit
-            .append(&[decision_record.clone(), intent])
+            .append(vec![decision_record.clone(), intent])
             .await?;
 
         let session_name = aws_safe_name(&principal.subject);
@@ -242,7 +246,7 @@ impl Broker {
             Err(error) => {
                 let mut outcome = decision_record.derive(AuditEvent::IssuanceOutcome, "failed");
                 outcome.detail = Some(serde_json::json!({ "error": error.to_string() }));
-                if let Err(audit_error) = self.audit.append(&[outcome]).await {
+                if let Err(audit_error) = self.audit.append(vec![outcome]).await {
                     tracing::error!(request_id = %context.request_id, %issuance_id, error = %audit_error, "could not record a failed issuance");
                 }
                 tracing::warn!(request_id = %context.request_id, %issuance_id, error = %error, "the cloud refused the exchange");
@@ -253,7 +257,7 @@ impl Broker {
         let mut outcome = decision_record.derive(AuditEvent::IssuanceOutcome, "issued");
         outcome.credential_id = Some(credential.credential_id.clone());
         outcome.expires_at = Some(credential.expires_at);
-        if let Err(error) = self.audit.append(&[outcome]).await {
+        if let Err(error) = self.audit.append(vec![outcome]).await {
             // The credential exists at the cloud but is dropped here, unseen: without
             // a committed record it must not reach the caller.
             tracing::error!(request_id = %context.request_id, %issuance_id, credential_id = %credential.credential_id, error = %error,
@@ -272,6 +276,27 @@ impl Broker {
             expires_at: credential.expires_at,
             credential,
         })
+    }
+
+    /// Reads the audit log for `principal`: auditors (members of a configured
+    /// auditor group, per the catalog) read everything; anyone else only their own
+    /// records, and must say so by filtering on themselves.
+    pub async fn read_audit(
+        &self,
+        principal: &Principal,
+        query: &AuditQuery,
+    ) -> Result<AuditPage, BrokerError> {
+        let groups = self.catalog.groups_of(&principal.subject).await?;
+        let auditor = self.auditor_groups.iter().any(|g| groups.contains(g));
+        let own = query.requester.as_deref() == Some(principal.subject.to_string().as_str());
+        if !auditor && !own {
+            tracing::warn!(requester = %principal.subject, "audit log read refused");
+            return Err(BrokerError::AuditForbidden(format!(
+                "{} is not in an auditor group, so it may only read its own records",
+                principal.subject
+            )));
+        }
+        Ok(self.audit.query(query).await?)
     }
 
     /// Ready means: the audit store takes writes and the signing key signs.

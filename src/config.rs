@@ -20,6 +20,7 @@ use serde::Deserialize;
 use stackpass_provider::ProviderKind;
 use url::Url;
 
+use crate::catalog::EntityRef;
 use crate::policy::Template;
 
 pub const DEFAULT_CONFIG_FILE: &str = "stackpass.toml";
@@ -388,11 +389,19 @@ fn default_max_duration() -> Duration {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
-    /// `sqlite://PATH` (relative paths are relative to the config file).
+    /// `sqlite://PATH` (relative paths are relative to the config file) or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`. Prefer the
+    /// `STACKPASS_AUDIT__URL` variable for URLs that carry a password.
     pub url: String,
-    /// How long a write waits for a lock before the request fails closed.
+    /// How long a write waits for a lock or a connection before the request fails closed.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
+    /// Members of these catalog groups may read the whole audit log; everyone
+    /// else may read only their own records.
+    pub auditor_groups: Vec<EntityRef>,
+    /// How long records are kept; `stackpass audit prune` removes older ones.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for AuditConfig {
@@ -400,6 +409,8 @@ impl Default for AuditConfig {
         AuditConfig {
             url: "sqlite://stackpass.db".into(),
             busy_timeout: Duration::from_secs(5),
+            auditor_groups: Vec::new(),
+            retention: None,
         }
     }
 }
@@ -407,11 +418,19 @@ impl Default for AuditConfig {
 impl AuditConfig {
     /// The SQLite file path, if the URL names one.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
-        self.url
-            .strip_prefix("sqlite://")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
+        sqlite_path(&self.url)
     }
+}
+
+/// The file a `sqlite://PATH` URL names.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    url.strip_prefix("sqlite://")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Every problem found in a configuration, each naming its key.
@@ -694,10 +713,23 @@ impl Config {
             }
         }
 
-        if self.audit.sqlite_path().is_none() {
+        if self.audit.sqlite_path().is_none() && !is_postgres_url(&self.audit.url) {
             problem(
                 "audit.url".into(),
-                format!("{:?} is not supported; use sqlite://PATH", self.audit.url),
+                format!(
+                    "{:?} is not supported; use sqlite://PATH or postgres://USER@HOST/DATABASE",
+                    crate::audit::redact(&self.audit.url)
+                ),
+            );
+        }
+        if self
+            .audit
+            .retention
+            .is_some_and(|r| r < Duration::from_secs(24 * 3600))
+        {
+            problem(
+                "audit.retention".into(),
+                "must be at least 1d; audit logs are evidence".into(),
             );
         }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
-use stackpass::audit::{AuditStore, SqliteAuditStore};
+use stackpass::audit::AuditQuery;
 use stackpass::cli::{self, CliError, CredsArgs, DevTokenArgs, OutputFormat};
 use stackpass::config::{Config, DEFAULT_CONFIG_FILE};
 use stackpass::issuer::SigningKey;
@@ -94,15 +94,60 @@ enum ConfigCommand {
     },
 }
 
+#[derive(clap::Args)]
+struct AuditTarget {
+    #[arg(long, env = "STACKPASS_CONFIG", default_value = DEFAULT_CONFIG_FILE)]
+    config: PathBuf,
+    /// Audit store URL (sqlite://PATH or postgres://…); overrides the config's audit.url.
+    #[arg(long)]
+    database: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Print the most recent audit records as JSON lines, oldest first.
+    /// Walk the hash chain; report the first broken link (exit 1) or a summary.
+    Verify {
+        #[command(flatten)]
+        target: AuditTarget,
+        /// Also check against a checkpoint printed earlier by `audit checkpoint`.
+        #[arg(long)]
+        from_checkpoint: Option<String>,
+    },
+    /// Print the chain's head, to keep somewhere the database's admins cannot edit.
+    Checkpoint {
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// Write records as JSON lines (for SIEM ingestion), in chain order.
+    Export {
+        #[command(flatten)]
+        target: AuditTarget,
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: ExportFormat,
+        /// Only records at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Delete records older than the retention period and seal the chain.
+    Prune {
+        #[command(flatten)]
+        target: AuditTarget,
+        /// Prune records recorded before this RFC 3339 time (default: now - audit.retention).
+        #[arg(long)]
+        before: Option<String>,
+    },
+    /// Print the most recent records as JSON lines, oldest first.
     List {
-        #[arg(long, env = "STACKPASS_CONFIG", default_value = DEFAULT_CONFIG_FILE)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: AuditTarget,
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Ndjson,
 }
 
 #[derive(Subcommand)]
@@ -228,28 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Audit {
-            command: AuditCommand::List { config, limit },
-        } => {
-            let loaded = load_config(&config)?;
-            let path = loaded.audit.sqlite_path().ok_or_else(|| {
-                CliError::new(
-                    "audit.url is not a sqlite:// URL",
-                    "set audit.url = \"sqlite://PATH\"",
-                )
-            })?;
-            let store = SqliteAuditStore::open(&path, loaded.audit.busy_timeout)
-                .await
-                .map_err(|e| CliError::new(e.to_string(), "check audit.url"))?;
-            for record in store
-                .recent(limit)
-                .await
-                .map_err(|e| CliError::plain(e.to_string()))?
-            {
-                println!("{}", serde_json::to_string(&record)?);
-            }
-            Ok(())
-        }
+        Command::Audit { command } => audit(command).await,
         Command::Dev {
             command:
                 DevCommand::Token {
@@ -274,6 +298,87 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Where an audit command reads: `--database`, or the config's audit store.
+async fn open_audit(
+    target: &AuditTarget,
+) -> anyhow::Result<(stackpass::audit::SqlAuditStore, Option<Config>)> {
+    let (url, busy_timeout, config) = match &target.database {
+        Some(url) => (url.clone(), Duration::from_secs(5), None),
+        None => {
+            let config = load_config(&target.config)?;
+            (
+                config.audit.url.clone(),
+                config.audit.busy_timeout,
+                Some(config),
+            )
+        }
+    };
+    Ok((cli::audit::open_store(&url, busy_timeout).await?, config))
+}
+
+fn parse_time(flag: &str, value: &str) -> Result<time::OffsetDateTime, CliError> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).map_err(
+        |_| {
+            CliError::new(
+                format!("{flag} {value:?} is not an RFC 3339 time"),
+                "write it like 2026-11-23T08:00:00Z",
+            )
+        },
+    )
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        AuditCommand::Verify {
+            target,
+            from_checkpoint,
+        } => {
+            let (store, _) = open_audit(&target).await?;
+            println!(
+                "{}",
+                cli::audit::verify(&store, from_checkpoint.as_deref()).await?
+            );
+        }
+        AuditCommand::Checkpoint { target } => {
+            let (store, _) = open_audit(&target).await?;
+            println!("{}", cli::audit::checkpoint(&store).await?);
+        }
+        AuditCommand::Export {
+            target,
+            format: ExportFormat::Ndjson,
+            since,
+        } => {
+            let (store, _) = open_audit(&target).await?;
+            let query = AuditQuery {
+                since: since.map(|s| parse_time("--since", &s)).transpose()?,
+                ..AuditQuery::default()
+            };
+            let written = cli::audit::export(&store, query, &mut stdout).await?;
+            eprintln!("exported {written} record(s)");
+        }
+        AuditCommand::Prune { target, before } => {
+            let (store, config) = open_audit(&target).await?;
+            let before =
+                match (before, config.and_then(|c| c.audit.retention)) {
+                    (Some(before), _) => parse_time("--before", &before)?,
+                    (None, Some(retention)) => time::OffsetDateTime::now_utc() - retention,
+                    (None, None) => return Err(CliError::new(
+                        "no retention period to prune by",
+                        "set audit.retention in the config (e.g. \"400d\") or pass --before TIME",
+                    )
+                    .into()),
+                };
+            println!("{}", cli::audit::prune(&store, before).await?);
+        }
+        AuditCommand::List { target, limit } => {
+            let (store, _) = open_audit(&target).await?;
+            cli::audit::list(&store, limit, &mut stdout).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config_path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<()> {

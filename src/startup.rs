@@ -8,7 +8,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use stackpass_provider::{CloudProvider, ProviderKind};
 
-use crate::audit::{AuditError, AuditStore, SqliteAuditStore};
+use crate::audit::{AuditError, AuditStore, SqlAuditStore};
 use crate::broker::Broker;
 use crate::catalog::{
     BackstageCatalog, BackstageCatalogSettings, Catalog, CatalogError, StaticCatalog,
@@ -61,10 +61,8 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     let catalog = build_catalog(config)?;
     let stacks = load_stacks(config)?;
     let rules = load_rules(config)?;
-    let audit: Arc<dyn AuditStore> = match config.audit.sqlite_path() {
-        Some(path) => Arc::new(SqliteAuditStore::open(&path, config.audit.busy_timeout).await?),
-        None => return Err(AuditError::UnsupportedUrl(config.audit.url.clone()).into()),
-    };
+    let audit: Arc<dyn AuditStore> =
+        Arc::new(SqlAuditStore::open(&config.audit.url, config.audit.busy_timeout).await?);
     Ok(Broker {
         verifier,
         catalog,
@@ -77,6 +75,7 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         ),
         providers: build_providers(config).await,
         audit,
+        auditor_groups: config.audit.auditor_groups.clone(),
         component_tag: config.stacks.component_tag.clone(),
         environment_tag: config.stacks.environment_tag.clone(),
     })

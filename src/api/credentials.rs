@@ -100,7 +100,7 @@ async fn handle(
     Ok(response)
 }
 
-fn bearer_token(headers: &HeaderMap) -> Result<SecretString, IdentityError> {
+pub fn bearer_token(headers: &HeaderMap) -> Result<SecretString, IdentityError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(IdentityError::Missing)?

@@ -2,6 +2,7 @@
 //! through [`Problem`]. Cross-cutting concerns are tower layers around the router:
 //! request ids, tracing, body size limit, timeout, concurrency limit, panic catching.
 
+mod audit;
 mod credentials;
 mod problem;
 
@@ -19,6 +20,7 @@ use tower::ServiceBuilder;
 use tracing::Instrument;
 use uuid::Uuid;
 
+pub use credentials::bearer_token;
 pub use problem::Problem;
 
 use crate::broker::Broker;
@@ -32,6 +34,7 @@ pub struct RequestId(pub String);
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
     Router::new()
         .route("/v1/credentials", post(credentials::issue))
+        .route("/v1/audit", get(audit::read))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/openid-configuration", get(discovery))

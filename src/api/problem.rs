@@ -118,6 +118,13 @@ impl Problem {
                 "the audit log could not record this request, so no credential was issued",
                 "retry shortly; if it persists, the operator should check the audit store",
             ),
+            BrokerError::AuditForbidden(detail) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "audit-forbidden",
+                "Audit log access denied",
+                detail.clone(),
+                "add requester=<your entity ref> to read your own records, or ask to join an auditor group",
+            ),
             BrokerError::Provider(e) => from_provider_error(e),
             BrokerError::Issuer(_) | BrokerError::Internal(_) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -2,6 +2,7 @@
 //! `keys generate`, `config check` and `audit list`. Each returns a [`CliError`]:
 //! one line saying what went wrong and one hint saying what to do.
 
+pub mod audit;
 mod creds;
 mod dev;
 

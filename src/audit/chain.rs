@@ -1,0 +1,475 @@
+//! The hash chain that makes the audit log tamper-evident, as pure functions:
+//! the canonical encoding of a stored record, its hash, and the walk that finds
+//! the first broken link. Both stores and `stackpass audit verify` use these, so
+//! there is exactly one definition of what a record's hash covers.
+//!
+//! Canonical encoding, version 1 (documented in ARCHITECTURE.md): the JSON array
+//!
+//! ```text
+//! ["stackpass-audit-v1", seq, record_id, recorded_at, event, outcome, request_id,
+//!  issuance_id, requester, requester_kind, actor, issuer, stack, tags, component,
+//!  owner, rule, provider, role, duration_seconds, expires_at, credential_id,
+//!  client_addr, detail, prev_hash]
+//! ```
+//!
+//! with every value exactly as stored (text columns as JSON strings, `tags` and
+//! `detail` as the stored JSON text, integers as numbers, absent values as
+//! `null`), serialized without whitespace. `hash` is the lowercase hex SHA-256 of
+//! those bytes. `seq` is inside the hash, so moving a record breaks it; `prev_hash`
+//! is inside too, so every record commits to the whole history before it.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+/// The `prev_hash` of the first record of a chain that was never pruned.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+const ENCODING_VERSION: &str = "stackpass-audit-v1";
+
+/// A record's columns exactly as stored: what the hash covers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredRecord {
+    pub seq: i64,
+    pub record_id: String,
+    pub recorded_at: String,
+    pub event: String,
+    pub outcome: String,
+    pub request_id: String,
+    pub issuance_id: Option<String>,
+    pub requester: Option<String>,
+    pub requester_kind: Option<String>,
+    pub actor: Option<String>,
+    pub issuer: Option<String>,
+    pub stack: Option<String>,
+    pub tags: Option<String>,
+    pub component: Option<String>,
+    pub owner: Option<String>,
+    pub rule: Option<String>,
+    pub provider: Option<String>,
+    pub role: Option<String>,
+    pub duration_seconds: Option<i64>,
+    pub expires_at: Option<String>,
+    pub credential_id: Option<String>,
+    pub client_addr: Option<String>,
+    pub detail: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl StoredRecord {
+    pub fn canonical_encoding(&self) -> String {
+        let text = |s: &Option<String>| s.as_deref().map_or(serde_json::Value::Null, |s| s.into());
+        serde_json::Value::Array(vec![
+            ENCODING_VERSION.into(),
+            self.seq.into(),
+            self.record_id.as_str().into(),
+            self.recorded_at.as_str().into(),
+            self.event.as_str().into(),
+            self.outcome.as_str().into(),
+            self.request_id.as_str().into(),
+            text(&self.issuance_id),
+            text(&self.requester),
+            text(&self.requester_kind),
+            text(&self.actor),
+            text(&self.issuer),
+            text(&self.stack),
+            text(&self.tags),
+            text(&self.component),
+            text(&self.owner),
+            text(&self.rule),
+            text(&self.provider),
+            text(&self.role),
+            self.duration_seconds
+                .map_or(serde_json::Value::Null, Into::into),
+            text(&self.expires_at),
+            text(&self.credential_id),
+            text(&self.client_addr),
+            text(&self.detail),
+            self.prev_hash.as_str().into(),
+        ])
+        .to_string()
+    }
+
+    pub fn compute_hash(&self) -> String {
+        hex(&Sha256::digest(self.canonical_encoding().as_bytes()))
+    }
+
+    /// Places the record after (`seq`, `prev_hash`) and seals it with its hash.
+    pub fn seal(&mut self, seq: i64, prev_hash: &str) {
+        self.seq = seq;
+        self.prev_hash = prev_hash.to_owned();
+        self.hash = self.compute_hash();
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a chain starts: the genesis, or the seal left by retention pruning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainStart {
+    /// The seq the first remaining record must have.
+    pub first_seq: i64,
+    /// The hash that record's `prev_hash` must equal.
+    pub prev_hash: String,
+}
+
+impl ChainStart {
+    pub fn genesis() -> Self {
+        ChainStart {
+            first_seq: 1,
+            prev_hash: GENESIS_HASH.into(),
+        }
+    }
+}
+
+/// The first broken link, named so an investigator knows where to look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainBreak {
+    /// Records are missing between two that remain.
+    Gap {
+        expected_seq: i64,
+        found_seq: i64,
+        record_id: String,
+    },
+    /// A record's contents no longer match its own hash.
+    Edited { seq: i64, record_id: String },
+    /// A record's hash is intact but it does not follow the record before it.
+    Unlinked { seq: i64, record_id: String },
+    /// A checkpoint names a record that is gone or differs.
+    CheckpointMismatch { seq: i64, detail: String },
+}
+
+impl fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainBreak::Gap { expected_seq, found_seq, record_id } => write!(
+                f,
+                "records {expected_seq}..{} are missing before record {found_seq} ({record_id}): deleted",
+                found_seq - 1
+            ),
+            ChainBreak::Edited { seq, record_id } => write!(
+                f,
+                "record {seq} ({record_id}) does not match its hash: edited, or moved to another position"
+            ),
+            ChainBreak::Unlinked { seq, record_id } => write!(
+                f,
+                "record {seq} ({record_id}) does not follow the record before it: inserted, or records were reordered"
+            ),
+            ChainBreak::CheckpointMismatch { seq, detail } => write!(f, "checkpoint at record {seq}: {detail}"),
+        }
+    }
+}
+
+/// A checkpoint: the head of the chain at some moment, kept somewhere the
+/// database's administrators cannot rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub hash: String,
+}
+
+impl Checkpoint {
+    const PREFIX: &'static str = "stackpass-checkpoint-v1";
+
+    pub fn parse(text: &str) -> Option<Checkpoint> {
+        let mut parts = text.trim().split(':');
+        if parts.next()? != Self::PREFIX {
+            return None;
+        }
+        let seq = parts.next()?.parse().ok()?;
+        let hash = parts.next()?.to_owned();
+        let valid_hash = hash.len() == 64
+            && hash
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+        (parts.next().is_none() && valid_hash && seq >= 0).then_some(Checkpoint { seq, hash })
+    }
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", Self::PREFIX, self.seq, self.hash)
+    }
+}
+
+/// Walks records in `seq` order, one at a time, keeping only the previous link, so
+/// verifying a large log needs constant memory.
+pub struct ChainVerifier {
+    expected_seq: i64,
+    prev_hash: String,
+    checkpoint: Option<Checkpoint>,
+    checkpoint_seen: bool,
+    count: u64,
+}
+
+/// What an intact chain looked like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    pub records: u64,
+    pub first_seq: i64,
+    pub head: Checkpoint,
+}
+
+impl ChainVerifier {
+    pub fn new(start: ChainStart, checkpoint: Option<Checkpoint>) -> Self {
+        ChainVerifier {
+            expected_seq: start.first_seq,
+            prev_hash: start.prev_hash,
+            checkpoint,
+            checkpoint_seen: false,
+            count: 0,
+        }
+    }
+
+    pub fn check(&mut self, record: &StoredRecord) -> Result<(), ChainBreak> {
+        if record.seq != self.expected_seq {
+            return Err(ChainBreak::Gap {
+                expected_seq: self.expected_seq,
+                found_seq: record.seq,
+                record_id: record.record_id.clone(),
+            });
+        }
+        if record.compute_hash() != record.hash {
+            return Err(ChainBreak::Edited {
+                seq: record.seq,
+                record_id: record.record_id.clone(),
+            });
+        }
+        if record.prev_hash != self.prev_hash {
+            return Err(ChainBreak::Unlinked {
+                seq: record.seq,
+                record_id: record.record_id.clone(),
+            });
+        }
+        if let Some(checkpoint) = &self.checkpoint {
+            if checkpoint.seq == record.seq {
+                if checkpoint.hash != record.hash {
+                    return Err(ChainBreak::CheckpointMismatch {
+                        seq: record.seq,
+                        detail: "the record's hash differs from the checkpoint: history before it was rewritten".into(),
+                    });
+                }
+                self.checkpoint_seen = true;
+            }
+        }
+        self.expected_seq += 1;
+        self.prev_hash = record.hash.clone();
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Ends the walk: a checkpoint that was never reached means the records it
+    /// vouched for are gone (or were pruned past it).
+    pub fn finish(self, start_seq: i64) -> Result<ChainSummary, ChainBreak> {
+        if let Some(checkpoint) = &self.checkpoint {
+            let before_start = checkpoint.seq < start_seq;
+            if !self.checkpoint_seen && !before_start {
+                return Err(ChainBreak::CheckpointMismatch {
+                    seq: checkpoint.seq,
+                    detail: format!(
+                        "the chain ends at record {}, before the checkpoint: records were deleted from the end",
+                        self.expected_seq - 1
+                    ),
+                });
+            }
+        }
+        Ok(ChainSummary {
+            records: self.count,
+            first_seq: start_seq,
+            head: Checkpoint {
+                seq: self.expected_seq - 1,
+                hash: self.prev_hash,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: usize) -> Vec<StoredRecord> {
+        let mut prev = GENESIS_HASH.to_owned();
+        (1..=n as i64)
+            .map(|seq| {
+                let mut record = StoredRecord {
+                    record_id: format!("r{seq}"),
+                    recorded_at: format!("2026-11-23T08:00:{seq:02}Z"),
+                    event: "decision".into(),
+                    outcome: "allowed".into(),
+                    request_id: format!("q{seq}"),
+                    requester: Some("user:default/jane".into()),
+                    duration_seconds: Some(900),
+                    ..Default::default()
+                };
+                record.seal(seq, &prev);
+                prev = record.hash.clone();
+                record
+            })
+            .collect()
+    }
+
+    fn verify(
+        records: &[StoredRecord],
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<ChainSummary, ChainBreak> {
+        let mut verifier = ChainVerifier::new(ChainStart::genesis(), checkpoint);
+        for record in records {
+            verifier.check(record)?;
+        }
+        verifier.finish(1)
+    }
+
+    #[test]
+    fn an_intact_chain_verifies_and_reports_its_head() {
+        let records = chain(5);
+        let summary = verify(&records, None).unwrap();
+        assert_eq!(summary.records, 5);
+        assert_eq!(
+            summary.head,
+            Checkpoint {
+                seq: 5,
+                hash: records[4].hash.clone()
+            }
+        );
+    }
+
+    #[test]
+    fn the_encoding_distinguishes_null_from_empty_and_covers_every_field() {
+        let mut a = chain(1).remove(0);
+        let base = a.compute_hash();
+        a.actor = Some(String::new());
+        assert_ne!(a.compute_hash(), base, "empty string differs from null");
+        let mut b = chain(1).remove(0);
+        b.duration_seconds = Some(901);
+        assert_ne!(b.compute_hash(), base);
+        let mut c = chain(1).remove(0);
+        c.prev_hash = "1".repeat(64);
+        assert_ne!(c.compute_hash(), base);
+    }
+
+    #[test]
+    fn an_edited_field_is_caught_at_its_record() {
+        let mut records = chain(5);
+        records[2].outcome = "denied".into();
+        assert_eq!(
+            verify(&records, None),
+            Err(ChainBreak::Edited {
+                seq: 3,
+                record_id: "r3".into()
+            })
+        );
+    }
+
+    #[test]
+    fn an_edit_with_a_recomputed_hash_breaks_the_next_link() {
+        let mut records = chain(5);
+        records[2].requester = Some("user:default/mallory".into());
+        records[2].hash = records[2].compute_hash();
+        assert_eq!(
+            verify(&records, None),
+            Err(ChainBreak::Unlinked {
+                seq: 4,
+                record_id: "r4".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_deleted_record_is_a_gap() {
+        let mut records = chain(5);
+        records.remove(1);
+        assert_eq!(
+            verify(&records, None),
+            Err(ChainBreak::Gap {
+                expected_seq: 2,
+                found_seq: 3,
+                record_id: "r3".into()
+            })
+        );
+    }
+
+    #[test]
+    fn swapped_records_are_caught() {
+        let mut records = chain(5);
+        let (second, third) = (records[1].clone(), records[2].clone());
+        records[1] = StoredRecord { seq: 2, ..third };
+        records[2] = StoredRecord { seq: 3, ..second };
+        assert_eq!(
+            verify(&records, None),
+            Err(ChainBreak::Edited {
+                seq: 2,
+                record_id: "r3".into()
+            })
+        );
+    }
+
+    #[test]
+    fn an_inserted_record_is_caught() {
+        let mut records = chain(5);
+        let mut forged = records[1].clone();
+        forged.record_id = "forged".into();
+        forged.seal(3, &records[1].hash);
+        // Renumber everything after it to make room, as an attacker would have to.
+        for record in records.iter_mut().skip(2) {
+            record.seq += 1;
+        }
+        records.insert(2, forged);
+        assert_eq!(
+            verify(&records, None),
+            Err(ChainBreak::Edited {
+                seq: 4,
+                record_id: "r3".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_catches_a_truncated_or_rewritten_tail() {
+        let records = chain(5);
+        let checkpoint = Checkpoint {
+            seq: 4,
+            hash: records[3].hash.clone(),
+        };
+        assert!(verify(&records, Some(checkpoint.clone())).is_ok());
+        assert!(matches!(
+            verify(&records[..3], Some(checkpoint.clone())),
+            Err(ChainBreak::CheckpointMismatch { seq: 4, .. })
+        ));
+
+        // Rewriting history consistently (every hash recomputed) fools the chain,
+        // but not the checkpoint kept elsewhere.
+        let mut rewritten = chain(5);
+        rewritten[0].outcome = "denied".into();
+        let mut prev = GENESIS_HASH.to_owned();
+        for record in rewritten.iter_mut() {
+            record.seal(record.seq, &prev);
+            prev = record.hash.clone();
+        }
+        assert!(verify(&rewritten, None).is_ok());
+        assert!(matches!(
+            verify(&rewritten, Some(checkpoint)),
+            Err(ChainBreak::CheckpointMismatch { seq: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_reject_garbage() {
+        let checkpoint = Checkpoint {
+            seq: 42,
+            hash: "ab".repeat(32),
+        };
+        assert_eq!(Checkpoint::parse(&checkpoint.to_string()), Some(checkpoint));
+        for bad in [
+            "",
+            "stackpass-checkpoint-v1:x:ab",
+            "stackpass-checkpoint-v1:1:abc",
+            "other:1:".to_owned().as_str(),
+        ] {
+            assert_eq!(Checkpoint::parse(bad), None, "{bad}");
+        }
+    }
+}

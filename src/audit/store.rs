@@ -1,0 +1,603 @@
+//! The audit store on SQLite (the embedded default) or PostgreSQL (for several
+//! broker instances), chosen by URL, with one behaviour:
+//!
+//! - Appends go through one writer task per process that groups every pending
+//!   append into one transaction (group commit): one fsync serves many requests,
+//!   and no caller is answered before its records are committed.
+//! - Each transaction takes the chain lock first (SQLite: `BEGIN IMMEDIATE`;
+//!   PostgreSQL: `SELECT … FOR UPDATE` on the single `audit_chain` row), reads the
+//!   head, and seals each record onto it. Instances sharing a database therefore
+//!   append one after another: one chain, no forks, no gaps.
+//!
+//! The SQL is the same text for both backends; the `on_db!` family of macros
+//! expands it once per driver so there is one copy to read and keep right.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::chain::{ChainBreak, ChainStart, ChainSummary, ChainVerifier, Checkpoint, StoredRecord};
+use super::{
+    format_timestamp, AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore,
+};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// At most this many appends share one transaction; bounded so that one batch
+/// stays well inside SQLite's limit on bound parameters.
+const MAX_BATCH: usize = 128;
+const PAGE: u32 = 1000;
+const COLUMNS: &str = "seq, record_id, recorded_at, event, outcome, request_id, issuance_id, requester, \
+     requester_kind, actor, issuer, stack, tags, component, owner, rule, provider, role, duration_seconds, \
+     expires_at, credential_id, client_addr, detail, prev_hash, hash";
+
+#[derive(Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same code against whichever pool the store has.
+macro_rules! on_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` (which uses `$conn`, a connection) inside a transaction holding
+/// the chain lock, committing on `Ok` and rolling back on `Err`.
+macro_rules! with_chain_lock {
+    ($db:expr, $conn:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite(pool) => {
+                let mut guard = pool.acquire().await.map_err(write_error)?;
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut *guard)
+                    .await
+                    .map_err(write_error)?;
+                let result: Result<_, AuditError> = async {
+                    let $conn = &mut *guard;
+                    $body
+                }
+                .await;
+                let result = match result {
+                    Ok(value) => sqlx::query("COMMIT")
+                        .execute(&mut *guard)
+                        .await
+                        .map(|_| value)
+                        .map_err(write_error),
+                    Err(e) => Err(e),
+                };
+                if result.is_err() {
+                    // Never hand a connection that may still be inside a
+                    // transaction back to the pool.
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *guard).await;
+                    guard.close_on_drop();
+                }
+                result
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(write_error)?;
+                sqlx::query("SELECT 1 FROM audit_chain WHERE id = 1 FOR UPDATE")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(write_error)?;
+                let value = async {
+                    let $conn = &mut *tx;
+                    $body
+                }
+                .await?;
+                tx.commit().await.map_err(write_error)?;
+                Ok(value)
+            }
+        }
+    };
+}
+
+/// The chain's head inside a locked transaction: the last record, or where the
+/// chain starts if no record is stored yet.
+macro_rules! chain_head {
+    ($conn:expr) => {{
+        let (start_seq, start_prev_hash): (i64, String) =
+            sqlx::query_as("SELECT start_seq, start_prev_hash FROM audit_chain WHERE id = 1")
+                .fetch_one(&mut *$conn)
+                .await
+                .map_err(write_error)?;
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *$conn)
+                .await
+                .map_err(write_error)?;
+        head.unwrap_or((start_seq - 1, start_prev_hash))
+    }};
+}
+
+/// Seals `$records` onto the head and inserts them.
+macro_rules! append_locked {
+    ($conn:expr, $records:expr) => {{
+        let (mut seq, mut prev_hash) = chain_head!($conn);
+        let mut sealed: Vec<StoredRecord> = Vec::new();
+        for record in $records {
+            let mut stored = record.to_stored();
+            seq += 1;
+            stored.seal(seq, &prev_hash);
+            prev_hash = stored.hash.clone();
+            sealed.push(stored);
+        }
+        if !sealed.is_empty() {
+            let mut insert = QueryBuilder::new(format!("INSERT INTO audit_records ({COLUMNS}) "));
+            insert.push_values(&sealed, |mut row, r| {
+                row.push_bind(r.seq)
+                    .push_bind(&r.record_id)
+                    .push_bind(&r.recorded_at)
+                    .push_bind(&r.event)
+                    .push_bind(&r.outcome)
+                    .push_bind(&r.request_id)
+                    .push_bind(&r.issuance_id)
+                    .push_bind(&r.requester)
+                    .push_bind(&r.requester_kind)
+                    .push_bind(&r.actor)
+                    .push_bind(&r.issuer)
+                    .push_bind(&r.stack)
+                    .push_bind(&r.tags)
+                    .push_bind(&r.component)
+                    .push_bind(&r.owner)
+                    .push_bind(&r.rule)
+                    .push_bind(&r.provider)
+                    .push_bind(&r.role)
+                    .push_bind(r.duration_seconds)
+                    .push_bind(&r.expires_at)
+                    .push_bind(&r.credential_id)
+                    .push_bind(&r.client_addr)
+                    .push_bind(&r.detail)
+                    .push_bind(&r.prev_hash)
+                    .push_bind(&r.hash);
+            });
+            insert
+                .build()
+                .execute(&mut *$conn)
+                .await
+                .map_err(write_error)?;
+        }
+        sealed
+    }};
+}
+
+macro_rules! stored_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        StoredRecord {
+            seq: row.try_get("seq").map_err(read_error)?,
+            record_id: row.try_get("record_id").map_err(read_error)?,
+            recorded_at: row.try_get("recorded_at").map_err(read_error)?,
+            event: row.try_get("event").map_err(read_error)?,
+            outcome: row.try_get("outcome").map_err(read_error)?,
+            request_id: row.try_get("request_id").map_err(read_error)?,
+            issuance_id: row.try_get("issuance_id").map_err(read_error)?,
+            requester: row.try_get("requester").map_err(read_error)?,
+            requester_kind: row.try_get("requester_kind").map_err(read_error)?,
+            actor: row.try_get("actor").map_err(read_error)?,
+            issuer: row.try_get("issuer").map_err(read_error)?,
+            stack: row.try_get("stack").map_err(read_error)?,
+            tags: row.try_get("tags").map_err(read_error)?,
+            component: row.try_get("component").map_err(read_error)?,
+            owner: row.try_get("owner").map_err(read_error)?,
+            rule: row.try_get("rule").map_err(read_error)?,
+            provider: row.try_get("provider").map_err(read_error)?,
+            role: row.try_get("role").map_err(read_error)?,
+            duration_seconds: row.try_get("duration_seconds").map_err(read_error)?,
+            expires_at: row.try_get("expires_at").map_err(read_error)?,
+            credential_id: row.try_get("credential_id").map_err(read_error)?,
+            client_addr: row.try_get("client_addr").map_err(read_error)?,
+            detail: row.try_get("detail").map_err(read_error)?,
+            prev_hash: row.try_get("prev_hash").map_err(read_error)?,
+            hash: row.try_get("hash").map_err(read_error)?,
+        }
+    }};
+}
+
+/// Lets the pruning transaction delete: SQLite drops the delete trigger (DDL is
+/// transactional there, so it comes back on rollback too); PostgreSQL sets a
+/// transaction-local flag its trigger honours.
+macro_rules! allow_pruning {
+    ($conn:expr) => {
+        for statement in pruning_statements(&*$conn, true) {
+            sqlx::query(statement)
+                .execute(&mut *$conn)
+                .await
+                .map_err(write_error)?;
+        }
+    };
+}
+
+macro_rules! forbid_pruning {
+    ($conn:expr) => {
+        for statement in pruning_statements(&*$conn, false) {
+            sqlx::query(statement)
+                .execute(&mut *$conn)
+                .await
+                .map_err(write_error)?;
+        }
+    };
+}
+trait PruningDialect {
+    fn statements(allow: bool) -> &'static [&'static str];
+}
+
+impl PruningDialect for sqlx::SqliteConnection {
+    fn statements(allow: bool) -> &'static [&'static str] {
+        if allow {
+            &["DROP TRIGGER audit_records_no_delete"]
+        } else {
+            &[
+                "CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records \
+               BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END",
+            ]
+        }
+    }
+}
+
+impl PruningDialect for sqlx::PgConnection {
+    fn statements(allow: bool) -> &'static [&'static str] {
+        if allow {
+            &["SET LOCAL stackpass.pruning = 'on'"]
+        } else {
+            &["SET LOCAL stackpass.pruning = 'off'"]
+        }
+    }
+}
+
+fn pruning_statements<C: PruningDialect>(_: &C, allow: bool) -> &'static [&'static str] {
+    C::statements(allow)
+}
+
+fn write_error(e: sqlx::Error) -> AuditError {
+    AuditError::Write(e.to_string())
+}
+
+fn read_error(e: sqlx::Error) -> AuditError {
+    AuditError::Read(e.to_string())
+}
+
+struct PendingAppend {
+    records: Vec<AuditRecord>,
+    done: oneshot::Sender<Result<(), AuditError>>,
+}
+
+/// What retention pruning did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneReport {
+    pub records_pruned: i64,
+    /// The chain now starts after this record (its seq and hash).
+    pub sealed_at: Option<Checkpoint>,
+}
+
+pub struct SqlAuditStore {
+    db: Db,
+    writer: mpsc::Sender<PendingAppend>,
+}
+
+impl SqlAuditStore {
+    /// Opens the store named by `url` (`sqlite://PATH` or `postgres://…`), applies
+    /// migrations and starts the writer.
+    pub async fn open(url: &str, busy_timeout: Duration) -> Result<Self, AuditError> {
+        let shown = redact(url);
+        let open_error = |message: String| AuditError::Open {
+            url: shown.clone(),
+            message,
+        };
+        let db = if let Some(path) = url.strip_prefix("sqlite://") {
+            let options = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(busy_timeout)
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(busy_timeout)
+                .connect_with(options)
+                .await
+                .map_err(|e| open_error(e.to_string()))?;
+            SQLITE_MIGRATIONS
+                .run(&pool)
+                .await
+                .map_err(|e| open_error(format!("migrations failed: {e}")))?;
+            Db::Sqlite(pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options =
+                PgConnectOptions::from_str(url).map_err(|e| open_error(redact(&e.to_string())))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(busy_timeout)
+                .connect_with(options)
+                .await
+                .map_err(|e| open_error(redact(&e.to_string())))?;
+            POSTGRES_MIGRATIONS
+                .run(&pool)
+                .await
+                .map_err(|e| open_error(format!("migrations failed: {e}")))?;
+            Db::Postgres(pool)
+        } else {
+            return Err(AuditError::UnsupportedUrl(shown));
+        };
+        let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_loop(db.clone(), queue));
+        Ok(SqlAuditStore { db, writer })
+    }
+
+    async fn append_batch(db: &Db, records: &[&AuditRecord]) -> Result<(), AuditError> {
+        with_chain_lock!(db, conn => {
+            append_locked!(conn, records);
+            Ok(())
+        })
+    }
+
+    /// Where the chain starts: the genesis, or the seal of the last pruning.
+    pub async fn chain_start(&self) -> Result<ChainStart, AuditError> {
+        let (first_seq, prev_hash): (i64, String) = on_db!(&self.db, pool => {
+            sqlx::query_as("SELECT start_seq, start_prev_hash FROM audit_chain WHERE id = 1")
+                .fetch_one(pool)
+                .await
+                .map_err(read_error)?
+        });
+        Ok(ChainStart {
+            first_seq,
+            prev_hash,
+        })
+    }
+
+    /// Calls `each` for every record matching `query`, in chain order, a page at a
+    /// time, so exports and verification need constant memory.
+    pub async fn for_each<E: From<AuditError>>(
+        &self,
+        mut query: AuditQuery,
+        mut each: impl FnMut(StoredRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        query.limit = PAGE;
+        loop {
+            let page = AuditStore::query(self, &query).await?;
+            for record in page.records {
+                each(record)?;
+            }
+            match page.next_after_seq {
+                Some(after) => query.after_seq = Some(after),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Walks the whole chain. The outer error is the store failing; the inner one
+    /// is the chain's first broken link.
+    pub async fn verify(
+        &self,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Result<ChainSummary, ChainBreak>, AuditError> {
+        let start = self.chain_start().await?;
+        let first_seq = start.first_seq;
+        let mut verifier = ChainVerifier::new(start, checkpoint);
+        let mut broken = None;
+        self.for_each(AuditQuery::default(), |record| -> Result<(), AuditError> {
+            if broken.is_none() {
+                if let Err(e) = verifier.check(&record) {
+                    broken = Some(e);
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(match broken {
+            Some(e) => Err(e),
+            None => verifier.finish(first_seq),
+        })
+    }
+
+    /// The current head, to be kept somewhere else as an anchor.
+    pub async fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
+        let start = self.chain_start().await?;
+        let head: Option<(i64, String)> = on_db!(&self.db, pool => {
+            sqlx::query_as("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(pool)
+                .await
+                .map_err(read_error)?
+        });
+        let (seq, hash) = head.unwrap_or((start.first_seq - 1, start.prev_hash));
+        Ok(Checkpoint { seq, hash })
+    }
+
+    /// Deletes the oldest records, all recorded before `before`, and seals the
+    /// chain: the last pruned record's hash becomes the new starting point, and an
+    /// `audit_pruned` record saying what was removed is appended in the same
+    /// transaction. The remaining chain still verifies from its new start.
+    pub async fn prune(
+        &self,
+        before: OffsetDateTime,
+        request_id: &str,
+    ) -> Result<PruneReport, AuditError> {
+        let cutoff = format_timestamp(before);
+        let request_id = request_id.to_owned();
+        with_chain_lock!(&self.db, conn => {
+            let (head_seq, _) = chain_head!(conn);
+            // Only a prefix of the chain can go: stop before the first record that
+            // is not older than the cutoff.
+            let first_kept: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM audit_records WHERE recorded_at >= $1")
+                .bind(&cutoff)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(write_error)?;
+            let last_pruned = first_kept.map_or(head_seq, |seq| seq - 1);
+            let seal: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_records WHERE seq = $1")
+                .bind(last_pruned)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(write_error)?;
+            let Some((sealed_seq, sealed_hash)) = seal else {
+                return Ok(PruneReport { records_pruned: 0, sealed_at: None });
+            };
+            allow_pruning!(conn);
+            let deleted = sqlx::query("DELETE FROM audit_records WHERE seq <= $1")
+                .bind(sealed_seq)
+                .execute(&mut *conn)
+                .await
+                .map_err(write_error)?
+                .rows_affected() as i64;
+            forbid_pruning!(conn);
+            sqlx::query("UPDATE audit_chain SET start_seq = $1, start_prev_hash = $2 WHERE id = 1")
+                .bind(sealed_seq + 1)
+                .bind(&sealed_hash)
+                .execute(&mut *conn)
+                .await
+                .map_err(write_error)?;
+            let mut record = AuditRecord::new(AuditEvent::AuditPruned, "pruned", &request_id);
+            record.detail = Some(serde_json::json!({
+                "records_pruned": deleted,
+                "pruned_through_seq": sealed_seq,
+                "pruned_through_hash": sealed_hash,
+                "recorded_before": cutoff,
+            }));
+            append_locked!(conn, [&record]);
+            Ok(PruneReport {
+                records_pruned: deleted,
+                sealed_at: Some(Checkpoint { seq: sealed_seq, hash: sealed_hash }),
+            })
+        })
+    }
+}
+
+/// The group-commit writer: takes every append waiting in the queue (up to
+/// `MAX_BATCH`), commits them in one transaction, then answers each caller.
+async fn write_loop(db: Db, mut queue: mpsc::Receiver<PendingAppend>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let records: Vec<&AuditRecord> = batch.iter().flat_map(|p| p.records.iter()).collect();
+        let result = SqlAuditStore::append_batch(&db, &records).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, appends = batch.len(), "audit append failed");
+        }
+        for pending in batch {
+            let _ = pending.done.send(result.clone());
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditStore for SqlAuditStore {
+    async fn append(&self, records: Vec<AuditRecord>) -> Result<(), AuditError> {
+        let (done, answer) = oneshot::channel();
+        let gone = || AuditError::Write("the audit writer has stopped".into());
+        self.writer
+            .send(PendingAppend { records, done })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    async fn ping(&self) -> Result<(), AuditError> {
+        // Taking the chain lock proves an append would get through now.
+        with_chain_lock!(&self.db, conn => {
+            let _ = chain_head!(conn);
+            Ok(())
+        })
+    }
+
+    async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {
+        let limit = query.limit.clamp(1, PAGE);
+        let since = query.since.map(format_timestamp);
+        let until = query.until.map(format_timestamp);
+        let records = on_db!(&self.db, pool => {
+            let mut sql = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_records WHERE 1 = 1"));
+            for (column, value) in [
+                ("requester", &query.requester),
+                ("stack", &query.stack),
+                ("provider", &query.provider),
+                ("outcome", &query.outcome),
+            ] {
+                if let Some(value) = value {
+                    sql.push(format!(" AND {column} = ")).push_bind(value);
+                }
+            }
+            if let Some(since) = &since {
+                sql.push(" AND recorded_at >= ").push_bind(since);
+            }
+            if let Some(until) = &until {
+                sql.push(" AND recorded_at < ").push_bind(until);
+            }
+            if let Some(after) = query.after_seq {
+                sql.push(" AND seq > ").push_bind(after);
+            }
+            sql.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit) + 1);
+            let rows = sql.build().fetch_all(pool).await.map_err(read_error)?;
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                records.push(stored_from_row!(row));
+            }
+            records
+        });
+        let mut records = records;
+        let more = records.len() > limit as usize;
+        records.truncate(limit as usize);
+        Ok(AuditPage {
+            next_after_seq: if more {
+                records.last().map(|r| r.seq)
+            } else {
+                None
+            },
+            records,
+        })
+    }
+}
+
+/// Hides a password in a database URL (or in an error that quotes one).
+pub fn redact(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_owned();
+    };
+    let rest = &text[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', ' ']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &text[..scheme_end + 3],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => text.to_owned(),
+        },
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact("postgres://stackpass:s3cret@db:5432/audit"),
+            "postgres://stackpass:***@db:5432/audit"
+        );
+        assert_eq!(
+            redact("postgres://stackpass@db/audit"),
+            "postgres://stackpass@db/audit"
+        );
+        assert_eq!(redact("sqlite://audit.db"), "sqlite://audit.db");
+    }
+}
