@@ -4,27 +4,9 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use support::*;
-
-fn stackpass(args: &[&str]) -> Command {
-    let mut command = Command::new(stackpass_binary());
-    command
-        .args(args)
-        .env_remove("STACKPASS_TOKEN")
-        .env_remove("STACKPASS_URL")
-        .env_remove("STACKPASS_CONFIG");
-    command
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 // Blocking child processes below must not starve the doubles served on this runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,25 @@ pub fn aws_cli() -> PathBuf {
     venv_binary("aws")
 }
 
+/// The `stackpass` CLI, without the caller's STACKPASS_* environment.
+pub fn stackpass(args: &[&str]) -> Command {
+    let mut command = Command::new(stackpass_binary());
+    command
+        .args(args)
+        .env_remove("STACKPASS_TOKEN")
+        .env_remove("STACKPASS_URL")
+        .env_remove("STACKPASS_CONFIG");
+    command
+}
+
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -417,13 +436,16 @@ pub fn component(name: &str, owner: &str) -> Value {
     })
 }
 
-/// jane is in team-payments (owns payments); bob is in team-search (owns search).
+/// jane is in team-payments (owns payments); bob is in team-search (owns search);
+/// sam is in security, the auditor group.
 pub fn default_entities() -> Vec<Value> {
     vec![
         group("team-payments", &["jane"]),
         group("team-search", &["bob"]),
+        group("security", &["sam"]),
         user("jane", &["team-payments"]),
         user("bob", &["team-search"]),
+        user("sam", &["security"]),
         component("payments", "team-payments"),
         component("search", "team-search"),
     ]
@@ -494,6 +516,9 @@ pub enum StsBehaviour {
     RejectToken,
     /// Answer as an STS outage does (HTTP 503, `ServiceUnavailable`).
     Outage,
+    /// Answer at once with a successful `AssumeRoleWithWebIdentity` response in
+    /// STS's documented XML shape and fresh credentials: a fast STS for load.
+    Succeed,
 }
 
 struct RecorderState {
@@ -536,7 +561,11 @@ async fn record_sts(
     body: axum::body::Bytes,
 ) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    state.calls.lock().unwrap().push(StsCall { form });
+    state
+        .calls
+        .lock()
+        .unwrap()
+        .push(StsCall { form: form.clone() });
     let upstream = match &state.behaviour {
         StsBehaviour::Forward(upstream) => upstream,
         StsBehaviour::RejectToken => {
@@ -555,6 +584,7 @@ async fn record_sts(
                 "Service is unavailable",
             );
         }
+        StsBehaviour::Succeed => return sts_success(&form),
     };
     let mut request = state
         .client
@@ -576,11 +606,159 @@ async fn record_sts(
     out
 }
 
+fn sts_success(form: &HashMap<String, String>) -> Response {
+    use rand_core::RngCore;
+    let random = |len: usize, alphabet: &[u8]| -> String {
+        (0..len)
+            .map(|_| alphabet[(rand_core::OsRng.next_u32() as usize) % alphabet.len()] as char)
+            .collect()
+    };
+    let upper = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let secret = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let role = form.get("RoleArn").cloned().unwrap_or_default();
+    let session = form.get("RoleSessionName").cloned().unwrap_or_default();
+    let (account, role_name) = role
+        .strip_prefix("arn:aws:iam::")
+        .and_then(|rest| rest.split_once(":role/"))
+        .map(|(a, r)| (a.to_owned(), r.to_owned()))
+        .unwrap_or_default();
+    let duration: i64 = form
+        .get("DurationSeconds")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(3600);
+    let expiration = (time::OffsetDateTime::now_utc() + time::Duration::seconds(duration))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let body = format!(
+        r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult>
+    <SubjectFromWebIdentityToken>stack</SubjectFromWebIdentityToken>
+    <Audience>sts.amazonaws.com</Audience>
+    <AssumedRoleUser>
+      <Arn>arn:aws:sts::{account}:assumed-role/{role_name}/{session}</Arn>
+      <AssumedRoleId>AROA{role_id}:{session}</AssumedRoleId>
+    </AssumedRoleUser>
+    <Credentials>
+      <SessionToken>{token}</SessionToken>
+      <SecretAccessKey>{secret}</SecretAccessKey>
+      <Expiration>{expiration}</Expiration>
+      <AccessKeyId>ASIA{key}</AccessKeyId>
+    </Credentials>
+    <Provider>stackpass</Provider>
+  </AssumeRoleWithWebIdentityResult>
+  <ResponseMetadata>
+    <RequestId>{request_id}</RequestId>
+  </ResponseMetadata>
+</AssumeRoleWithWebIdentityResponse>"#,
+        role_id = random(16, upper),
+        token = random(356, secret),
+        secret = random(40, secret),
+        key = random(16, upper),
+        request_id = uuid::Uuid::new_v4(),
+    );
+    (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
+}
+
 fn sts_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
     let body = format!(
         r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>"#
     );
     (status, [("content-type", "text/xml")], body).into_response()
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL
+
+/// The server tests create their databases on. `.ci/run` makes sure one listens
+/// at the default; point `STACKPASS_TEST_POSTGRES_URL` elsewhere to use another.
+pub fn postgres_admin_url() -> String {
+    std::env::var("STACKPASS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh database for one test on the real PostgreSQL server, dropped after.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        let admin = postgres_admin_url();
+        let name = format!("stackpass_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::ConnectOptions::connect(&admin.parse::<sqlx::postgres::PgConnectOptions>().unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is not reachable ({e}); run scripts/setup-postgres or set STACKPASS_TEST_POSTGRES_URL"));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    /// Runs SQL as the server's administrator (not through the broker).
+    pub async fn admin(&self, sql: &str) {
+        let mut conn = sqlx::ConnectOptions::connect(
+            &postgres_admin_url()
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+
+    /// Makes the database unreachable for the broker, as if its server stopped:
+    /// refuses new connections and terminates the open ones.
+    pub async fn go_down(&self) {
+        self.admin(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            self.name
+        ))
+        .await;
+        self.admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            self.name
+        ))
+        .await;
+    }
+
+    pub async fn come_back(&self) {
+        self.admin(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        ))
+        .await;
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let admin = postgres_admin_url()
+                    .parse::<sqlx::postgres::PgConnectOptions>()
+                    .unwrap();
+                if let Ok(mut conn) = sqlx::ConnectOptions::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -594,6 +772,8 @@ pub struct BrokerOptions {
     pub env: Vec<(String, String)>,
     /// What the broker's catalog token file holds.
     pub catalog_token: String,
+    /// The audit store; default a SQLite file in the broker's temp dir.
+    pub audit_url: Option<String>,
 }
 
 impl BrokerOptions {
@@ -604,6 +784,7 @@ impl BrokerOptions {
             extra_config: String::new(),
             env: Vec::new(),
             catalog_token: STATIC_CATALOG_TOKEN.to_owned(),
+            audit_url: None,
         }
     }
 
@@ -651,6 +832,7 @@ max_duration = "1h"
 
 [audit]
 url = "sqlite://audit.db"
+auditor_groups = ["group:default/security"]
 {extra}
 "#,
             backstage = self.backstage_url,
@@ -684,6 +866,9 @@ impl Broker {
             .env_remove("STACKPASS_URL")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(url) = &options.audit_url {
+            command.env("STACKPASS_AUDIT__URL", url);
+        }
         for (key, value) in &options.env {
             command.env(key, value);
         }
@@ -734,6 +919,20 @@ impl Broker {
         self.dir.path().join("audit.db")
     }
 
+    /// SIGKILL: no shutdown, no flushing, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn audit_url(&self) -> String {
+        format!("sqlite://{}", self.audit_path().display())
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
@@ -746,11 +945,12 @@ impl Broker {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        TestResponse::from(request.send().await.unwrap()).await
+        TestResponse::from_response(request.send().await.unwrap()).await
     }
 
     pub async fn get(&self, path: &str) -> TestResponse {
-        TestResponse::from(reqwest::get(format!("{}{path}", self.url)).await.unwrap()).await
+        TestResponse::from_response(reqwest::get(format!("{}{path}", self.url)).await.unwrap())
+            .await
     }
 
     /// The audit rows, oldest first, read straight from the SQLite file.
@@ -803,7 +1003,7 @@ pub struct TestResponse {
 }
 
 impl TestResponse {
-    async fn from(response: reqwest::Response) -> TestResponse {
+    pub async fn from_response(response: reqwest::Response) -> TestResponse {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
@@ -859,4 +1059,70 @@ impl TestResponse {
 
 pub fn credential_request(stack: &str) -> Value {
     json!({ "stack": stack, "provider": "aws", "duration_seconds": 900 })
+}
+
+// ---------------------------------------------------------------------------
+// Audit
+
+/// Fires a burst of issuances and SIGKILLs the broker in the middle of it.
+/// Returns the access key ids the client actually received.
+pub async fn burst_then_kill(
+    backstage: &BackstageDouble,
+    broker: &Broker,
+    total: usize,
+    kill_after: usize,
+) -> Vec<String> {
+    let token = backstage.user_token("user:default/jane");
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..total {
+        let (received, done, client, token, url) = (
+            received.clone(),
+            done.clone(),
+            client.clone(),
+            token.clone(),
+            broker.url.clone(),
+        );
+        tasks.spawn(async move {
+            let response = client
+                .post(format!("{url}/v1/credentials"))
+                .bearer_auth(token)
+                .json(&credential_request("pulumi:acme/payments/dev"))
+                .send()
+                .await;
+            if let Ok(response) = response {
+                if response.status() == 200 {
+                    if let Ok(body) = response.json::<Value>().await {
+                        let key = body["credentials"]["access_key_id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                        received.lock().unwrap().push(key);
+                    }
+                }
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    while done.load(Ordering::SeqCst) < kill_after {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-9", &broker.pid().to_string()])
+        .status()
+        .unwrap();
+    while tasks.join_next().await.is_some() {}
+    let received = received.lock().unwrap().clone();
+    received
+}
+
+/// `stackpass audit verify --database URL [--from-checkpoint C]`.
+pub fn verify_database(database: &str, checkpoint: Option<&str>) -> std::process::Output {
+    let mut args = vec!["audit", "verify", "--database", database];
+    if let Some(checkpoint) = checkpoint {
+        args.extend(["--from-checkpoint", checkpoint]);
+    }
+    stackpass(&args).output().unwrap()
 }

@@ -1,0 +1,164 @@
+//! Issuances per second and latency percentiles through the real broker (release
+//! build) with each audit store, against a fast local STS double, so that what the
+//! audit log costs is visible:
+//!
+//!     cargo bench --bench issuance
+//!
+//! Knobs: BENCH_REQUESTS (default 2000 per run), BENCH_CONCURRENCY (default
+//! "1,32"), STACKPASS_TEST_POSTGRES_URL (PostgreSQL server for the second store).
+//! Each run starts a fresh broker with a fresh audit store, warms it up, then
+//! fires the requests from one client at the given concurrency.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+struct Run {
+    store: &'static str,
+    concurrency: usize,
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn percentile(&self, p: f64) -> Duration {
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index]
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<10} {:>11} {:>9} {:>12.0} {:>10.2} {:>10.2} {:>10.2}",
+            self.store,
+            self.concurrency,
+            self.requests,
+            self.requests as f64 / self.elapsed.as_secs_f64(),
+            self.percentile(0.50).as_secs_f64() * 1000.0,
+            self.percentile(0.99).as_secs_f64() * 1000.0,
+            self.latencies.last().unwrap().as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+async fn run(
+    store: &'static str,
+    audit_url: Option<String>,
+    concurrency: usize,
+    requests: usize,
+) -> Run {
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    options.audit_url = audit_url.clone();
+    options.env.push(("STACKPASS_LOG".into(), "warn".into()));
+    options
+        .env
+        .push(("STACKPASS_CATALOG__CACHE_TTL".into(), "10m".into()));
+    let broker = Broker::start(options).await;
+    let token = backstage.user_token("user:default/jane");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/credentials", broker.url);
+    let body = credential_request("pulumi:acme/payments/dev");
+
+    let send = |client: reqwest::Client, url: String, token: String, body: serde_json::Value| async move {
+        let started = Instant::now();
+        let response = client
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+        response.bytes().await.unwrap();
+        started.elapsed()
+    };
+    for _ in 0..50 {
+        send(client.clone(), url.clone(), token.clone(), body.clone()).await;
+    }
+
+    let per_worker = requests / concurrency;
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, token, body) = (client.clone(), url.clone(), token.clone(), body.clone());
+        workers.spawn(async move {
+            let mut latencies = Vec::with_capacity(per_worker);
+            for _ in 0..per_worker {
+                latencies
+                    .push(send(client.clone(), url.clone(), token.clone(), body.clone()).await);
+            }
+            latencies
+        });
+    }
+    let mut latencies = Vec::with_capacity(requests);
+    while let Some(result) = workers.join_next().await {
+        latencies.extend(result.unwrap());
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+
+    // Every issuance must be on the chain, or the numbers are meaningless.
+    let database = audit_url.unwrap_or_else(|| broker.audit_url());
+    let output = verify_database(&database, None);
+    assert!(
+        output.status.success(),
+        "chain broken after the run: {}",
+        stderr(&output)
+    );
+
+    Run {
+        store,
+        concurrency,
+        requests: latencies.len(),
+        elapsed,
+        latencies,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo test` runs bench targets too; only `cargo bench` (which passes
+    // --bench) does the measuring.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("issuance benchmark: run it with `cargo bench --bench issuance`");
+        return;
+    }
+    let requests: usize = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let levels: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,32".into())
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .parse()
+                .expect("BENCH_CONCURRENCY is a comma-separated list of numbers")
+        })
+        .collect();
+
+    println!(
+        "{:<10} {:>11} {:>9} {:>12} {:>10} {:>10} {:>10}",
+        "store", "concurrency", "requests", "issuances/s", "p50 ms", "p99 ms", "max ms"
+    );
+    for &concurrency in &levels {
+        run("sqlite", None, concurrency, requests).await.print();
+        let db = PgDatabase::create().await;
+        run("postgres", Some(db.url.clone()), concurrency, requests)
+            .await
+            .print();
+    }
+}

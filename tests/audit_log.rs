@@ -1,0 +1,565 @@
+//! The audit log as a security team uses it: tamper evidence (`audit verify`,
+//! checkpoints), retention pruning that keeps the chain verifiable, reading it over
+//! HTTP with access control, exporting it, and surviving a crash mid-burst.
+
+mod support;
+
+use serde_json::Value;
+use stackpass::audit::StoredRecord;
+use std::path::Path;
+use support::*;
+
+struct World {
+    backstage: BackstageDouble,
+    _sts: StsRecorder,
+    broker: Broker,
+}
+
+async fn world() -> World {
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let broker = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
+    World {
+        backstage,
+        _sts: sts,
+        broker,
+    }
+}
+
+/// jane issues (3 records), bob is denied (1), jane issues again (3), jane asks
+/// for an unknown stack (1): 8 records.
+async fn some_history(w: &World) {
+    let jane = w.backstage.user_token("user:default/jane");
+    let bob = w.backstage.user_token("user:default/bob");
+    for (token, stack, status) in [
+        (&jane, "pulumi:acme/payments/dev", 200),
+        (&bob, "pulumi:acme/payments/dev", 403),
+        (&jane, "pulumi:acme/payments/dev", 200),
+        (&jane, "pulumi:acme/nope/dev", 404),
+    ] {
+        let response = w
+            .broker
+            .request_credentials(Some(token), credential_request(stack))
+            .await;
+        assert_eq!(response.status, status, "{}", response.text);
+    }
+}
+
+async fn sqlite(path: &Path) -> sqlx::SqliteConnection {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    sqlx::ConnectOptions::connect(&options).await.unwrap()
+}
+
+/// A consistent standalone copy of the broker's live database.
+async fn snapshot(broker: &Broker, name: &str) -> std::path::PathBuf {
+    let copy = broker.dir.path().join(name);
+    let mut conn = sqlite(&broker.audit_path()).await;
+    sqlx::query(&format!("VACUUM INTO '{}'", copy.display()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    copy
+}
+
+/// Tampers with a copy the way someone with database access would: the
+/// append-only triggers are in their way, so they drop them first.
+async fn tamper(path: &Path, statements: &[&str]) {
+    let mut conn = sqlite(path).await;
+    sqlx::query("DROP TRIGGER audit_records_no_update")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DROP TRIGGER audit_records_no_delete")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for statement in statements {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+}
+
+#[track_caller]
+fn assert_broken(output: &std::process::Output, needle: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "verify should fail: {}{}",
+        stdout(output),
+        stderr(output)
+    );
+    let text = stderr(output);
+    assert!(text.starts_with("error: audit chain BROKEN: "), "{text}");
+    assert!(text.contains(needle), "expected {needle:?} in: {text}");
+    assert!(text.contains("\nhint: "), "{text}");
+}
+
+async fn insert_record(path: &Path, r: &StoredRecord) {
+    let mut conn = sqlite(path).await;
+    sqlx::query(
+        "INSERT INTO audit_records (seq, record_id, recorded_at, event, outcome, request_id, issuance_id, requester, \
+         requester_kind, actor, issuer, stack, tags, component, owner, rule, provider, role, duration_seconds, \
+         expires_at, credential_id, client_addr, detail, prev_hash, hash) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(r.seq)
+    .bind(&r.record_id)
+    .bind(&r.recorded_at)
+    .bind(&r.event)
+    .bind(&r.outcome)
+    .bind(&r.request_id)
+    .bind(&r.issuance_id)
+    .bind(&r.requester)
+    .bind(&r.requester_kind)
+    .bind(&r.actor)
+    .bind(&r.issuer)
+    .bind(&r.stack)
+    .bind(&r.tags)
+    .bind(&r.component)
+    .bind(&r.owner)
+    .bind(&r.rule)
+    .bind(&r.provider)
+    .bind(&r.role)
+    .bind(r.duration_seconds)
+    .bind(&r.expires_at)
+    .bind(&r.credential_id)
+    .bind(&r.client_addr)
+    .bind(&r.detail)
+    .bind(&r.prev_hash)
+    .bind(&r.hash)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+async fn row(path: &Path, seq: i64) -> StoredRecord {
+    use sqlx::Row;
+    let mut conn = sqlite(path).await;
+    let r = sqlx::query("SELECT * FROM audit_records WHERE seq = ?")
+        .bind(seq)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    StoredRecord {
+        seq: r.get("seq"),
+        record_id: r.get("record_id"),
+        recorded_at: r.get("recorded_at"),
+        event: r.get("event"),
+        outcome: r.get("outcome"),
+        request_id: r.get("request_id"),
+        issuance_id: r.get("issuance_id"),
+        requester: r.get("requester"),
+        requester_kind: r.get("requester_kind"),
+        actor: r.get("actor"),
+        issuer: r.get("issuer"),
+        stack: r.get("stack"),
+        tags: r.get("tags"),
+        component: r.get("component"),
+        owner: r.get("owner"),
+        rule: r.get("rule"),
+        provider: r.get("provider"),
+        role: r.get("role"),
+        duration_seconds: r.get("duration_seconds"),
+        expires_at: r.get("expires_at"),
+        credential_id: r.get("credential_id"),
+        client_addr: r.get("client_addr"),
+        detail: r.get("detail"),
+        prev_hash: r.get("prev_hash"),
+        hash: r.get("hash"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_catches_edited_deleted_swapped_and_inserted_records() {
+    let w = world().await;
+    some_history(&w).await;
+
+    let intact = snapshot(&w.broker, "intact.db").await;
+    let output = verify_database(&format!("sqlite://{}", intact.display()), None);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with("audit chain intact: 8 record(s), seq 1..8"),
+        "{}",
+        stdout(&output)
+    );
+
+    // An edited field: bob's denial rewritten as an allow.
+    let edited = snapshot(&w.broker, "edited.db").await;
+    let denial = row(&edited, 4).await;
+    assert_eq!(denial.outcome, "denied");
+    tamper(
+        &edited,
+        &["UPDATE audit_records SET outcome = 'allowed' WHERE seq = 4"],
+    )
+    .await;
+    assert_broken(
+        &verify_database(&format!("sqlite://{}", edited.display()), None),
+        &format!(
+            "record 4 ({}) does not match its hash: edited",
+            denial.record_id
+        ),
+    );
+
+    // A deleted record.
+    let deleted = snapshot(&w.broker, "deleted.db").await;
+    let after = row(&deleted, 5).await;
+    tamper(&deleted, &["DELETE FROM audit_records WHERE seq = 4"]).await;
+    assert_broken(
+        &verify_database(&format!("sqlite://{}", deleted.display()), None),
+        &format!(
+            "records 4..4 are missing before record 5 ({}): deleted",
+            after.record_id
+        ),
+    );
+
+    // Two records swapped.
+    let swapped = snapshot(&w.broker, "swapped.db").await;
+    let third = row(&swapped, 3).await;
+    tamper(
+        &swapped,
+        &[
+            "UPDATE audit_records SET seq = -1 WHERE seq = 2",
+            "UPDATE audit_records SET seq = 2 WHERE seq = 3",
+            "UPDATE audit_records SET seq = 3 WHERE seq = -1",
+        ],
+    )
+    .await;
+    assert_broken(
+        &verify_database(&format!("sqlite://{}", swapped.display()), None),
+        &format!("record 2 ({}) does not match its hash", third.record_id),
+    );
+
+    // A forged record inserted by someone who knows the hashing scheme: it links
+    // correctly and its own hash is right, but the records after it had to move
+    // and no longer match theirs.
+    let inserted = snapshot(&w.broker, "inserted.db").await;
+    let moved = row(&inserted, 3).await;
+    let mut forged = row(&inserted, 2).await;
+    forged.record_id = uuid::Uuid::new_v4().to_string();
+    forged.requester = Some("user:default/mallory".into());
+    let link = forged.hash.clone();
+    forged.seal(3, &link);
+    tamper(
+        &inserted,
+        &[
+            "UPDATE audit_records SET seq = -(seq + 1) WHERE seq >= 3",
+            "UPDATE audit_records SET seq = -seq WHERE seq < 0",
+        ],
+    )
+    .await;
+    insert_record(&inserted, &forged).await;
+    assert_eq!(
+        row(&inserted, 3).await.compute_hash(),
+        forged.hash,
+        "the forgery is self-consistent"
+    );
+    assert_broken(
+        &verify_database(&format!("sqlite://{}", inserted.display()), None),
+        &format!("record 4 ({}) does not match its hash", moved.record_id),
+    );
+
+    // A record appended at the end without the right link.
+    let appended = snapshot(&w.broker, "appended.db").await;
+    tamper(
+        &appended,
+        &[&format!(
+            "INSERT INTO audit_records (seq, record_id, recorded_at, event, outcome, request_id, prev_hash, hash) \
+             VALUES (9, 'forged', '2026-01-01T00:00:00.000000Z', 'decision', 'allowed', 'x', '{}', '{}')",
+            "1".repeat(64),
+            "2".repeat(64)
+        )],
+    )
+    .await;
+    assert_broken(
+        &verify_database(&format!("sqlite://{}", appended.display()), None),
+        "record 9 (forged)",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_catches_a_truncated_tail() {
+    let w = world().await;
+    some_history(&w).await;
+    let output = stackpass(&["audit", "checkpoint", "--database", &w.broker.audit_url()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let checkpoint = stdout(&output).trim().to_owned();
+    assert!(
+        checkpoint.starts_with("stackpass-checkpoint-v1:8:"),
+        "{checkpoint}"
+    );
+
+    // More history after the checkpoint is fine.
+    some_history(&w).await;
+    let output = verify_database(&w.broker.audit_url(), Some(&checkpoint));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("16 record(s)")
+            && stdout(&output).contains("consistent with the checkpoint")
+    );
+
+    // Deleting the newest records leaves a chain that is valid on its own; only
+    // the checkpoint kept elsewhere reveals it.
+    let truncated = snapshot(&w.broker, "truncated.db").await;
+    tamper(&truncated, &["DELETE FROM audit_records WHERE seq >= 8"]).await;
+    let database = format!("sqlite://{}", truncated.display());
+    assert!(verify_database(&database, None).status.success());
+    assert_broken(
+        &verify_database(&database, Some(&checkpoint)),
+        "records were deleted from the end",
+    );
+
+    let garbage = verify_database(&database, Some("not-a-checkpoint"));
+    assert_eq!(garbage.status.code(), Some(1));
+    assert!(
+        stderr(&garbage).contains("is not a checkpoint"),
+        "{}",
+        stderr(&garbage)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_seals_the_chain_so_it_still_verifies() {
+    let w = world().await;
+    some_history(&w).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cutoff = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    some_history(&w).await;
+
+    let before = cutoff
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let output = stackpass(&[
+        "audit",
+        "prune",
+        "--database",
+        &w.broker.audit_url(),
+        "--before",
+        &before,
+    ])
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with("pruned 8 record(s)"),
+        "{}",
+        stdout(&output)
+    );
+
+    let rows = w.broker.audit_rows().await;
+    assert_eq!(rows.first().unwrap()["seq"], 9, "the oldest 8 are gone");
+    let seal = rows.last().unwrap();
+    assert_eq!(
+        (seal["event"].as_str(), seal["outcome"].as_str()),
+        (Some("audit_pruned"), Some("pruned"))
+    );
+    let detail: Value = serde_json::from_str(seal["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["records_pruned"], 8);
+    assert_eq!(detail["pruned_through_seq"], 8);
+
+    let output = verify_database(&w.broker.audit_url(), None);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("9 record(s), seq 9..17"),
+        "{}",
+        stdout(&output)
+    );
+
+    // The broker keeps appending onto the sealed chain, and tampering is still caught.
+    some_history(&w).await;
+    assert!(verify_database(&w.broker.audit_url(), None)
+        .status
+        .success());
+    let copy = snapshot(&w.broker, "pruned-then-deleted.db").await;
+    tamper(&copy, &["DELETE FROM audit_records WHERE seq = 9"]).await;
+    assert_broken(
+        &verify_database(&format!("sqlite://{}", copy.display()), None),
+        "records 9..9 are missing",
+    );
+
+    // Without --before, prune needs a retention period.
+    let output = stackpass(&[
+        "audit",
+        "prune",
+        "--config",
+        w.broker.config_path().to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no retention period"),
+        "{}",
+        stderr(&output)
+    );
+    // Outside stackpass, the append-only triggers stop a plain DELETE.
+    let mut conn = sqlite(&w.broker.audit_path()).await;
+    let refused = sqlx::query("DELETE FROM audit_records WHERE seq = 9")
+        .execute(&mut conn)
+        .await;
+    assert!(refused.unwrap_err().to_string().contains("append-only"));
+}
+
+async fn read_audit(w: &World, who: &str, query: &str) -> TestResponse {
+    let token = w.backstage.user_token(who);
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/audit?{query}", w.broker.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    TestResponse::from_response(response).await
+}
+
+#[tokio::test]
+async fn the_audit_api_serves_auditors_everything_and_requesters_their_own() {
+    let w = world().await;
+    some_history(&w).await;
+
+    let all = read_audit(&w, "user:default/sam", "").await;
+    assert_eq!(all.status, 200, "{}", all.text);
+    let records = all.body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 8);
+    assert_eq!(records[0]["seq"], 1);
+    assert_eq!(records[0]["prev_hash"], stackpass::audit::GENESIS_HASH);
+    assert_eq!(records[1]["prev_hash"], records[0]["hash"]);
+    assert!(records[0]["tags"].is_object(), "tags are JSON, not text");
+    assert!(all.body["next_cursor"].is_null());
+
+    let denied = read_audit(&w, "user:default/sam", "outcome=denied").await;
+    let denied = denied.body["records"].as_array().unwrap().clone();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["requester"], "user:default/bob");
+    assert!(denied[0]["detail"]["rules"].is_array());
+
+    let own = read_audit(&w, "user:default/jane", "requester=user:default/jane").await;
+    assert_eq!(own.status, 200, "{}", own.text);
+    assert!(own.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["requester"] == "user:default/jane"));
+    assert_eq!(own.body["records"].as_array().unwrap().len(), 7);
+
+    read_audit(&w, "user:default/jane", "")
+        .await
+        .assert_problem(403, "audit-forbidden");
+    read_audit(&w, "user:default/bob", "requester=user:default/jane")
+        .await
+        .assert_problem(403, "audit-forbidden");
+    read_audit(&w, "user:default/sam", "cursor=garbage")
+        .await
+        .assert_problem(422, "invalid-request");
+    read_audit(&w, "user:default/sam", "since=yesterday")
+        .await
+        .assert_problem(422, "invalid-request");
+    read_audit(&w, "user:default/sam", "limit=0")
+        .await
+        .assert_problem(422, "invalid-request");
+    read_audit(&w, "user:default/sam", "colour=blue")
+        .await
+        .assert_problem(422, "invalid-request");
+    let anonymous = reqwest::get(format!("{}/v1/audit", w.broker.url))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // Cursor pagination walks everything exactly once.
+    let mut seen = Vec::new();
+    let mut query = "limit=3".to_owned();
+    loop {
+        let page = read_audit(&w, "user:default/sam", &query).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        seen.extend(
+            page.body["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["seq"].as_i64().unwrap()),
+        );
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=3&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=8).collect::<Vec<_>>());
+
+    let future = read_audit(&w, "user:default/sam", "since=2999-01-01T00:00:00Z").await;
+    assert!(future.body["records"].as_array().unwrap().is_empty());
+    let stack = read_audit(&w, "user:default/sam", "stack=pulumi:acme/nope/dev").await;
+    assert_eq!(stack.body["records"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_every_record_as_a_json_line() {
+    let w = world().await;
+    some_history(&w).await;
+    let output = stackpass(&[
+        "audit",
+        "export",
+        "--database",
+        &w.broker.audit_url(),
+        "--format",
+        "ndjson",
+    ])
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 8);
+    assert!(lines
+        .iter()
+        .all(|l| l["hash"].as_str().is_some_and(|h| h.len() == 64)));
+    assert_eq!(stderr(&output).trim(), "exported 8 record(s)");
+
+    let missing = stackpass(&[
+        "audit",
+        "export",
+        "--database",
+        "sqlite:///nonexistent/audit.db",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("there is no audit database"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_credential_received_before_a_crash_has_a_committed_record() {
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let broker = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
+    let received = burst_then_kill(&backstage, &broker, 120, 40).await;
+    assert!(
+        received.len() >= 20,
+        "the burst issued some credentials before the kill: {}",
+        received.len()
+    );
+
+    let rows = audit_rows(&broker.audit_path()).await;
+    let recorded: std::collections::HashSet<String> = rows
+        .iter()
+        .filter(|r| r["event"] == "issuance_outcome" && r["outcome"] == "issued")
+        .map(|r| r["credential_id"].as_str().unwrap().to_owned())
+        .collect();
+    for key in &received {
+        assert!(
+            recorded.contains(key),
+            "credential {key} reached the client without a committed record"
+        );
+    }
+    let output = verify_database(&broker.audit_url(), None);
+    assert!(
+        output.status.success(),
+        "the chain survives the crash: {}",
+        stderr(&output)
+    );
+}
