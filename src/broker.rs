@@ -23,6 +23,26 @@ use crate::issuer::{aws_safe_name, Issuer, IssuerError, SubjectTokenRequest};
 use crate::policy::{self, Decision, Denial, Grant, PolicyInput, Rule};
 use crate::stacks::{Stack, StackRef, StackSource, StackSourceError};
 
+/// One request's facts, resolved from trusted sources before the policy decides.
+struct Resolved {
+    principal: Principal,
+    stack: Stack,
+    component: Option<EntityRef>,
+    owner: Option<EntityRef>,
+    environment: Option<String>,
+}
+
+impl Resolved {
+    /// A decision record carrying the resolved facts (tag snapshot, owner).
+    fn record(&self, template: &AuditRecord) -> AuditRecord {
+        let mut record = template.derive(template.event, "");
+        record.tags = Some(self.stack.tags.clone());
+        record.component = self.component.as_ref().map(ToString::to_string);
+        record.owner = self.owner.as_ref().map(ToString::to_string);
+        record
+    }
+}
+
 /// Facts about the HTTP request that belong in the audit log.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
@@ -80,7 +100,8 @@ pub struct Broker {
     pub verifier: Verifier,
     pub catalog: Arc<dyn Catalog>,
     pub stacks: Arc<dyn StackSource>,
-    pub rules: Vec<Rule>,
+    /// The current policy; replaced as a whole when policy files reload.
+    pub rules: std::sync::RwLock<Arc<Vec<Rule>>>,
     pub issuer: Issuer,
     pub providers: HashMap<ProviderKind, Arc<dyn CloudProvider>>,
     pub audit: Arc<dyn AuditStore>,
@@ -101,26 +122,22 @@ impl Broker {
         })?)
     }
 
-    pub async fn issue(
+    /// Everything the policy needs about one request, from trusted sources: the
+    /// stack and its tags (stack source), its component and owner, and the
+    /// requester's groups (catalog). An unknown stack is audited and refused here.
+    async fn resolve(
         &self,
-        context: &RequestContext,
         principal: Principal,
         request: &CredentialRequest,
-    ) -> Result<Issued, BrokerError> {
-        let provider = self
-            .providers
-            .get(&request.provider)
-            .ok_or(BrokerError::ProviderNotEnabled(request.provider))?;
-        let template = base_record(context, &principal, request);
-
+        template: &AuditRecord,
+    ) -> Result<Resolved, BrokerError> {
         let Some(stack) = self.stacks.stack(&request.stack).await? else {
-            let mut record = template.derive(AuditEvent::Decision, "unknown_stack");
+            let mut record = template.derive(template.event, "unknown_stack");
             record.detail =
                 Some(serde_json::json!({ "reason": "the stack source does not know this stack" }));
             self.audit.append(vec![record]).await?;
             return Err(BrokerError::UnknownStack(request.stack.clone()));
         };
-
         let component = stack.tags.get(&self.component_tag).and_then(|value| {
             EntityRef::parse(value, Some("component"), "default")
                 .inspect_err(|e| tracing::warn!(stack = %stack.reference, error = %e, "stack's component tag is not an entity reference"))
@@ -135,55 +152,89 @@ impl Broker {
             },
             self.catalog.groups_of(&principal.subject)
         );
-        let owner = owner?;
-        let principal = Principal {
-            groups: groups?,
-            ..principal
-        };
-        let environment = stack.tags.get(&self.environment_tag).map(String::as_str);
+        let environment = stack.tags.get(&self.environment_tag).cloned();
+        Ok(Resolved {
+            principal: Principal {
+                groups: groups?,
+                ..principal
+            },
+            stack,
+            component,
+            owner: owner?,
+            environment,
+        })
+    }
 
-        let decision = policy::decide(
-            &self.rules,
+    fn decide(&self, resolved: &Resolved, request: &CredentialRequest) -> Decision {
+        policy::decide(
+            &self.current_rules(),
             &PolicyInput {
-                principal: &principal,
-                stack: &stack,
-                component: component.as_ref(),
-                owner: owner.as_ref(),
-                environment,
+                principal: &resolved.principal,
+                stack: &resolved.stack,
+                component: resolved.component.as_ref(),
+                owner: resolved.owner.as_ref(),
+                environment: resolved.environment.as_deref(),
                 provider: request.provider,
                 requested_duration: request.duration,
             },
-        );
-        let mut decision_record = template.derive(AuditEvent::Decision, "");
-        decision_record.tags = Some(stack.tags.clone());
-        decision_record.component = component.as_ref().map(ToString::to_string);
-        decision_record.owner = owner.as_ref().map(ToString::to_string);
+        )
+    }
 
-        let grant = match decision {
+    /// A dry run: the decision and its reasons for `request`, audited as a
+    /// `dry_run` record, with nothing minted or issued.
+    pub async fn explain(
+        &self,
+        context: &RequestContext,
+        principal: Principal,
+        request: &CredentialRequest,
+    ) -> Result<Decision, BrokerError> {
+        let template = base_record(context, &principal, request).derive(AuditEvent::DryRun, "");
+        let resolved = self.resolve(principal, request, &template).await?;
+        let decision = self.decide(&resolved, request);
+        let mut record = resolved.record(&template);
+        match &decision {
+            Decision::Allow(grant) => {
+                record.outcome = "would_allow".into();
+                record.rule = Some(grant.rule.clone());
+                record.role = Some(grant.role.clone());
+                record.duration_seconds = Some(grant.duration.as_secs() as i64);
+            }
+            Decision::Deny(denial) => {
+                record.outcome = "would_deny".into();
+                record.detail = Some(serde_json::to_value(denial).expect("denials serialize"));
+            }
+        }
+        self.audit.append(vec![record]).await?;
+        Ok(decision)
+    }
+
+    pub async fn issue(
+        &self,
+        context: &RequestContext,
+        principal: Principal,
+        request: &CredentialRequest,
+    ) -> Result<Issued, BrokerError> {
+        let provider = self
+            .providers
+            .get(&request.provider)
+            .ok_or(BrokerError::ProviderNotEnabled(request.provider))?;
+        let template = base_record(context, &principal, request);
+        let resolved = self.resolve(principal, request, &template).await?;
+        let mut decision_record = resolved.record(&template);
+        let grant = match self.decide(&resolved, request) {
             Decision::Deny(denial) => {
                 decision_record.outcome = "denied".into();
                 decision_record.detail =
                     Some(serde_json::to_value(&denial).expect("denials serialize"));
                 self.audit.append(vec![decision_record]).await?;
-                tracing::info!(request_id = %context.request_id, requester = %principal.subject, stack = %stack.reference, "denied");
+                tracing::info!(request_id = %context.request_id, requester = %resolved.principal.subject, stack = %resolved.stack.reference, "denied");
                 return Err(BrokerError::Denied(denial));
             }
             Decision::Allow(grant) => grant,
         };
-        // The policy only allows stacks with a component and an owner; checked again
-        // here so that a future policy change cannot mint a token without them.
-        let (Some(component), Some(owner)) = (component, owner) else {
-            return Err(BrokerError::Internal(
-                "policy allowed a stack without a component owner".into(),
-            ));
-        };
         self.exchange(
             context,
-            &principal,
-            &stack,
-            &component,
-            &owner,
-            environment,
+            &resolved,
             grant,
             decision_record,
             provider.as_ref(),
@@ -191,29 +242,32 @@ impl Broker {
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         context: &RequestContext,
-        principal: &Principal,
-        stack: &Stack,
-        component: &EntityRef,
-        owner: &EntityRef,
-        environment: Option<&str>,
+        resolved: &Resolved,
         grant: Grant,
         mut decision_record: AuditRecord,
         provider: &dyn CloudProvider,
     ) -> Result<Issued, BrokerError> {
+        let Resolved {
+            principal,
+            stack,
+            component,
+            owner,
+            environment,
+        } = resolved;
         let issuance_id = Uuid::new_v4();
         let subject_token = self.issuer.mint(&SubjectTokenRequest {
             audience: provider.audience(),
             provider: grant.provider,
             stack: &stack.reference,
             principal,
-            component,
-            owner,
-            environment,
+            component: component.as_ref(),
+            owner: owner.as_ref(),
+            environment: environment.as_deref(),
             rule: &grant.rule,
+            session_tags: &grant.session_tags,
             issuance_id,
         })?;
 
@@ -297,6 +351,16 @@ impl Broker {
             )));
         }
         Ok(self.audit.query(query).await?)
+    }
+
+    pub fn current_rules(&self) -> Arc<Vec<Rule>> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swaps in a new, already validated policy; requests in flight keep the one
+    /// they started with.
+    pub fn replace_rules(&self, rules: Vec<Rule>) {
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
     }
 
     /// Ready means: the audit store takes writes and the signing key signs.

@@ -7,7 +7,7 @@
 //! fail before the broker takes a single request. Relative paths in the file are
 //! resolved against the file's own directory, so a config works from any cwd.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use stackpass_provider::ProviderKind;
 use url::Url;
 
 use crate::catalog::EntityRef;
-use crate::policy::Template;
+use crate::policy::RuleConfig;
 
 pub const DEFAULT_CONFIG_FILE: &str = "stackpass.toml";
 
@@ -359,31 +359,26 @@ fn default_max_attempts() -> u32 {
     3
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-}
-
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    pub name: String,
-    pub provider: ProviderKind,
-    /// Tag selectors: the stack's tag must have one of the listed values.
-    #[serde(default)]
-    pub tags: BTreeMap<String, Vec<String>>,
-    /// Role template, e.g. `arn:aws:iam::{tags.aws-account}:role/{component}-deployer`.
-    pub role: String,
-    #[serde(default = "default_max_duration", with = "humantime_serde")]
-    pub max_duration: Duration,
-    /// Inline session policy (JSON) that narrows what the role may do.
-    pub session_policy: Option<String>,
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Rules written in the server config; tried before the files' rules.
+    pub rules: Vec<RuleConfig>,
+    /// Policy files, or directories of `*.toml` policy files, in order.
+    pub files: Vec<PathBuf>,
+    /// How often policy files are checked for changes (they also reload on SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
-fn default_max_duration() -> Duration {
-    Duration::from_secs(3600)
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            rules: Vec::new(),
+            files: Vec::new(),
+            reload_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -545,6 +540,9 @@ impl Config {
             if let Some(p) = issuer.key_file.as_mut() {
                 resolve(p)
             }
+        }
+        for p in &mut self.policy.files {
+            resolve(p);
         }
         for p in [
             &mut self.catalog.file,
@@ -733,49 +731,6 @@ impl Config {
             );
         }
 
-        let enabled = self.providers.enabled();
-        let mut rule_names = HashSet::new();
-        for (i, rule) in self.policy.rules.iter().enumerate() {
-            let key = |field: &str| format!("policy.rules[{i}].{field}");
-            if !rule_names.insert(rule.name.as_str()) {
-                problem(key("name"), format!("{:?} is used by two rules", rule.name));
-            }
-            if !enabled.contains(&rule.provider) {
-                problem(
-                    key("provider"),
-                    format!(
-                        "provider {} is not configured under [providers.{}]",
-                        rule.provider, rule.provider
-                    ),
-                );
-            }
-            if let Err(e) = Template::parse(&rule.role) {
-                problem(key("role"), e.to_string());
-            }
-            if let Some(policy) = &rule.session_policy {
-                if !serde_json::from_str::<serde_json::Value>(policy).is_ok_and(|v| v.is_object()) {
-                    problem(
-                        key("session_policy"),
-                        "must be a JSON policy document (an object)".into(),
-                    );
-                }
-            }
-            let max = rule.max_duration;
-            if max < Duration::from_secs(900) || max > Duration::from_secs(12 * 3600) {
-                problem(
-                    key("max_duration"),
-                    "must be between 15m and 12h (the range STS accepts)".into(),
-                );
-            }
-            for (tag, values) in &rule.tags {
-                if values.is_empty() {
-                    problem(
-                        key(&format!("tags.{tag}")),
-                        "lists no values, so the rule could never match".into(),
-                    );
-                }
-            }
-        }
         problems
     }
 }
@@ -833,14 +788,14 @@ mod tests {
     fn problems_name_their_keys() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "{MINIMAL}\n[providers.aws]\n[[policy.rules]]\nname = \"r\"\nprovider = \"gcp\"\nrole = \"arn:{{nope}}\"\nmax_duration = \"13h\"\n"
+            "{MINIMAL}\n[providers.aws]\nmax_attempts = 0\ntimeout = \"1m\"\n[audit]\nretention = \"1h\"\n"
         );
         let err = Config::load(&write(dir.path(), &text))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("policy.rules[0].provider"), "{err}");
-        assert!(err.contains("policy.rules[0].role"), "{err}");
-        assert!(err.contains("policy.rules[0].max_duration"), "{err}");
+        assert!(err.contains("providers.aws.max_attempts"), "{err}");
+        assert!(err.contains("providers.aws.timeout"), "{err}");
+        assert!(err.contains("audit.retention"), "{err}");
     }
 
     #[test]

@@ -256,13 +256,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check { config },
         } => {
             let loaded = load_config(&config)?;
-            stackpass::startup::check(&loaded)
+            let rules = stackpass::startup::check(&loaded)
                 .map_err(|e| CliError::new(e.to_string(), "fix the file or key named above"))?;
             println!(
                 "{}: ok ({} trusted issuer(s), {} rule(s), providers: {})",
                 config.display(),
                 loaded.identity.issuers.len(),
-                loaded.policy.rules.len(),
+                rules,
                 loaded
                     .providers
                     .enabled()

@@ -16,7 +16,7 @@ use crate::catalog::{
 use crate::config::{CatalogKind, Config, IssuerKind, StacksKind};
 use crate::identity::{KeySourceError, Verifier};
 use crate::issuer::{Issuer, SigningKey, SigningKeyError};
-use crate::policy::{Rule, TemplateError};
+use crate::policy::{load_rules, PolicyError, Rule, ValidationContext};
 use crate::stacks::{StackSource, StackSourceError, StaticStackRegistry};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +31,8 @@ pub enum StartupError {
     CatalogToken { path: String, message: String },
     #[error("stacks: {0}")]
     Stacks(#[from] StackSourceError),
-    #[error("policy.rules: {0}")]
-    Policy(#[from] TemplateError),
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
     #[error("audit.url: {0}")]
     Audit(#[from] AuditError),
     #[error("server.listen: a development issuer is configured, so the broker only listens on loopback addresses; remove the development issuer to listen on {0}")]
@@ -60,14 +60,14 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     let verifier = Verifier::from_config(&config.identity)?;
     let catalog = build_catalog(config)?;
     let stacks = load_stacks(config)?;
-    let rules = load_rules(config)?;
+    let rules = load_policy(config)?;
     let audit: Arc<dyn AuditStore> =
         Arc::new(SqlAuditStore::open(&config.audit.url, config.audit.busy_timeout).await?);
     Ok(Broker {
         verifier,
         catalog,
         stacks,
-        rules,
+        rules: std::sync::RwLock::new(Arc::new(rules)),
         issuer: Issuer::new(
             signing_key,
             config.issuer_url(),
@@ -90,13 +90,16 @@ fn load_stacks(config: &Config) -> Result<Arc<dyn StackSource>, StartupError> {
     })
 }
 
-fn load_rules(config: &Config) -> Result<Vec<Rule>, StartupError> {
-    Ok(config
-        .policy
-        .rules
-        .iter()
-        .map(Rule::from_config)
-        .collect::<Result<_, _>>()?)
+/// The config's rules and the policy files', validated together.
+pub fn load_policy(config: &Config) -> Result<Vec<Rule>, PolicyError> {
+    load_rules(
+        &config.policy.rules,
+        &config.policy.files,
+        &ValidationContext {
+            environment_tag: config.stacks.environment_tag.clone(),
+            enabled_providers: Some(config.providers.enabled()),
+        },
+    )
 }
 
 fn load_static_catalog(config: &Config) -> Result<StaticCatalog, StartupError> {
@@ -161,8 +164,9 @@ async fn build_providers(config: &Config) -> HashMap<ProviderKind, Arc<dyn Cloud
 }
 
 /// What `stackpass config check` verifies beyond the config file itself: the files
-/// it names load, the signing key is usable. No network, no writes.
-pub fn check(config: &Config) -> Result<(), StartupError> {
+/// it names load, the policy validates, the signing key is usable. No network, no
+/// writes. Returns the number of rules.
+pub fn check(config: &Config) -> Result<usize, StartupError> {
     if !config.issuer.create_key_if_missing {
         SigningKey::load(&config.issuer.signing_key)?;
     }
@@ -170,6 +174,5 @@ pub fn check(config: &Config) -> Result<(), StartupError> {
         load_static_catalog(config)?;
     }
     load_stacks(config)?;
-    load_rules(config)?;
-    Ok(())
+    Ok(load_policy(config)?.len())
 }

@@ -306,7 +306,7 @@ fn config_check_reports_unknown_role_template_variables() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("policy.rules[0].role: template")
+        stderr(&output).contains("policy.rules[0]: rule \"owners-deploy-nonprod\": role: template")
             && stderr(&output).contains("{team}"),
         "{}",
         stderr(&output)

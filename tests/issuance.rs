@@ -473,7 +473,7 @@ async fn a_later_rule_can_grant_with_an_inline_session_policy() {
 [[policy.rules]]
 name = "owners-read-prod"
 provider = "aws"
-tags = { environment = ["prod"] }
+tags = { environment = ["prod"], aws-account = ["*"] }
 role = "arn:aws:iam::{tags.aws-account}:role/{component}-readonly"
 max_duration = "15m"
 session_policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}'

@@ -35,6 +35,8 @@ pub enum AuditEvent {
     IssuanceOutcome,
     /// Retention pruning removed older records and sealed the chain.
     AuditPruned,
+    /// A dry-run decision (`POST /v1/decisions`): nothing was issued.
+    DryRun,
 }
 
 impl AuditEvent {
@@ -44,6 +46,7 @@ impl AuditEvent {
             AuditEvent::IssuanceIntent => "issuance_intent",
             AuditEvent::IssuanceOutcome => "issuance_outcome",
             AuditEvent::AuditPruned => "audit_pruned",
+            AuditEvent::DryRun => "dry_run",
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod signing_key;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -39,10 +40,13 @@ pub struct SubjectTokenRequest<'a> {
     pub provider: ProviderKind,
     pub stack: &'a StackRef,
     pub principal: &'a Principal,
-    pub component: &'a EntityRef,
-    pub owner: &'a EntityRef,
+    /// Absent only for rules that explicitly widen the owner requirement.
+    pub component: Option<&'a EntityRef>,
+    pub owner: Option<&'a EntityRef>,
     pub environment: Option<&'a str>,
     pub rule: &'a str,
+    /// The grant's session tags, added to the AWS principal tags.
+    pub session_tags: &'a BTreeMap<String, String>,
     pub issuance_id: Uuid,
 }
 
@@ -81,8 +85,10 @@ struct StackpassClaims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     actor: Option<&'a str>,
     stack: String,
-    component: String,
-    owner: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    component: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     environment: Option<&'a str>,
     rule: &'a str,
@@ -94,8 +100,8 @@ struct StackpassClaims<'a> {
 /// `aws:PrincipalTag/component` and CloudTrail shows who and what.
 #[derive(Serialize)]
 struct AwsTags {
-    principal_tags: std::collections::BTreeMap<&'static str, [String; 1]>,
-    transitive_tag_keys: Vec<&'static str>,
+    principal_tags: BTreeMap<String, [String; 1]>,
+    transitive_tag_keys: Vec<String>,
 }
 
 impl Issuer {
@@ -149,27 +155,14 @@ impl Issuer {
                 requester_kind: request.principal.kind.as_str(),
                 actor: request.principal.actor.as_deref(),
                 stack: request.stack.to_string(),
-                component: request.component.to_string(),
-                owner: request.owner.to_string(),
+                component: request.component.map(ToString::to_string),
+                owner: request.owner.map(ToString::to_string),
                 environment: request.environment,
                 rule: request.rule,
                 issuance_id: request.issuance_id.to_string(),
             },
             aws_source_identity: aws.then(|| aws_safe_name(&request.principal.subject)),
-            aws_tags: aws.then(|| AwsTags {
-                principal_tags: [
-                    ("requester", [requester.clone()]),
-                    ("component", [request.component.name().to_owned()]),
-                    ("owner", [request.owner.to_string()]),
-                    (
-                        "environment",
-                        [request.environment.unwrap_or("none").to_owned()],
-                    ),
-                ]
-                .into_iter()
-                .collect(),
-                transitive_tag_keys: vec!["requester", "component", "owner", "environment"],
-            }),
+            aws_tags: aws.then(|| aws_tags(request, &requester)),
         };
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.key.kid().to_owned());
@@ -193,6 +186,27 @@ impl Issuer {
         )
         .map(|_| ())
         .map_err(|e| IssuerError::Signing(e.to_string()))
+    }
+}
+
+/// The principal tags: who asked and what the stack is, then the grant's own
+/// session tags (which may not override the first four).
+fn aws_tags(request: &SubjectTokenRequest<'_>, requester: &str) -> AwsTags {
+    let mut tags: BTreeMap<String, [String; 1]> = BTreeMap::new();
+    for (key, value) in request.session_tags {
+        tags.insert(key.clone(), [value.clone()]);
+    }
+    for (key, value) in [
+        ("requester", Some(requester.to_owned())),
+        ("component", request.component.map(|c| c.name().to_owned())),
+        ("owner", request.owner.map(ToString::to_string)),
+        ("environment", request.environment.map(str::to_owned)),
+    ] {
+        tags.insert(key.to_owned(), [value.unwrap_or_else(|| "none".to_owned())]);
+    }
+    AwsTags {
+        transitive_tag_keys: tags.keys().cloned().collect(),
+        principal_tags: tags,
     }
 }
 

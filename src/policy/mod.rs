@@ -1,56 +1,128 @@
 //! The policy decision: a pure function of (rules, principal, stack, ownership,
-//! request) that yields a [`Decision`]. No I/O happens here: everything the
-//! decision needs has been resolved by the broker beforehand, so every verdict can
-//! be unit-tested and explained.
+//! request) that yields a [`Decision`]. `decide` does no I/O: everything it needs
+//! has been resolved by the broker beforehand, so every verdict can be
+//! unit-tested, explained and tested offline (`stackpass policy test`). Loading
+//! and validating rule files lives in `load`.
 //!
 //! Deny by default. Rules are tried in order and the first rule that matches
-//! grants; a denial lists every rule considered and why it did not match. Reasons
-//! only mention the requested stack's own facts and the requester's relation to its
-//! owner, never other teams' stacks, roles or members.
+//! decides: an `allow` rule grants, a `deny` rule refuses. A rule matches when the
+//! provider, every tag selector, the requester kind and the requester's groups
+//! match and, unless the rule explicitly widens it, the requester is a member of
+//! the stack's owning group. A denial lists every rule considered and why it did
+//! not match. Reasons only mention the requested stack's own facts and the
+//! requester's relation to its owner, never other teams' stacks, roles or members.
 
+mod load;
 mod template;
+pub mod testing;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
 use stackpass_provider::ProviderKind;
 
+pub use load::{
+    expand_paths, load_rules, validate, PolicyError, PolicyProblem, RuleConfig, RuleSource,
+    ValidationContext,
+};
 pub use template::{RenderError, Template, TemplateError, Variable, SAFE_VALUE_CHARACTERS};
 
 use crate::catalog::EntityRef;
-use crate::config::RuleConfig;
-use crate::identity::Principal;
+use crate::identity::{Principal, PrincipalKind};
 use crate::stacks::Stack;
 
 /// The shortest credential STS will issue; also the default when none is asked for.
 pub const MIN_DURATION: Duration = Duration::from_secs(900);
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// One accepted value of a tag selector: exact, or a glob with `*` and `?`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ValuePattern(String);
+
+impl ValuePattern {
+    pub fn new(pattern: &str) -> Self {
+        ValuePattern(pattern.to_owned())
+    }
+
+    pub fn is_glob(&self) -> bool {
+        self.0.contains(['*', '?'])
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        glob_match(self.0.as_bytes(), value.as_bytes())
+    }
+
+    /// Whether every value this pattern matches is also matched by `other`.
+    fn covered_by(&self, other: &ValuePattern) -> bool {
+        if self.is_glob() {
+            other.0 == self.0 || other.0 == "*"
+        } else {
+            other.matches(&self.0)
+        }
+    }
+}
+
+impl fmt::Display for ValuePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// `*` matches any run of characters, `?` exactly one; everything else itself.
+fn glob_match(pattern: &[u8], value: &[u8]) -> bool {
+    let (mut p, mut v) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while v < value.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, v));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == value[v] => {
+                p += 1;
+                v += 1;
+            }
+            _ => match star {
+                Some((star_p, star_v)) => {
+                    p = star_p + 1;
+                    v = star_v + 1;
+                    star = Some((star_p, star_v + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
+    /// Where the rule was written, for error messages and explanations.
+    pub source: RuleSource,
+    pub effect: Effect,
     pub provider: ProviderKind,
-    pub tags: BTreeMap<String, BTreeSet<String>>,
-    pub role: Template,
+    /// The stack must carry each tag, with a value matching one of the patterns.
+    pub tags: BTreeMap<String, Vec<ValuePattern>>,
+    /// Empty: any kind.
+    pub requester_kinds: Vec<PrincipalKind>,
+    /// Empty: no group requirement; otherwise the requester must be in one.
+    pub groups: Vec<EntityRef>,
+    /// Owner membership is required unless a rule widens it explicitly.
+    pub require_owner: bool,
+    /// Allow rules only.
+    pub role: Option<Template>,
     pub max_duration: Duration,
-    pub session_policy: Option<String>,
-}
-
-impl Rule {
-    pub fn from_config(config: &RuleConfig) -> Result<Rule, TemplateError> {
-        Ok(Rule {
-            name: config.name.clone(),
-            provider: config.provider,
-            tags: config
-                .tags
-                .iter()
-                .map(|(tag, values)| (tag.clone(), values.iter().cloned().collect()))
-                .collect(),
-            role: Template::parse(&config.role)?,
-            max_duration: config.max_duration,
-            session_policy: config.session_policy.clone(),
-        })
-    }
+    pub session_policy: Option<Template>,
+    pub session_tags: BTreeMap<String, Template>,
 }
 
 /// Everything the decision looks at, resolved by the broker from trusted sources.
@@ -85,12 +157,15 @@ pub struct Grant {
     #[serde(with = "humantime_serde")]
     pub max_duration: Duration,
     pub session_policy: Option<String>,
+    pub session_tags: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Denial {
     /// One line for humans.
     pub summary: String,
+    /// The deny rule that matched, if one did.
+    pub denied_by: Option<String>,
     /// Each rule considered, with why it did not match.
     pub rules: Vec<RuleMiss>,
 }
@@ -105,14 +180,27 @@ pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
     let mut misses = Vec::new();
     for rule in rules {
         match evaluate(rule, input) {
-            Ok(grant) => return Decision::Allow(grant),
+            Ok(Some(grant)) => return Decision::Allow(grant),
+            Ok(None) => {
+                return Decision::Deny(Denial {
+                    summary: format!(
+                        "rule {} denies {} credentials for {} to {}",
+                        rule.name, input.provider, input.stack.reference, input.principal.subject
+                    ),
+                    denied_by: Some(rule.name.clone()),
+                    rules: misses,
+                })
+            }
             Err(reasons) => misses.push(RuleMiss {
                 rule: rule.name.clone(),
                 reasons,
             }),
         }
     }
-    let summary = if rules.iter().all(|r| r.provider != input.provider) {
+    let summary = if rules
+        .iter()
+        .all(|r| r.provider != input.provider || r.effect == Effect::Deny)
+    {
         format!(
             "no rule grants {} credentials on this broker",
             input.provider
@@ -125,13 +213,15 @@ pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
     };
     Decision::Deny(Denial {
         summary,
+        denied_by: None,
         rules: misses,
     })
 }
 
-/// Checks one rule; on a miss returns every reason, not just the first, so one
-/// denial tells the requester everything that has to change.
-fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Grant, Vec<String>> {
+/// Checks one rule. `Ok(Some)` grants, `Ok(None)` is a matching deny rule, and a
+/// miss returns every reason, not just the first, so one denial tells the
+/// requester everything that has to change.
+fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Vec<String>> {
     if rule.provider != input.provider {
         // Nothing else about a rule for another cloud is relevant to this request.
         return Err(vec![format!(
@@ -142,52 +232,98 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Grant, Vec<String>> 
     let mut reasons = Vec::new();
     for (tag, allowed) in &rule.tags {
         match input.stack.tags.get(tag) {
-            Some(value) if allowed.contains(value) => {}
+            Some(value) if allowed.iter().any(|p| p.matches(value)) => {}
             Some(value) => reasons.push(format!(
                 "the stack's tag {tag} is {value:?}; the rule needs one of {}",
                 allowed
                     .iter()
-                    .map(|v| format!("{v:?}"))
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
             None => reasons.push(format!("the stack has no {tag} tag")),
         }
     }
-    match (input.component, input.owner) {
-        (None, _) => {
-            reasons.push("the stack's tags name no catalog component, so it has no owner".into())
-        }
-        (Some(component), None) => {
-            reasons.push(format!("the catalog has no owner for {component}"))
-        }
-        (Some(component), Some(owner)) => {
-            if !is_member(input.principal, owner) {
-                reasons.push(format!(
-                    "{} is not a member of {owner}, which owns {component}",
-                    input.principal.subject
-                ));
+    let principal = input.principal;
+    if !rule.requester_kinds.is_empty() && !rule.requester_kinds.contains(&principal.kind) {
+        reasons.push(format!(
+            "the rule is for {} requesters; this one is {}",
+            rule.requester_kinds
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(" or "),
+            principal.kind.as_str()
+        ));
+    }
+    if !rule.groups.is_empty() && !rule.groups.iter().any(|g| is_member(principal, g)) {
+        reasons.push(format!(
+            "{} is in none of the rule's groups ({})",
+            principal.subject,
+            rule.groups
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if rule.effect == Effect::Deny {
+        return if reasons.is_empty() {
+            Ok(None)
+        } else {
+            Err(reasons)
+        };
+    }
+    if rule.require_owner {
+        match (input.component, input.owner) {
+            (None, _) => reasons
+                .push("the stack's tags name no catalog component, so it has no owner".into()),
+            (Some(component), None) => {
+                reasons.push(format!("the catalog has no owner for {component}"))
+            }
+            (Some(component), Some(owner)) => {
+                if !is_member(principal, owner) {
+                    reasons.push(format!(
+                        "{} is not a member of {owner}, which owns {component}",
+                        principal.subject
+                    ));
+                }
             }
         }
     }
-    let role = rule.role.render(|variable| lookup(variable, input));
-    let role = match role {
-        Ok(role) => Some(role),
+    let fill = |template: &Template, what: &str, reasons: &mut Vec<String>| match template
+        .render(|variable| lookup(variable, input))
+    {
+        Ok(value) => Some(value),
         Err(RenderError::Missing(variable)) => {
             reasons.push(format!(
-                "the role template needs {variable}, which this stack does not have"
+                "the {what} template needs {variable}, which this stack does not have"
             ));
             None
         }
         Err(RenderError::Unsafe(variable)) => {
             reasons.push(format!(
-                "the value of {variable} cannot be used in a role name (allowed: {SAFE_VALUE_CHARACTERS})"
+                "the value of {variable} cannot be used in the {what} (allowed: {SAFE_VALUE_CHARACTERS})"
             ));
             None
         }
     };
+    let role = rule
+        .role
+        .as_ref()
+        .and_then(|t| fill(t, "role", &mut reasons));
+    let session_policy = rule
+        .session_policy
+        .as_ref()
+        .map(|t| fill(t, "session policy", &mut reasons));
+    let mut session_tags = BTreeMap::new();
+    for (key, template) in &rule.session_tags {
+        if let Some(value) = fill(template, "session tag", &mut reasons) {
+            session_tags.insert(key.clone(), value);
+        }
+    }
     match role {
-        Some(role) if reasons.is_empty() => Ok(Grant {
+        Some(role) if reasons.is_empty() => Ok(Some(Grant {
             rule: rule.name.clone(),
             provider: rule.provider,
             role,
@@ -196,14 +332,15 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Grant, Vec<String>> 
                 .unwrap_or(MIN_DURATION)
                 .min(rule.max_duration),
             max_duration: rule.max_duration,
-            session_policy: rule.session_policy.clone(),
-        }),
+            session_policy: session_policy.flatten(),
+            session_tags,
+        })),
         _ => Err(reasons),
     }
 }
 
-fn is_member(principal: &Principal, owner: &EntityRef) -> bool {
-    principal.subject == *owner || principal.groups.contains(owner)
+fn is_member(principal: &Principal, group: &EntityRef) -> bool {
+    principal.subject == *group || principal.groups.contains(group)
 }
 
 fn lookup<'a>(variable: &Variable, input: &PolicyInput<'a>) -> Option<&'a str> {
@@ -252,16 +389,27 @@ mod tests {
     fn nonprod_rule() -> Rule {
         Rule {
             name: "team-deploys-nonprod".into(),
+            source: RuleSource::default(),
+            effect: Effect::Allow,
             provider: ProviderKind::Aws,
-            tags: [(
-                "environment".to_string(),
-                ["dev".to_string(), "staging".to_string()].into(),
-            )]
+            tags: [
+                (
+                    "environment".to_string(),
+                    vec![ValuePattern::new("dev"), ValuePattern::new("staging")],
+                ),
+                ("aws-account".to_string(), vec![ValuePattern::new("*")]),
+            ]
             .into(),
-            role: Template::parse("arn:aws:iam::{tags.aws-account}:role/{component}-deployer")
-                .unwrap(),
+            requester_kinds: Vec::new(),
+            groups: Vec::new(),
+            require_owner: true,
+            role: Some(
+                Template::parse("arn:aws:iam::{tags.aws-account}:role/{component}-deployer")
+                    .unwrap(),
+            ),
             max_duration: Duration::from_secs(3600),
             session_policy: None,
+            session_tags: BTreeMap::new(),
         }
     }
 
@@ -391,9 +539,11 @@ mod tests {
         case.stack.tags.remove("environment");
         case.stack.tags.remove("aws-account");
         let denial = denial(case.decide(&[nonprod_rule()]));
+        // No environment tag, no aws-account tag, not a member, and the role
+        // template cannot be filled.
         assert_eq!(
             denial.rules[0].reasons.len(),
-            3,
+            4,
             "{:?}",
             denial.rules[0].reasons
         );
@@ -427,7 +577,7 @@ mod tests {
             .reasons
             .clone();
         assert!(
-            reasons[0].contains("cannot be used in a role name"),
+            reasons[0].contains("cannot be used in the role"),
             "{reasons:?}"
         );
     }
@@ -459,10 +609,119 @@ mod tests {
         first.name = "first".into();
         first
             .tags
-            .insert("environment".into(), ["prod".to_string()].into());
+            .insert("environment".into(), vec![ValuePattern::new("prod")]);
         let Decision::Allow(grant) = Case::new().decide(&[first, second]) else {
             panic!()
         };
         assert_eq!(grant.rule, "second");
+    }
+
+    #[test]
+    fn globs_match_tag_values() {
+        for (pattern, value, expected) in [
+            ("dev", "dev", true),
+            ("dev", "dev2", false),
+            ("*", "", true),
+            ("dev-*", "dev-eu", true),
+            ("dev-*", "prod-eu", false),
+            ("*-eu", "dev-eu", true),
+            ("d?v", "dev", true),
+            ("d?v", "deev", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ] {
+            assert_eq!(
+                ValuePattern::new(pattern).matches(value),
+                expected,
+                "{pattern} vs {value}"
+            );
+        }
+        let mut case = Case::new();
+        case.stack
+            .tags
+            .insert("environment".into(), "staging-eu".into());
+        let mut rule = nonprod_rule();
+        rule.tags
+            .insert("environment".into(), vec![ValuePattern::new("staging-*")]);
+        assert!(matches!(case.decide(&[rule]), Decision::Allow(_)));
+    }
+
+    #[test]
+    fn requester_kinds_and_groups_narrow_a_rule() {
+        let mut humans_only = nonprod_rule();
+        humans_only.requester_kinds = vec![PrincipalKind::Human];
+        let mut case = Case::new();
+        case.principal.kind = PrincipalKind::Agent;
+        let reasons = denial(case.decide(&[humans_only.clone()])).rules[0]
+            .reasons
+            .clone();
+        assert_eq!(
+            reasons,
+            vec!["the rule is for human requesters; this one is agent"]
+        );
+        case.principal.kind = PrincipalKind::Human;
+        assert!(matches!(case.decide(&[humans_only]), Decision::Allow(_)));
+    }
+
+    #[test]
+    fn a_rule_can_widen_the_owner_requirement_to_a_group() {
+        let mut sre = nonprod_rule();
+        sre.name = "sre-read-everything".into();
+        sre.require_owner = false;
+        sre.groups = vec![entity("group:default/sre")];
+        sre.tags.clear();
+        sre.role = Some(Template::parse("arn:aws:iam::111111111111:role/readonly").unwrap());
+        let mut case = Case::new();
+        case.principal = principal("user:default/oncall", &["group:default/sre"]);
+        case.stack.tags.insert("environment".into(), "prod".into());
+        let Decision::Allow(grant) = case.decide(&[nonprod_rule(), sre.clone()]) else {
+            panic!()
+        };
+        assert_eq!(grant.rule, "sre-read-everything");
+        case.principal = principal("user:default/bob", &["group:default/team-search"]);
+        let denial = denial(case.decide(&[sre]));
+        assert!(
+            denial.rules[0].reasons[0].contains("in none of the rule's groups"),
+            "{denial:?}"
+        );
+    }
+
+    #[test]
+    fn a_deny_rule_that_matches_stops_evaluation() {
+        let mut freeze = nonprod_rule();
+        freeze.name = "freeze-staging".into();
+        freeze.effect = Effect::Deny;
+        freeze.role = None;
+        freeze.tags = [("environment".to_string(), vec![ValuePattern::new("dev")])].into();
+        let denial = denial(Case::new().decide(&[freeze.clone(), nonprod_rule()]));
+        assert_eq!(denial.denied_by.as_deref(), Some("freeze-staging"));
+        let mut case = Case::new();
+        case.stack
+            .tags
+            .insert("environment".into(), "staging".into());
+        assert!(matches!(
+            case.decide(&[freeze, nonprod_rule()]),
+            Decision::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn session_policy_and_tags_are_rendered_into_the_grant() {
+        let mut rule = nonprod_rule();
+        rule.session_policy = Some(
+            Template::parse_embedded(
+                r#"{"Statement":[{"Effect":"Allow","Resource":"arn:aws:s3:::{component}-*"}]}"#,
+            )
+            .unwrap(),
+        );
+        rule.session_tags = [("team".to_string(), Template::parse("{owner}").unwrap())].into();
+        let Decision::Allow(grant) = Case::new().decide(&[rule]) else {
+            panic!()
+        };
+        assert_eq!(
+            grant.session_policy.as_deref(),
+            Some(r#"{"Statement":[{"Effect":"Allow","Resource":"arn:aws:s3:::payments-*"}]}"#)
+        );
+        assert_eq!(grant.session_tags["team"], "team-payments");
     }
 }

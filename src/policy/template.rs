@@ -101,6 +101,50 @@ impl Template {
         })
     }
 
+    /// Parses a template embedded in a JSON document (a session policy): only
+    /// `{name}` where `name` looks like a variable is one; every other brace is
+    /// JSON. A variable-looking name that is not a known variable is an error, so a
+    /// typo cannot silently stay literal.
+    pub fn parse_embedded(source: &str) -> Result<Self, TemplateError> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = source;
+        while let Some(open) = rest.find('{') {
+            literal.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let name = after
+                .find('}')
+                .map(|close| &after[..close])
+                .filter(|name| looks_like_variable(name));
+            match name {
+                Some(name) => {
+                    let variable =
+                        parse_variable(name).ok_or_else(|| TemplateError::UnknownVariable {
+                            template: source.into(),
+                            name: name.into(),
+                        })?;
+                    if !literal.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut literal)));
+                    }
+                    parts.push(Part::Variable(variable));
+                    rest = &after[name.len() + 1..];
+                }
+                None => {
+                    literal.push('{');
+                    rest = after;
+                }
+            }
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        Ok(Template {
+            source: source.to_owned(),
+            parts,
+        })
+    }
+
     pub fn variables(&self) -> impl Iterator<Item = &Variable> {
         self.parts.iter().filter_map(|p| match p {
             Part::Variable(v) => Some(v),
@@ -153,6 +197,12 @@ fn parse_variable(name: &str) -> Option<Variable> {
     })
 }
 
+fn looks_like_variable(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'))
+}
+
 /// The characters IAM accepts in role names and account ids, and nothing that has
 /// meaning in an ARN.
 pub const SAFE_VALUE_CHARACTERS: &str = "letters, digits and + = , . @ _ -";
@@ -200,6 +250,23 @@ mod tests {
         ));
         assert!(matches!(
             Template::parse("role/{tags.}"),
+            Err(TemplateError::UnknownVariable { .. })
+        ));
+    }
+
+    #[test]
+    fn embedded_templates_leave_json_braces_alone() {
+        let t = Template::parse_embedded(
+            r#"{"Statement":[{"Resource":"arn:aws:s3:::{component}-*"}]}"#,
+        )
+        .unwrap();
+        let rendered = t.render(|_| Some("payments")).unwrap();
+        assert_eq!(
+            rendered,
+            r#"{"Statement":[{"Resource":"arn:aws:s3:::payments-*"}]}"#
+        );
+        assert!(matches!(
+            Template::parse_embedded(r#"{"Resource":"{compnent}"}"#),
             Err(TemplateError::UnknownVariable { .. })
         ));
     }

@@ -160,7 +160,7 @@ endpoint_url = "http://127.0.0.1:$moto_port"
 [[policy.rules]]
 name = "owners-deploy-dev"
 provider = "aws"
-tags = { environment = ["dev"] }
+tags = { environment = ["dev"], aws-account = ["*"] }
 role = "arn:aws:iam::{tags.aws-account}:role/{component}-deployer"
 max_duration = "1h"
 

@@ -826,7 +826,7 @@ max_attempts = 1
 [[policy.rules]]
 name = "owners-deploy-nonprod"
 provider = "aws"
-tags = {{ environment = ["dev", "staging"] }}
+tags = {{ environment = ["dev", "staging"], aws-account = ["*"] }}
 role = "arn:aws:iam::{{tags.aws-account}}:role/{{component}}-deployer"
 max_duration = "1h"
 
