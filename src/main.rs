@@ -38,21 +38,10 @@ enum Command {
     },
     /// Ask a broker for credentials for a stack.
     Creds {
-        #[arg(long)]
-        stack: String,
-        #[arg(long, default_value = "aws")]
-        provider: String,
-        /// How long the credentials should last, e.g. 15m or 1h (capped by policy).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<Duration>,
+        #[command(flatten)]
+        request: RequestArgs,
         #[arg(long, value_enum, default_value = "json")]
         format: OutputFormat,
-        /// The broker's URL.
-        #[arg(long, env = "STACKPASS_URL", default_value = "http://127.0.0.1:8080")]
-        server: String,
-        /// A file holding the identity token (otherwise STACKPASS_TOKEN).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
     },
     /// Manage signing keys.
     Keys {
@@ -68,6 +57,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Test and explain policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Development helpers for the quickstart.
     Dev {
@@ -92,6 +86,63 @@ enum ConfigCommand {
         #[arg(long, env = "STACKPASS_CONFIG", default_value = DEFAULT_CONFIG_FILE)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run policy test files offline; exit 1 if any case fails.
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Ask a broker what it would decide for a request, and why (nothing is issued).
+    Explain {
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+}
+
+/// A credential request as `creds` and `policy explain` send it.
+#[derive(clap::Args)]
+struct RequestArgs {
+    #[arg(long)]
+    stack: String,
+    #[arg(long, default_value = "aws")]
+    provider: String,
+    /// How long the credentials should last, e.g. 15m or 1h (capped by policy).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// The broker's URL.
+    #[arg(long, env = "STACKPASS_URL", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// A file holding the identity token (otherwise STACKPASS_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl RequestArgs {
+    fn into_creds(self, format: OutputFormat) -> Result<CredsArgs, CliError> {
+        let token = match &self.token_file {
+            Some(path) => cli::read_token_file(path)?,
+            None => match std::env::var("STACKPASS_TOKEN") {
+                Ok(token) if !token.trim().is_empty() => SecretString::from(token.trim().to_owned()),
+                _ => {
+                    return Err(CliError::new(
+                        "no identity token",
+                        "pass --token-file FILE or set STACKPASS_TOKEN to your Backstage identity token",
+                    ))
+                }
+            },
+        };
+        Ok(CredsArgs {
+            server: self.server,
+            token,
+            stack: self.stack,
+            provider: self.provider,
+            duration: self.duration,
+            format,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -211,39 +262,34 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, listen } => serve(&config, listen).await,
-        Command::Creds {
-            stack,
-            provider,
-            duration,
-            format,
-            server,
-            token_file,
-        } => {
-            let token = match token_file {
-                Some(path) => cli::read_token_file(&path)?,
-                None => match std::env::var("STACKPASS_TOKEN") {
-                    Ok(token) if !token.trim().is_empty() => SecretString::from(token.trim().to_owned()),
-                    _ => {
-                        return Err(CliError::new(
-                            "no identity token",
-                            "pass --token-file FILE or set STACKPASS_TOKEN to your Backstage identity token",
-                        )
-                        .into())
-                    }
-                },
-            };
-            let output = cli::fetch_credentials(CredsArgs {
-                server,
-                token,
-                stack,
-                provider,
-                duration,
-                format,
-            })
-            .await?;
-            println!("{output}");
+        Command::Creds { request, format } => {
+            println!(
+                "{}",
+                cli::fetch_credentials(request.into_creds(format)?).await?
+            );
             Ok(())
         }
+        Command::Policy { command } => match command {
+            PolicyCommand::Test { files } => {
+                let report = stackpass::policy::testing::run(&files);
+                println!("{}", report.text);
+                if report.failed > 0 {
+                    return Err(CliError::new(
+                        format!("{} policy test(s) failed", report.failed),
+                        "each FAIL above says what was expected and what the policy decided",
+                    )
+                    .into());
+                }
+                Ok(())
+            }
+            PolicyCommand::Explain { request } => {
+                println!(
+                    "{}",
+                    cli::explain(request.into_creds(OutputFormat::Json)?).await?
+                );
+                Ok(())
+            }
+        },
         Command::Keys {
             command: KeysCommand::Generate { out },
         } => {
@@ -399,7 +445,9 @@ async fn serve(config_path: &std::path::Path, listen: Option<SocketAddr>) -> any
     let broker = stackpass::startup::build_broker(&config)
         .await
         .map_err(|e| CliError::new(e.to_string(), "fix the configuration key named above"))?;
-    let router = stackpass::api::router(Arc::new(broker), &config.server);
+    let broker = Arc::new(broker);
+    stackpass::startup::spawn_policy_reloader(broker.clone(), &config);
+    let router = stackpass::api::router(broker, &config.server);
     tracing::info!(issuer = %config.issuer_url(), "listening on http://{}", config.server.listen);
     stackpass::api::serve(listener, router)
         .await

@@ -9,6 +9,7 @@ use secrecy::SecretString;
 use stackpass_provider::{CloudProvider, ProviderKind};
 
 use crate::audit::{AuditError, AuditStore, SqlAuditStore};
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::broker::Broker;
 use crate::catalog::{
     BackstageCatalog, BackstageCatalogSettings, Catalog, CatalogError, StaticCatalog,
@@ -16,7 +17,7 @@ use crate::catalog::{
 use crate::config::{CatalogKind, Config, IssuerKind, StacksKind};
 use crate::identity::{KeySourceError, Verifier};
 use crate::issuer::{Issuer, SigningKey, SigningKeyError};
-use crate::policy::{load_rules, PolicyError, Rule, ValidationContext};
+use crate::policy::{expand_paths, load_rules, PolicyError, Rule, RuleConfig, ValidationContext};
 use crate::stacks::{StackSource, StackSourceError, StaticStackRegistry};
 
 #[derive(Debug, thiserror::Error)]
@@ -175,4 +176,102 @@ pub fn check(config: &Config) -> Result<usize, StartupError> {
     }
     load_stacks(config)?;
     Ok(load_policy(config)?.len())
+}
+
+/// Watches the policy files: on SIGHUP, or when their contents change (checked
+/// every `policy.reload_interval`), loads and validates them again. A valid
+/// policy replaces the old one as a whole; an invalid one is rejected, logged and
+/// audited, and the old policy keeps serving.
+pub fn spawn_policy_reloader(broker: Arc<Broker>, config: &Config) {
+    if config.policy.files.is_empty() {
+        return;
+    }
+    let source = PolicySource {
+        rules: config.policy.rules.clone(),
+        files: config.policy.files.clone(),
+        context: ValidationContext {
+            environment_tag: config.stacks.environment_tag.clone(),
+            enabled_providers: Some(config.providers.enabled()),
+        },
+    };
+    let interval = config.policy.reload_interval;
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = source.fingerprint();
+        loop {
+            #[cfg(unix)]
+            let hangup_received = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup_received = std::future::pending::<Option<()>>();
+            let reason = tokio::select! {
+                _ = hangup_received => "SIGHUP",
+                _ = ticker.tick() => {
+                    let now = source.fingerprint();
+                    if now == seen {
+                        continue;
+                    }
+                    "a policy file changed"
+                }
+            };
+            seen = source.fingerprint();
+            reload(&broker, &source, reason).await;
+        }
+    });
+}
+
+struct PolicySource {
+    rules: Vec<RuleConfig>,
+    files: Vec<std::path::PathBuf>,
+    context: ValidationContext,
+}
+
+impl PolicySource {
+    /// A digest of every policy file's name and contents (missing files included),
+    /// so edits, additions, removals and atomic renames are all noticed.
+    fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for file in expand_paths(&self.files).unwrap_or_default() {
+            digest.update(file.display().to_string().as_bytes());
+            digest.update(std::fs::read(&file).unwrap_or_default());
+        }
+        format!("{:x}", digest.finalize())
+    }
+}
+
+async fn reload(broker: &Broker, source: &PolicySource, reason: &str) {
+    let mut record = AuditRecord::new(
+        AuditEvent::PolicyReloaded,
+        "",
+        &format!("policy-reload-{}", uuid::Uuid::new_v4()),
+    );
+    match load_rules(&source.rules, &source.files, &source.context) {
+        Ok(rules) => {
+            tracing::info!(reason, rules = rules.len(), "policy reloaded");
+            record.outcome = "applied".into();
+            record.detail = Some(
+                serde_json::json!({ "reason": reason, "rules": rules.iter().map(|r| &r.name).collect::<Vec<_>>() }),
+            );
+            broker.replace_rules(rules);
+        }
+        Err(e) => {
+            tracing::error!(reason, error = %e, "policy reload rejected; the previous policy stays in force");
+            record.outcome = "rejected".into();
+            record.detail = Some(
+                serde_json::json!({ "reason": reason, "problems": e.problems.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+            );
+        }
+    }
+    if let Err(e) = broker.audit.append(vec![record]).await {
+        tracing::error!(error = %e, "could not audit a policy reload");
+    }
 }

@@ -113,7 +113,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<SecretString, IdentityError> 
     Ok(SecretString::from(token.trim().to_owned()))
 }
 
-fn parse_body(
+pub(super) fn parse_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<CredentialRequest, Problem> {

@@ -4,6 +4,7 @@
 
 mod audit;
 mod credentials;
+mod decisions;
 mod problem;
 
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
     Router::new()
         .route("/v1/credentials", post(credentials::issue))
         .route("/v1/audit", get(audit::read))
+        .route("/v1/decisions", post(decisions::explain))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/openid-configuration", get(discovery))

@@ -37,6 +37,8 @@ pub enum AuditEvent {
     AuditPruned,
     /// A dry-run decision (`POST /v1/decisions`): nothing was issued.
     DryRun,
+    /// Policy files were reloaded (`applied`) or a broken policy was refused (`rejected`).
+    PolicyReloaded,
 }
 
 impl AuditEvent {
@@ -47,6 +49,7 @@ impl AuditEvent {
             AuditEvent::IssuanceOutcome => "issuance_outcome",
             AuditEvent::AuditPruned => "audit_pruned",
             AuditEvent::DryRun => "dry_run",
+            AuditEvent::PolicyReloaded => "policy_reloaded",
         }
     }
 }

@@ -64,23 +64,24 @@ pub fn read_token_file(path: &Path) -> Result<SecretString, CliError> {
     Ok(SecretString::from(token.trim().to_owned()))
 }
 
-/// Fetches credentials and returns the text to print on stdout.
-pub async fn fetch_credentials(args: CredsArgs) -> Result<String, CliError> {
-    let base = args.server.trim_end_matches('/');
-    let url = format!("{base}/v1/credentials");
-    let mut body = serde_json::json!({ "stack": args.stack, "provider": args.provider });
-    if let Some(duration) = args.duration {
-        body["duration_seconds"] = duration.as_secs().into();
-    }
+/// POSTs `body` to the broker and returns the answer's text, or the broker's
+/// problem as a CLI error.
+async fn post(
+    server: &str,
+    token: &SecretString,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<String, CliError> {
+    let base = server.trim_end_matches('/');
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| CliError::plain(format!("could not build an HTTP client: {e}")))?;
     let response = client
-        .post(&url)
-        .bearer_auth(args.token.expose_secret())
-        .json(&body)
+        .post(format!("{base}{path}"))
+        .bearer_auth(token.expose_secret())
+        .json(body)
         .send()
         .await
         .map_err(|e| {
@@ -104,6 +105,75 @@ pub async fn fetch_credentials(args: CredsArgs) -> Result<String, CliError> {
     if !status.is_success() {
         return Err(problem_error(status.as_u16(), &text));
     }
+    Ok(text)
+}
+
+fn request_body(args: &CredsArgs) -> serde_json::Value {
+    let mut body = serde_json::json!({ "stack": args.stack, "provider": args.provider });
+    if let Some(duration) = args.duration {
+        body["duration_seconds"] = duration.as_secs().into();
+    }
+    body
+}
+
+/// Asks the broker what it would decide, and why (`POST /v1/decisions`).
+pub async fn explain(args: CredsArgs) -> Result<String, CliError> {
+    let text = post(
+        &args.server,
+        &args.token,
+        "/v1/decisions",
+        &request_body(&args),
+    )
+    .await?;
+    let decision: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::plain(format!("the broker's answer is not a decision: {e}")))?;
+    let mut out = String::new();
+    if decision["decision"] == "allow" {
+        out.push_str(&format!(
+            "decision: allow
+rule: {}
+role: {}
+duration: {} (at most {})",
+            decision["rule"].as_str().unwrap_or_default(),
+            decision["role"].as_str().unwrap_or_default(),
+            decision["duration"].as_str().unwrap_or_default(),
+            decision["max_duration"].as_str().unwrap_or_default(),
+        ));
+        if let Some(policy) = decision["session_policy"].as_str() {
+            out.push_str(&format!(
+                "
+session policy: {policy}"
+            ));
+        }
+    } else {
+        out.push_str(&format!(
+            "decision: deny
+why: {}",
+            decision["summary"].as_str().unwrap_or_default()
+        ));
+        for rule in decision["rules"].as_array().into_iter().flatten() {
+            for reason in rule["reasons"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "
+  rule {}: {}",
+                    rule["rule"].as_str().unwrap_or_default(),
+                    reason.as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fetches credentials and returns the text to print on stdout.
+pub async fn fetch_credentials(args: CredsArgs) -> Result<String, CliError> {
+    let text = post(
+        &args.server,
+        &args.token,
+        "/v1/credentials",
+        &request_body(&args),
+    )
+    .await?;
     let issued: Issued = serde_json::from_str(&text).map_err(|e| {
         CliError::new(
             format!("the broker's answer is not a credential: {e}"),

@@ -8,7 +8,7 @@ mod dev;
 
 use std::fmt;
 
-pub use creds::{fetch_credentials, read_token_file, CredsArgs, OutputFormat};
+pub use creds::{explain, fetch_credentials, read_token_file, CredsArgs, OutputFormat};
 pub use dev::{dev_token, DevTokenArgs};
 
 #[derive(Debug)]
