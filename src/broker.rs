@@ -16,11 +16,18 @@ use stackpass_provider::{CloudProvider, Credential, ExchangeRequest, ProviderErr
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::{AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore};
+use crate::approvals::{
+    check_decider, is_approved, valid_approvals, AccessRequest, AccessState, ApprovalError,
+    ApprovalStore, StoreError,
+};
+use crate::audit::{
+    format_timestamp, AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore,
+};
 use crate::catalog::{Catalog, CatalogError, EntityRef};
 use crate::identity::{IdentityError, Principal, Verifier};
 use crate::issuer::{aws_safe_name, Issuer, IssuerError, SubjectTokenRequest};
-use crate::policy::{self, Decision, Denial, Grant, PolicyInput, Rule};
+use crate::notify::Notifier;
+use crate::policy::{self, ApprovalRequirement, Decision, Denial, Grant, PolicyInput, Rule};
 use crate::stacks::{Stack, StackRef, StackSource, StackSourceError};
 
 /// One request's facts, resolved from trusted sources before the policy decides.
@@ -55,6 +62,10 @@ pub struct CredentialRequest {
     pub stack: StackRef,
     pub provider: ProviderKind,
     pub duration: Option<Duration>,
+    /// Why the requester needs access (shown to approvers).
+    pub reason: Option<String>,
+    /// Break-glass: issue now without approval, with this mandatory reason.
+    pub break_glass: Option<String>,
 }
 
 /// A credential whose issuance is committed to the audit log.
@@ -92,6 +103,20 @@ pub enum BrokerError {
     Provider(#[from] ProviderError),
     #[error("{0}")]
     AuditForbidden(String),
+    #[error("rule {rule} grants this only with approval")]
+    ApprovalRequired {
+        rule: String,
+        approval: Box<ApprovalRequirement>,
+        pending: Option<Box<AccessRequest>>,
+    },
+    #[error("no approval is needed for this; ask for credentials directly")]
+    ApprovalNotNeeded,
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    #[error(transparent)]
+    ApprovalStore(#[from] StoreError),
+    #[error("rule {0} does not allow break-glass; ask an approver instead")]
+    BreakGlassNotAllowed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -105,6 +130,8 @@ pub struct Broker {
     pub issuer: Issuer,
     pub providers: HashMap<ProviderKind, Arc<dyn CloudProvider>>,
     pub audit: Arc<dyn AuditStore>,
+    pub approvals: Arc<dyn ApprovalStore>,
+    pub notifier: Notifier,
     /// Members of these groups may read the whole audit log.
     pub auditor_groups: Vec<EntityRef>,
     pub component_tag: String,
@@ -199,6 +226,12 @@ impl Broker {
                 record.role = Some(grant.role.clone());
                 record.duration_seconds = Some(grant.duration.as_secs() as i64);
             }
+            Decision::NeedsApproval { grant, approval } => {
+                record.outcome = "would_need_approval".into();
+                record.rule = Some(grant.rule.clone());
+                record.role = Some(grant.role.clone());
+                record.detail = Some(serde_json::json!({ "approval": approval }));
+            }
             Decision::Deny(denial) => {
                 record.outcome = "would_deny".into();
                 record.detail = Some(serde_json::to_value(denial).expect("denials serialize"));
@@ -231,6 +264,68 @@ impl Broker {
                 return Err(BrokerError::Denied(denial));
             }
             Decision::Allow(grant) => grant,
+            Decision::NeedsApproval {
+                mut grant,
+                approval,
+            } => {
+                if let Some(reason) = &request.break_glass {
+                    let Some(cap) = approval.break_glass_max_duration else {
+                        decision_record.outcome = "denied".into();
+                        decision_record.detail = Some(
+                            serde_json::json!({ "break_glass": true, "reason": reason, "error": "the rule does not allow break-glass" }),
+                        );
+                        self.audit.append(vec![decision_record]).await?;
+                        return Err(BrokerError::BreakGlassNotAllowed(grant.rule));
+                    };
+                    grant.duration = grant.duration.min(cap);
+                    decision_record.outcome = "break_glass".into();
+                    decision_record.detail =
+                        Some(serde_json::json!({ "break_glass": true, "reason": reason }));
+                    self.notifier.send(
+                        format!(
+                            ":rotating_light: BREAK-GLASS: {} took {} on {} for {} without approval. Reason: {reason}",
+                            resolved.principal.subject,
+                            grant.role,
+                            resolved.stack.reference,
+                            humantime::format_duration(grant.duration)
+                        ),
+                        serde_json::json!({ "event": "break_glass", "requester": resolved.principal.subject, "stack": resolved.stack.reference, "role": grant.role, "reason": reason, "request_id": context.request_id }),
+                    );
+                    tracing::warn!(request_id = %context.request_id, requester = %resolved.principal.subject, stack = %resolved.stack.reference, "break-glass issuance");
+                    grant
+                } else {
+                    match self
+                        .approved_request(context, &resolved, request, &grant, &approval)
+                        .await?
+                    {
+                        Some(approved) => {
+                            decision_record.outcome = "allowed".into();
+                            decision_record.detail = Some(
+                                serde_json::json!({ "access_request": approved.id, "approvers": approved.approvers }),
+                            );
+                            grant
+                        }
+                        None => {
+                            let pending = self
+                                .open_pending_request(&resolved, request, &grant)
+                                .await?;
+                            decision_record.outcome = "approval_required".into();
+                            decision_record.rule = Some(grant.rule.clone());
+                            decision_record.role = Some(grant.role.clone());
+                            decision_record.detail = Some(serde_json::json!({
+                                "access_request": pending.as_ref().map(|p| &p.id),
+                                "approval": approval,
+                            }));
+                            self.audit.append(vec![decision_record]).await?;
+                            return Err(BrokerError::ApprovalRequired {
+                                rule: grant.rule,
+                                approval: Box::new(approval),
+                                pending: pending.map(Box::new),
+                            });
+                        }
+                    }
+                }
+            }
         };
         self.exchange(
             context,
@@ -240,6 +335,419 @@ impl Broker {
             provider.as_ref(),
         )
         .await
+    }
+
+    /// Creates an access request (or returns the requester's pending one) for a
+    /// request the policy grants only with approval. Audited and announced.
+    pub async fn request_access(
+        &self,
+        context: &RequestContext,
+        principal: Principal,
+        request: &CredentialRequest,
+    ) -> Result<AccessRequest, BrokerError> {
+        let template = base_record(context, &principal, request);
+        let resolved = self.resolve(principal, request, &template).await?;
+        match self.decide(&resolved, request) {
+            Decision::NeedsApproval { grant, approval } => {
+                self.pending_request(context, &resolved, request, &grant, &approval)
+                    .await
+            }
+            Decision::Allow(_) => Err(BrokerError::ApprovalNotNeeded),
+            Decision::Deny(denial) => {
+                let mut record = resolved.record(&template);
+                record.outcome = "denied".into();
+                record.detail = Some(serde_json::to_value(&denial).expect("denials serialize"));
+                self.audit.append(vec![record]).await?;
+                Err(BrokerError::Denied(denial))
+            }
+        }
+    }
+
+    /// The requester's pending, unexpired request for this grant, if any.
+    async fn open_pending_request(
+        &self,
+        resolved: &Resolved,
+        request: &CredentialRequest,
+        grant: &Grant,
+    ) -> Result<Option<AccessRequest>, BrokerError> {
+        let pending = self
+            .approvals
+            .find_request(
+                &resolved.principal.subject.to_string(),
+                &resolved.stack.reference.to_string(),
+                request.provider.as_str(),
+                &grant.rule,
+                AccessState::Pending,
+            )
+            .await?;
+        Ok(pending.filter(|p| !p.is_expired(OffsetDateTime::now_utc())))
+    }
+
+    /// An approved request whose window is open and whose approvals still hold
+    /// under the current policy and catalog. One that no longer holds is
+    /// invalidated (and audited), and the requester has to ask again.
+    async fn approved_request(
+        &self,
+        context: &RequestContext,
+        resolved: &Resolved,
+        request: &CredentialRequest,
+        grant: &Grant,
+        approval: &ApprovalRequirement,
+    ) -> Result<Option<AccessRequest>, BrokerError> {
+        let requester = resolved.principal.subject.to_string();
+        let stack = resolved.stack.reference.to_string();
+        let Some(open) = self
+            .approvals
+            .find_request(
+                &requester,
+                &stack,
+                request.provider.as_str(),
+                &grant.rule,
+                AccessState::Approved,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        if !open.window_open(OffsetDateTime::now_utc()) {
+            return Ok(None);
+        }
+        if is_approved(self.count_valid_approvals(&open, approval).await?, approval) {
+            return Ok(Some(open));
+        }
+        if self
+            .approvals
+            .set_state(
+                &open.id,
+                AccessState::Approved,
+                AccessState::Invalidated,
+                None,
+                None,
+                Some("approvals no longer hold under the current policy"),
+            )
+            .await?
+        {
+            self.audit_approval_step(
+                context,
+                &open,
+                &resolved.principal.subject,
+                "invalidated",
+                None,
+            )
+            .await?;
+        }
+        Ok(None)
+    }
+
+    /// The requester's pending request for this grant, or a new one (audited and
+    /// announced). A pending request past its expiry is marked expired first.
+    async fn pending_request(
+        &self,
+        context: &RequestContext,
+        resolved: &Resolved,
+        request: &CredentialRequest,
+        grant: &Grant,
+        approval: &ApprovalRequirement,
+    ) -> Result<AccessRequest, BrokerError> {
+        let requester = resolved.principal.subject.to_string();
+        let stack = resolved.stack.reference.to_string();
+        let now = OffsetDateTime::now_utc();
+        if let Some(pending) = self
+            .approvals
+            .find_request(
+                &requester,
+                &stack,
+                request.provider.as_str(),
+                &grant.rule,
+                AccessState::Pending,
+            )
+            .await?
+        {
+            if !pending.is_expired(now) {
+                return Ok(pending);
+            }
+            if self
+                .approvals
+                .set_state(
+                    &pending.id,
+                    AccessState::Pending,
+                    AccessState::Expired,
+                    None,
+                    None,
+                    None,
+                )
+                .await?
+            {
+                self.audit_approval_step(
+                    context,
+                    &pending,
+                    &resolved.principal.subject,
+                    "expired",
+                    None,
+                )
+                .await?;
+            }
+        }
+        let created = AccessRequest {
+            id: Uuid::new_v4().to_string(),
+            created_at: format_timestamp(now),
+            expires_at: format_timestamp(now + approval.request_ttl),
+            requester: requester.clone(),
+            stack: stack.clone(),
+            provider: request.provider.to_string(),
+            rule: grant.rule.clone(),
+            role: grant.role.clone(),
+            duration_seconds: grant.duration.as_secs() as i64,
+            reason: request.reason.clone(),
+            required_approvals: i64::from(approval.count),
+            state: AccessState::Pending,
+            decided_at: None,
+            decided_by: None,
+            window_ends_at: None,
+            note: None,
+            approvers: Vec::new(),
+        };
+        self.approvals.create_request(&created).await?;
+        let mut record =
+            AuditRecord::new(AuditEvent::AccessRequested, "pending", &context.request_id);
+        record.requester = Some(requester.clone());
+        record.stack = Some(stack.clone());
+        record.provider = Some(created.provider.clone());
+        record.rule = Some(created.rule.clone());
+        record.role = Some(created.role.clone());
+        record.duration_seconds = Some(created.duration_seconds);
+        record.client_addr = context.client_addr.clone();
+        record.detail = Some(serde_json::json!({
+            "access_request": created.id,
+            "reason": created.reason,
+            "approvers": approval.approvers,
+            "required_approvals": approval.count,
+        }));
+        self.audit.append(vec![record]).await?;
+        self.notifier.send(
+            format!(
+                "{requester} asks for {} on {stack} ({}). {} approval(s) needed from {}. Approve with `stackpass approvals approve {}`.",
+                created.role,
+                created.reason.as_deref().unwrap_or("no reason given"),
+                approval.count,
+                approval.approvers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                created.id
+            ),
+            serde_json::json!({ "event": "access_requested", "access_request": created }),
+        );
+        Ok(created)
+    }
+
+    async fn count_valid_approvals(
+        &self,
+        request: &AccessRequest,
+        approval: &ApprovalRequirement,
+    ) -> Result<u32, BrokerError> {
+        let mut approvers = Vec::new();
+        for approver in &request.approvers {
+            let Ok(approver) = EntityRef::parse_strict(approver) else {
+                continue;
+            };
+            let groups = self.catalog.groups_of(&approver).await?;
+            approvers.push((approver, groups));
+        }
+        Ok(valid_approvals(&request.requester, &approvers, approval))
+    }
+
+    fn current_requirement(&self, rule: &str) -> Option<ApprovalRequirement> {
+        self.current_rules()
+            .iter()
+            .find(|r| r.name == rule)
+            .and_then(|r| r.approval.clone())
+    }
+
+    async fn audit_approval_step(
+        &self,
+        context: &RequestContext,
+        request: &AccessRequest,
+        by: &EntityRef,
+        outcome: &str,
+        note: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let mut record = AuditRecord::new(AuditEvent::Approval, outcome, &context.request_id);
+        record.requester = Some(by.to_string());
+        record.stack = Some(request.stack.clone());
+        record.provider = Some(request.provider.clone());
+        record.rule = Some(request.rule.clone());
+        record.role = Some(request.role.clone());
+        record.client_addr = context.client_addr.clone();
+        record.detail = Some(
+            serde_json::json!({ "access_request": request.id, "requested_by": request.requester, "note": note }),
+        );
+        Ok(self.audit.append(vec![record]).await?)
+    }
+
+    /// Approves or denies an access request as `principal`. Fails closed on every
+    /// edge: not pending, expired, the requester themselves, not an approver under
+    /// the current policy, approving twice.
+    pub async fn decide_access_request(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+        id: &str,
+        approve: bool,
+        note: Option<&str>,
+    ) -> Result<AccessRequest, BrokerError> {
+        let not_found = || ApprovalError::NotFound(id.to_owned());
+        let request = self
+            .approvals
+            .get_request(id)
+            .await?
+            .ok_or_else(not_found)?;
+        let now = OffsetDateTime::now_utc();
+        if request.state == AccessState::Pending && request.is_expired(now) {
+            if self
+                .approvals
+                .set_state(
+                    id,
+                    AccessState::Pending,
+                    AccessState::Expired,
+                    None,
+                    None,
+                    None,
+                )
+                .await?
+            {
+                self.audit_approval_step(context, &request, &principal.subject, "expired", None)
+                    .await?;
+            }
+            return Err(ApprovalError::Expired(id.to_owned()).into());
+        }
+        let requirement = self.current_requirement(&request.rule);
+        let groups = self.catalog.groups_of(&principal.subject).await?;
+        if let Err(e) = check_decider(
+            &request,
+            &principal.subject,
+            &groups,
+            requirement.as_ref(),
+            now,
+        ) {
+            tracing::warn!(approver = %principal.subject, access_request = %id, error = %e, "approval refused");
+            return Err(e.into());
+        }
+        let (Some(requirement), approver) = (requirement, principal.subject.to_string()) else {
+            return Err(ApprovalError::RuleChanged(request.rule.clone()).into());
+        };
+        if !approve {
+            if !self
+                .approvals
+                .set_state(
+                    id,
+                    AccessState::Pending,
+                    AccessState::Denied,
+                    Some(&approver),
+                    None,
+                    note,
+                )
+                .await?
+            {
+                return Err(ApprovalError::NotPending {
+                    id: id.to_owned(),
+                    state: "decided",
+                }
+                .into());
+            }
+            self.audit_approval_step(context, &request, &principal.subject, "denied", note)
+                .await?;
+            self.notifier.send(
+                format!("{approver} denied {}'s request for {} on {}.", request.requester, request.role, request.stack),
+                serde_json::json!({ "event": "access_denied", "access_request": id, "by": approver }),
+            );
+        } else {
+            if !self
+                .approvals
+                .add_approval(id, &approver, &format_timestamp(now))
+                .await?
+            {
+                return Err(ApprovalError::AlreadyApproved(approver).into());
+            }
+            let updated = self
+                .approvals
+                .get_request(id)
+                .await?
+                .ok_or_else(not_found)?;
+            if is_approved(
+                self.count_valid_approvals(&updated, &requirement).await?,
+                &requirement,
+            ) {
+                let window_ends = format_timestamp(now + requirement.window);
+                if self
+                    .approvals
+                    .set_state(
+                        id,
+                        AccessState::Pending,
+                        AccessState::Approved,
+                        Some(&approver),
+                        Some(&window_ends),
+                        note,
+                    )
+                    .await?
+                {
+                    self.audit_approval_step(
+                        context,
+                        &request,
+                        &principal.subject,
+                        "approved",
+                        note,
+                    )
+                    .await?;
+                    self.notifier.send(
+                        format!(
+                            "{approver} approved {}'s request for {} on {}; credentials may be obtained until {window_ends}.",
+                            request.requester, request.role, request.stack
+                        ),
+                        serde_json::json!({ "event": "access_approved", "access_request": id, "by": approver }),
+                    );
+                }
+            } else {
+                self.audit_approval_step(
+                    context,
+                    &request,
+                    &principal.subject,
+                    "approval_recorded",
+                    note,
+                )
+                .await?;
+            }
+        }
+        Ok(self
+            .approvals
+            .get_request(id)
+            .await?
+            .ok_or_else(not_found)?)
+    }
+
+    /// Pending requests `principal` may decide, and their own requests.
+    pub async fn list_access_requests(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<AccessRequest>, BrokerError> {
+        let me = principal.subject.to_string();
+        let now = OffsetDateTime::now_utc();
+        let all = self
+            .approvals
+            .list_requests(&me, &format_timestamp(now))
+            .await?;
+        let groups = self.catalog.groups_of(&principal.subject).await?;
+        Ok(all
+            .into_iter()
+            .filter(|r| {
+                r.requester == me
+                    || check_decider(
+                        r,
+                        &principal.subject,
+                        &groups,
+                        self.current_requirement(&r.rule).as_ref(),
+                        now,
+                    )
+                    .is_ok()
+            })
+            .collect())
     }
 
     async fn exchange(
@@ -271,15 +779,20 @@ impl Broker {
             issuance_id,
         })?;
 
-        decision_record.outcome = "allowed".into();
+        // Break-glass keeps its flag; everything else that reaches here was allowed.
+        if decision_record.outcome.is_empty() {
+            decision_record.outcome = "allowed".into();
+        }
         decision_record.rule = Some(grant.rule.clone());
         decision_record.role = Some(grant.role.clone());
         decision_record.duration_seconds = Some(grant.duration.as_secs() as i64);
         decision_record.issuance_id = Some(issuance_id);
         let mut intent = decision_record.derive(AuditEvent::IssuanceIntent, "pending");
-        intent.detail = Some(
-            serde_json::json!({ "subject_token_id": subject_token.jti, "session_policy": grant.session_policy.is_some() }),
-        );
+        intent.detail = Some(serde_json::json!({
+            "subject_token_id": subject_token.jti,
+            "session_policy": grant.session_policy.is_some(),
+            "decision": decision_record.outcome,
+        }));
         self.audit
             .append(vec![decision_record.clone(), intent])
             .await?;

@@ -46,6 +46,17 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub notifications: NotificationsConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// A webhook that takes Slack-compatible JSON (`{"text": …}`). Slack webhook
+    /// URLs are secrets: prefer `STACKPASS_NOTIFICATIONS__WEBHOOK_URL`.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub webhook_url: Option<SecretString>,
 }
 
 #[derive(Debug, Deserialize)]

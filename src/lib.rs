@@ -4,6 +4,7 @@
 //! owns; every decision and issuance is audited. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod approvals;
 pub mod audit;
 pub mod broker;
 pub mod catalog;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod http_client;
 pub mod identity;
 pub mod issuer;
+pub mod notify;
 pub mod policy;
 pub mod stacks;
 pub mod startup;

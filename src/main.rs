@@ -42,6 +42,29 @@ enum Command {
         request: RequestArgs,
         #[arg(long, value_enum, default_value = "json")]
         format: OutputFormat,
+        /// Why you need access (shown to approvers when the rule needs approval).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Break-glass: issue now without approval, if the rule allows it; the
+        /// reason is mandatory, and the issuance is flagged and announced.
+        #[arg(long, value_name = "REASON")]
+        break_glass: Option<String>,
+    },
+    /// List, approve or deny access requests.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+        /// The broker's URL.
+        #[arg(
+            long,
+            global = true,
+            env = "STACKPASS_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        server: String,
+        /// A file holding your identity token (otherwise STACKPASS_TOKEN).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
     },
     /// Manage signing keys.
     Keys {
@@ -89,6 +112,36 @@ enum ConfigCommand {
 }
 
 #[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Ask for access to a stack whose rule needs approval.
+    Request {
+        #[arg(long)]
+        stack: String,
+        #[arg(long, default_value = "aws")]
+        provider: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Why you need access; approvers see it.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Requests you may decide, and your own.
+    List,
+    /// Approve a request (never your own).
+    Approve {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Deny a request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Run policy test files offline; exit 1 if any case fails.
     Test {
@@ -122,18 +175,7 @@ struct RequestArgs {
 
 impl RequestArgs {
     fn into_creds(self, format: OutputFormat) -> Result<CredsArgs, CliError> {
-        let token = match &self.token_file {
-            Some(path) => cli::read_token_file(path)?,
-            None => match std::env::var("STACKPASS_TOKEN") {
-                Ok(token) if !token.trim().is_empty() => SecretString::from(token.trim().to_owned()),
-                _ => {
-                    return Err(CliError::new(
-                        "no identity token",
-                        "pass --token-file FILE or set STACKPASS_TOKEN to your Backstage identity token",
-                    ))
-                }
-            },
-        };
+        let token = read_token(self.token_file.as_deref())?;
         Ok(CredsArgs {
             server: self.server,
             token,
@@ -141,7 +183,25 @@ impl RequestArgs {
             provider: self.provider,
             duration: self.duration,
             format,
+            reason: None,
+            break_glass: None,
         })
+    }
+}
+
+/// The identity token: from `--token-file`, else `STACKPASS_TOKEN`.
+fn read_token(file: Option<&std::path::Path>) -> Result<SecretString, CliError> {
+    match file {
+        Some(path) => cli::read_token_file(path),
+        None => match std::env::var("STACKPASS_TOKEN") {
+            Ok(token) if !token.trim().is_empty() => {
+                Ok(SecretString::from(token.trim().to_owned()))
+            }
+            _ => Err(CliError::new(
+                "no identity token",
+                "pass --token-file FILE or set STACKPASS_TOKEN to your Backstage identity token",
+            )),
+        },
     }
 }
 
@@ -262,11 +322,45 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, listen } => serve(&config, listen).await,
-        Command::Creds { request, format } => {
-            println!(
-                "{}",
-                cli::fetch_credentials(request.into_creds(format)?).await?
-            );
+        Command::Creds {
+            request,
+            format,
+            reason,
+            break_glass,
+        } => {
+            let mut args = request.into_creds(format)?;
+            args.reason = reason;
+            args.break_glass = break_glass;
+            println!("{}", cli::fetch_credentials(args).await?);
+            Ok(())
+        }
+        Command::Approvals {
+            command,
+            server,
+            token_file,
+        } => {
+            let token = read_token(token_file.as_deref())?;
+            let action = match command {
+                ApprovalsCommand::Request {
+                    stack,
+                    provider,
+                    duration,
+                    reason,
+                } => cli::ApprovalAction::Request(CredsArgs {
+                    server: server.clone(),
+                    token: token.clone(),
+                    stack,
+                    provider,
+                    duration,
+                    format: OutputFormat::Json,
+                    reason,
+                    break_glass: None,
+                }),
+                ApprovalsCommand::List => cli::ApprovalAction::List,
+                ApprovalsCommand::Approve { id, note } => cli::ApprovalAction::Approve { id, note },
+                ApprovalsCommand::Deny { id, note } => cli::ApprovalAction::Deny { id, note },
+            };
+            println!("{}", cli::approvals(&server, &token, action).await?);
             Ok(())
         }
         Command::Policy { command } => match command {

@@ -17,6 +17,7 @@ use crate::catalog::{
 use crate::config::{CatalogKind, Config, IssuerKind, StacksKind};
 use crate::identity::{KeySourceError, Verifier};
 use crate::issuer::{Issuer, SigningKey, SigningKeyError};
+use crate::notify::Notifier;
 use crate::policy::{expand_paths, load_rules, PolicyError, Rule, RuleConfig, ValidationContext};
 use crate::stacks::{StackSource, StackSourceError, StaticStackRegistry};
 
@@ -62,8 +63,9 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     let catalog = build_catalog(config)?;
     let stacks = load_stacks(config)?;
     let rules = load_policy(config)?;
-    let audit: Arc<dyn AuditStore> =
-        Arc::new(SqlAuditStore::open(&config.audit.url, config.audit.busy_timeout).await?);
+    // Access requests live in the audit database: one store, one failure domain.
+    let store = Arc::new(SqlAuditStore::open(&config.audit.url, config.audit.busy_timeout).await?);
+    let audit: Arc<dyn AuditStore> = store.clone();
     Ok(Broker {
         verifier,
         catalog,
@@ -76,6 +78,8 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         ),
         providers: build_providers(config).await,
         audit,
+        approvals: store,
+        notifier: Notifier::new(config.notifications.webhook_url.clone()),
         auditor_groups: config.audit.auditor_groups.clone(),
         component_tag: config.stacks.component_tag.clone(),
         environment_tag: config.stacks.environment_tag.clone(),

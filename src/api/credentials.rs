@@ -30,7 +30,19 @@ struct Body {
     stack: String,
     provider: String,
     duration_seconds: Option<u64>,
+    /// Why access is needed, for approvers.
+    reason: Option<String>,
+    /// `{"reason": "…"}`: issue now under a break-glass rule, flagged and announced.
+    break_glass: Option<BreakGlass>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakGlass {
+    reason: String,
+}
+
+const MAX_REASON_CHARS: usize = 500;
 
 pub async fn issue(
     State(broker): State<Arc<Broker>>,
@@ -165,9 +177,31 @@ pub(super) fn parse_body(
             )))
         }
     };
+    let reason = body
+        .reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    let break_glass = match body.break_glass {
+        Some(BreakGlass { reason }) if reason.trim().is_empty() => {
+            return Err(Problem::invalid_request(
+                "break_glass.reason is mandatory: say why this cannot wait for approval",
+            ));
+        }
+        Some(BreakGlass { reason }) => Some(reason.trim().to_owned()),
+        None => None,
+    };
+    for text in reason.iter().chain(break_glass.iter()) {
+        if text.chars().count() > MAX_REASON_CHARS || text.chars().any(char::is_control) {
+            return Err(Problem::invalid_request(format!(
+                "reasons are at most {MAX_REASON_CHARS} characters on one line"
+            )));
+        }
+    }
     Ok(CredentialRequest {
         stack,
         provider,
         duration,
+        reason,
+        break_glass,
     })
 }

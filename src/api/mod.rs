@@ -2,6 +2,7 @@
 //! through [`Problem`]. Cross-cutting concerns are tower layers around the router:
 //! request ids, tracing, body size limit, timeout, concurrency limit, panic catching.
 
+mod approvals;
 mod audit;
 mod credentials;
 mod decisions;
@@ -37,6 +38,12 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
         .route("/v1/credentials", post(credentials::issue))
         .route("/v1/audit", get(audit::read))
         .route("/v1/decisions", post(decisions::explain))
+        .route(
+            "/v1/access-requests",
+            get(approvals::list).post(approvals::create),
+        )
+        .route("/v1/access-requests/{id}/approve", post(approvals::approve))
+        .route("/v1/access-requests/{id}/deny", post(approvals::deny))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/openid-configuration", get(discovery))

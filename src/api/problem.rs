@@ -125,6 +125,59 @@ impl Problem {
                 detail.clone(),
                 "add requester=<your entity ref> to read your own records, or ask to join an auditor group",
             ),
+            BrokerError::ApprovalRequired { rule, approval, pending } => {
+                let approvers = approval.approvers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "approval-required",
+                    "Approval required",
+                    match pending {
+                        Some(pending) => format!(
+                            "rule {rule} needs {} approval(s) from {approvers}; access request {} is waiting for them",
+                            approval.count, pending.id
+                        ),
+                        None => format!(
+                            "rule {rule} needs {} approval(s) from {approvers}, and there is no open access request",
+                            approval.count
+                        ),
+                    },
+                    "request access with `stackpass approvals request --stack S --reason ...`, then ask again once it is approved",
+                )
+            }
+            BrokerError::ApprovalNotNeeded => Problem::new(
+                StatusCode::CONFLICT,
+                "approval-not-needed",
+                "No approval needed",
+                error.to_string(),
+                "use `stackpass creds` or POST /v1/credentials",
+            ),
+            BrokerError::Approval(e) => {
+                use crate::approvals::ApprovalError::*;
+                let (status, slug, title) = match e {
+                    NotFound(_) => (StatusCode::NOT_FOUND, "access-request-not-found", "Access request not found"),
+                    NotPending { .. } | Expired(_) | AlreadyApproved(_) => {
+                        (StatusCode::CONFLICT, "access-request-closed", "Access request cannot be decided")
+                    }
+                    OwnRequest | NotAnApprover { .. } | RuleChanged(_) => {
+                        (StatusCode::FORBIDDEN, "approval-forbidden", "Not allowed to decide this request")
+                    }
+                };
+                Problem::new(status, slug, title, e.to_string(), "list what you may decide with `stackpass approvals list`")
+            }
+            BrokerError::BreakGlassNotAllowed(_) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "break-glass-not-allowed",
+                "Break-glass not allowed",
+                error.to_string(),
+                "send the request without break_glass and ask an approver",
+            ),
+            BrokerError::ApprovalStore(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "approvals-unavailable",
+                "Approvals unavailable",
+                "access requests could not be read or written, so nothing was decided",
+                "retry shortly; if it persists, the operator should check the audit database",
+            ),
             BrokerError::Provider(e) => from_provider_error(e),
             BrokerError::Issuer(_) | BrokerError::Internal(_) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

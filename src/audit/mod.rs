@@ -39,6 +39,11 @@ pub enum AuditEvent {
     DryRun,
     /// Policy files were reloaded (`applied`) or a broken policy was refused (`rejected`).
     PolicyReloaded,
+    /// An access request was created (`pending`).
+    AccessRequested,
+    /// A step on an access request: `approval_recorded`, `approved`, `denied`,
+    /// `expired`, `invalidated`; `requester` is who acted.
+    Approval,
 }
 
 impl AuditEvent {
@@ -50,6 +55,8 @@ impl AuditEvent {
             AuditEvent::AuditPruned => "audit_pruned",
             AuditEvent::DryRun => "dry_run",
             AuditEvent::PolicyReloaded => "policy_reloaded",
+            AuditEvent::AccessRequested => "access_requested",
+            AuditEvent::Approval => "approval",
         }
     }
 }

@@ -584,6 +584,209 @@ pub fn redact(text: &str) -> String {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Access requests live in the same database, so an issuance after approval and
+// its audit records share one store and one failure domain.
+
+use crate::approvals::{AccessRequest, AccessState, ApprovalStore, StoreError};
+
+const ACCESS_COLUMNS: &str =
+    "id, created_at, expires_at, requester, stack, provider, rule, role, duration_seconds, \
+     reason, required_approvals, state, decided_at, decided_by, window_ends_at, note";
+
+fn store_error(e: sqlx::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+macro_rules! access_request_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        let state: String = row.try_get("state").map_err(store_error)?;
+        AccessRequest {
+            id: row.try_get("id").map_err(store_error)?,
+            created_at: row.try_get("created_at").map_err(store_error)?,
+            expires_at: row.try_get("expires_at").map_err(store_error)?,
+            requester: row.try_get("requester").map_err(store_error)?,
+            stack: row.try_get("stack").map_err(store_error)?,
+            provider: row.try_get("provider").map_err(store_error)?,
+            rule: row.try_get("rule").map_err(store_error)?,
+            role: row.try_get("role").map_err(store_error)?,
+            duration_seconds: row.try_get("duration_seconds").map_err(store_error)?,
+            reason: row.try_get("reason").map_err(store_error)?,
+            required_approvals: row.try_get("required_approvals").map_err(store_error)?,
+            state: AccessState::parse(&state)
+                .ok_or_else(|| StoreError(format!("unknown state {state:?}")))?,
+            decided_at: row.try_get("decided_at").map_err(store_error)?,
+            decided_by: row.try_get("decided_by").map_err(store_error)?,
+            window_ends_at: row.try_get("window_ends_at").map_err(store_error)?,
+            note: row.try_get("note").map_err(store_error)?,
+            approvers: Vec::new(),
+        }
+    }};
+}
+
+impl SqlAuditStore {
+    async fn approvers_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(on_db!(&self.db, pool => {
+            sqlx::query_scalar("SELECT approver FROM approvals WHERE request_id = $1 ORDER BY approved_at")
+                .bind(id)
+                .fetch_all(pool)
+                .await
+                .map_err(store_error)?
+        }))
+    }
+
+    async fn with_approvers(
+        &self,
+        mut requests: Vec<AccessRequest>,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        for request in &mut requests {
+            request.approvers = self.approvers_of(&request.id).await?;
+        }
+        Ok(requests)
+    }
+
+    async fn select_requests(
+        &self,
+        sql: &str,
+        binds: &[&str],
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let requests = on_db!(&self.db, pool => {
+            let mut query = sqlx::query(sql);
+            for value in binds {
+                query = query.bind(*value);
+            }
+            let rows = query.fetch_all(pool).await.map_err(store_error)?;
+            let mut requests = Vec::with_capacity(rows.len());
+            for row in &rows {
+                requests.push(access_request_from_row!(row));
+            }
+            requests
+        });
+        self.with_approvers(requests).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ApprovalStore for SqlAuditStore {
+    async fn create_request(&self, r: &AccessRequest) -> Result<(), StoreError> {
+        on_db!(&self.db, pool => {
+            sqlx::query(&format!(
+                "INSERT INTO access_requests ({ACCESS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            ))
+            .bind(&r.id)
+            .bind(&r.created_at)
+            .bind(&r.expires_at)
+            .bind(&r.requester)
+            .bind(&r.stack)
+            .bind(&r.provider)
+            .bind(&r.rule)
+            .bind(&r.role)
+            .bind(r.duration_seconds)
+            .bind(&r.reason)
+            .bind(r.required_approvals)
+            .bind(r.state.as_str())
+            .bind(&r.decided_at)
+            .bind(&r.decided_by)
+            .bind(&r.window_ends_at)
+            .bind(&r.note)
+            .execute(pool)
+            .await
+            .map_err(store_error)?;
+        });
+        Ok(())
+    }
+
+    async fn get_request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
+        let found = self
+            .select_requests(
+                &format!("SELECT {ACCESS_COLUMNS} FROM access_requests WHERE id = $1"),
+                &[id],
+            )
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn find_request(
+        &self,
+        requester: &str,
+        stack: &str,
+        provider: &str,
+        rule: &str,
+        state: AccessState,
+    ) -> Result<Option<AccessRequest>, StoreError> {
+        let found = self
+            .select_requests(
+                &format!(
+                    "SELECT {ACCESS_COLUMNS} FROM access_requests WHERE requester = $1 AND stack = $2 AND provider = $3 \
+                     AND rule = $4 AND state = $5 ORDER BY created_at DESC LIMIT 1"
+                ),
+                &[requester, stack, provider, rule, state.as_str()],
+            )
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn list_requests(
+        &self,
+        requester: &str,
+        now: &str,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        self.select_requests(
+            &format!(
+                "SELECT {ACCESS_COLUMNS} FROM access_requests WHERE (state = 'pending' AND expires_at > $1) OR requester = $2 \
+                 ORDER BY created_at DESC LIMIT 200"
+            ),
+            &[now, requester],
+        )
+        .await
+    }
+
+    async fn add_approval(&self, id: &str, approver: &str, at: &str) -> Result<bool, StoreError> {
+        let inserted = on_db!(&self.db, pool => {
+            sqlx::query("INSERT INTO approvals (request_id, approver, approved_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .bind(approver)
+                .bind(at)
+                .execute(pool)
+                .await
+                .map_err(store_error)?
+                .rows_affected()
+        });
+        Ok(inserted == 1)
+    }
+
+    async fn set_state(
+        &self,
+        id: &str,
+        from: AccessState,
+        to: AccessState,
+        decided_by: Option<&str>,
+        window_ends_at: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let now = format_timestamp(OffsetDateTime::now_utc());
+        let updated = on_db!(&self.db, pool => {
+            sqlx::query(
+                "UPDATE access_requests SET state = $1, decided_at = $2, decided_by = COALESCE($3, decided_by), \
+                 window_ends_at = COALESCE($4, window_ends_at), note = COALESCE($5, note) WHERE id = $6 AND state = $7",
+            )
+            .bind(to.as_str())
+            .bind(&now)
+            .bind(decided_by)
+            .bind(window_ends_at)
+            .bind(note)
+            .bind(id)
+            .bind(from.as_str())
+            .execute(pool)
+            .await
+            .map_err(store_error)?
+            .rows_affected()
+        });
+        Ok(updated == 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,10 @@ pub struct CredsArgs {
     pub provider: String,
     pub duration: Option<Duration>,
     pub format: OutputFormat,
+    /// Why access is needed (shown to approvers).
+    pub reason: Option<String>,
+    /// Break-glass reason: issue now under a break-glass rule.
+    pub break_glass: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -64,13 +68,13 @@ pub fn read_token_file(path: &Path) -> Result<SecretString, CliError> {
     Ok(SecretString::from(token.trim().to_owned()))
 }
 
-/// POSTs `body` to the broker and returns the answer's text, or the broker's
-/// problem as a CLI error.
-async fn post(
+/// Calls the broker (`body` means POST, none means GET) and returns the answer's
+/// text, or the broker's problem as a CLI error.
+async fn call(
     server: &str,
     token: &SecretString,
     path: &str,
-    body: &serde_json::Value,
+    body: Option<&serde_json::Value>,
 ) -> Result<String, CliError> {
     let base = server.trim_end_matches('/');
     let client = reqwest::Client::builder()
@@ -78,10 +82,13 @@ async fn post(
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| CliError::plain(format!("could not build an HTTP client: {e}")))?;
-    let response = client
-        .post(format!("{base}{path}"))
+    let url = format!("{base}{path}");
+    let request = match body {
+        Some(body) => client.post(url).json(body),
+        None => client.get(url),
+    };
+    let response = request
         .bearer_auth(token.expose_secret())
-        .json(body)
         .send()
         .await
         .map_err(|e| {
@@ -113,22 +120,130 @@ fn request_body(args: &CredsArgs) -> serde_json::Value {
     if let Some(duration) = args.duration {
         body["duration_seconds"] = duration.as_secs().into();
     }
+    if let Some(reason) = &args.reason {
+        body["reason"] = reason.as_str().into();
+    }
+    if let Some(reason) = &args.break_glass {
+        body["break_glass"] = serde_json::json!({ "reason": reason });
+    }
     body
+}
+
+/// What `stackpass approvals` does.
+pub enum ApprovalAction {
+    /// Ask for access that needs approval.
+    Request(CredsArgs),
+    List,
+    Approve {
+        id: String,
+        note: Option<String>,
+    },
+    Deny {
+        id: String,
+        note: Option<String>,
+    },
+}
+
+pub async fn approvals(
+    server: &str,
+    token: &SecretString,
+    action: ApprovalAction,
+) -> Result<String, CliError> {
+    let describe = |r: &serde_json::Value| {
+        format!(
+            "{}  {:<11} {}  {} on {}  ({}/{} approvals{})",
+            r["id"].as_str().unwrap_or_default(),
+            r["state"].as_str().unwrap_or_default(),
+            r["requester"].as_str().unwrap_or_default(),
+            r["role"].as_str().unwrap_or_default(),
+            r["stack"].as_str().unwrap_or_default(),
+            r["approvers"].as_array().map_or(0, Vec::len),
+            r["required_approvals"],
+            r["window_ends_at"]
+                .as_str()
+                .map(|w| format!(", usable until {w}"))
+                .unwrap_or_default(),
+        )
+    };
+    let parse = |text: String| -> Result<serde_json::Value, CliError> {
+        serde_json::from_str(&text)
+            .map_err(|e| CliError::plain(format!("the broker's answer is not JSON: {e}")))
+    };
+    match action {
+        ApprovalAction::Request(args) => {
+            let answer = parse(
+                call(
+                    server,
+                    token,
+                    "/v1/access-requests",
+                    Some(&request_body(&args)),
+                )
+                .await?,
+            )?;
+            Ok(describe(&answer["access_request"]))
+        }
+        ApprovalAction::List => {
+            let answer = parse(call(server, token, "/v1/access-requests", None).await?)?;
+            let lines: Vec<String> = answer["access_requests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(describe)
+                .collect();
+            Ok(if lines.is_empty() {
+                "no access requests for you to see".into()
+            } else {
+                lines.join("\n")
+            })
+        }
+        ApprovalAction::Approve { id, note } => {
+            let answer = parse(
+                call(
+                    server,
+                    token,
+                    &format!("/v1/access-requests/{id}/approve"),
+                    Some(&serde_json::json!({ "note": note })),
+                )
+                .await?,
+            )?;
+            Ok(describe(&answer["access_request"]))
+        }
+        ApprovalAction::Deny { id, note } => {
+            let answer = parse(
+                call(
+                    server,
+                    token,
+                    &format!("/v1/access-requests/{id}/deny"),
+                    Some(&serde_json::json!({ "note": note })),
+                )
+                .await?,
+            )?;
+            Ok(describe(&answer["access_request"]))
+        }
+    }
 }
 
 /// Asks the broker what it would decide, and why (`POST /v1/decisions`).
 pub async fn explain(args: CredsArgs) -> Result<String, CliError> {
-    let text = post(
+    let text = call(
         &args.server,
         &args.token,
         "/v1/decisions",
-        &request_body(&args),
+        Some(&request_body(&args)),
     )
     .await?;
     let decision: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| CliError::plain(format!("the broker's answer is not a decision: {e}")))?;
     let mut out = String::new();
-    if decision["decision"] == "allow" {
+    if decision["decision"] == "needs_approval" {
+        out.push_str(&format!(
+            "decision: needs approval\nrule: {}\nrole: {}\napprovals needed: {} from {}",
+            decision["grant"]["rule"].as_str().unwrap_or_default(),
+            decision["grant"]["role"].as_str().unwrap_or_default(),
+            decision["approval"]["count"],
+            decision["approval"]["approvers"]
+        ));
+    } else if decision["decision"] == "allow" {
         out.push_str(&format!(
             "decision: allow
 rule: {}
@@ -167,11 +282,11 @@ why: {}",
 
 /// Fetches credentials and returns the text to print on stdout.
 pub async fn fetch_credentials(args: CredsArgs) -> Result<String, CliError> {
-    let text = post(
+    let text = call(
         &args.server,
         &args.token,
         "/v1/credentials",
-        &request_body(&args),
+        Some(&request_body(&args)),
     )
     .await?;
     let issued: Issued = serde_json::from_str(&text).map_err(|e| {

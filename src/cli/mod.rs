@@ -8,7 +8,9 @@ mod dev;
 
 use std::fmt;
 
-pub use creds::{explain, fetch_credentials, read_token_file, CredsArgs, OutputFormat};
+pub use creds::{
+    approvals, explain, fetch_credentials, read_token_file, ApprovalAction, CredsArgs, OutputFormat,
+};
 pub use dev::{dev_token, DevTokenArgs};
 
 #[derive(Debug)]

@@ -43,6 +43,45 @@ pub struct RuleConfig {
     /// Session tags, each value a template.
     #[serde(default)]
     pub session_tags: BTreeMap<String, String>,
+    /// Require approval by other people before issuing.
+    pub approval: Option<ApprovalConfig>,
+    /// Allow break-glass (issue now, capped, flagged, announced) on an approval rule.
+    pub break_glass: Option<BreakGlassConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalConfig {
+    #[serde(default = "default_count")]
+    pub count: u32,
+    pub approvers: Vec<EntityRef>,
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(default = "default_request_ttl", with = "humantime_serde")]
+    pub request_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassConfig {
+    #[serde(default = "default_break_glass", with = "humantime_serde")]
+    pub max_duration: Duration,
+}
+
+fn default_count() -> u32 {
+    1
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_request_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_break_glass() -> Duration {
+    Duration::from_secs(900)
 }
 
 fn default_effect() -> Effect {
@@ -263,6 +302,49 @@ pub fn validate(
                 Err(e) => messages.push(format!("session_tags.{key}: {e}")),
             }
         }
+        let approval = config.approval.as_ref().map(|approval| {
+            if approval.count == 0 {
+                messages.push(
+                    "approval.count must be at least 1; zero approvals never means approved".into(),
+                );
+            }
+            if approval.approvers.is_empty() {
+                messages.push("approval.approvers must name at least one group".into());
+            }
+            if approval.window < Duration::from_secs(1)
+                || approval.window > Duration::from_secs(7 * 24 * 3600)
+            {
+                messages.push("approval.window must be between 1s and 7d".into());
+            }
+            if approval.request_ttl < Duration::from_secs(1)
+                || approval.request_ttl > Duration::from_secs(30 * 24 * 3600)
+            {
+                messages.push("approval.request_ttl must be between 1s and 30d".into());
+            }
+            super::ApprovalRequirement {
+                count: approval.count,
+                approvers: approval.approvers.clone(),
+                window: approval.window,
+                request_ttl: approval.request_ttl,
+                break_glass_max_duration: config.break_glass.as_ref().map(|b| b.max_duration),
+            }
+        });
+        if config.effect == Effect::Deny
+            && (config.approval.is_some() || config.break_glass.is_some())
+        {
+            messages.push("deny rules take no approval or break_glass".into());
+        }
+        if let Some(break_glass) = &config.break_glass {
+            if config.approval.is_none() {
+                messages
+                    .push("break_glass only makes sense on a rule that requires approval".into());
+            }
+            if break_glass.max_duration < Duration::from_secs(900)
+                || break_glass.max_duration > Duration::from_secs(3600)
+            {
+                messages.push("break_glass.max_duration must be between 15m and 1h".into());
+            }
+        }
         let max = config.max_duration;
         if config.effect == Effect::Allow
             && (max < Duration::from_secs(900) || max > Duration::from_secs(12 * 3600))
@@ -292,6 +374,8 @@ pub fn validate(
             max_duration: config.max_duration,
             session_policy,
             session_tags,
+            break_glass_max_duration: approval.as_ref().and_then(|a| a.break_glass_max_duration),
+            approval,
         };
         messages.extend(unguaranteed_variables(&rule, &context.environment_tag));
         if messages.is_empty() {

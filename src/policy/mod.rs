@@ -123,6 +123,27 @@ pub struct Rule {
     pub max_duration: Duration,
     pub session_policy: Option<Template>,
     pub session_tags: BTreeMap<String, Template>,
+    /// A second person must approve before credentials are issued.
+    pub approval: Option<ApprovalRequirement>,
+    /// With approval required: the cap for break-glass issuance without it.
+    pub break_glass_max_duration: Option<Duration>,
+}
+
+/// Who must approve, how many, and for how long an approval lets the requester in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalRequirement {
+    /// At least one: zero approvals never means approved.
+    pub count: u32,
+    /// Approvers must be in one of these groups, and never the requester.
+    pub approvers: Vec<EntityRef>,
+    /// How long after approval the requester may obtain credentials.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long a request waits for approval before it expires.
+    #[serde(with = "humantime_serde")]
+    pub request_ttl: Duration,
+    #[serde(with = "humantime_serde::option")]
+    pub break_glass_max_duration: Option<Duration>,
 }
 
 /// Everything the decision looks at, resolved by the broker from trusted sources.
@@ -143,6 +164,11 @@ pub struct PolicyInput<'a> {
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
     Allow(Grant),
+    /// The grant, once enough approvers have approved (or by break-glass).
+    NeedsApproval {
+        grant: Grant,
+        approval: ApprovalRequirement,
+    },
     Deny(Denial),
 }
 
@@ -180,7 +206,15 @@ pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
     let mut misses = Vec::new();
     for rule in rules {
         match evaluate(rule, input) {
-            Ok(Some(grant)) => return Decision::Allow(grant),
+            Ok(Some(grant)) => {
+                return match &rule.approval {
+                    Some(approval) => Decision::NeedsApproval {
+                        grant,
+                        approval: approval.clone(),
+                    },
+                    None => Decision::Allow(grant),
+                }
+            }
             Ok(None) => {
                 return Decision::Deny(Denial {
                     summary: format!(
@@ -410,6 +444,8 @@ mod tests {
             max_duration: Duration::from_secs(3600),
             session_policy: None,
             session_tags: BTreeMap::new(),
+            approval: None,
+            break_glass_max_duration: None,
         }
     }
 
@@ -723,5 +759,22 @@ mod tests {
             Some(r#"{"Statement":[{"Effect":"Allow","Resource":"arn:aws:s3:::payments-*"}]}"#)
         );
         assert_eq!(grant.session_tags["team"], "team-payments");
+    }
+
+    #[test]
+    fn a_rule_with_an_approval_requirement_needs_approval() {
+        let mut rule = nonprod_rule();
+        rule.approval = Some(ApprovalRequirement {
+            count: 2,
+            approvers: vec![entity("group:default/team-payments")],
+            window: Duration::from_secs(3600),
+            request_ttl: Duration::from_secs(86400),
+            break_glass_max_duration: None,
+        });
+        let Decision::NeedsApproval { grant, approval } = Case::new().decide(&[rule]) else {
+            panic!()
+        };
+        assert_eq!(grant.rule, "team-deploys-nonprod");
+        assert_eq!(approval.count, 2);
     }
 }

@@ -96,6 +96,17 @@ struct TestRequest {
 enum Expectation {
     Allow,
     Deny,
+    Approval,
+}
+
+impl Expectation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Expectation::Allow => "allow",
+            Expectation::Deny => "deny",
+            Expectation::Approval => "approval",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -206,7 +217,8 @@ fn check(case: &Case, rules: &[super::Rule], tests: &TestFile) -> Result<(), Str
         },
     );
     match (case.expect, decision) {
-        (Expectation::Allow, Decision::Allow(grant)) => {
+        (Expectation::Allow, Decision::Allow(grant))
+        | (Expectation::Approval, Decision::NeedsApproval { grant, .. }) => {
             let Some(expected) = &case.grant else {
                 return Ok(());
             };
@@ -254,8 +266,12 @@ fn check(case: &Case, rules: &[super::Rule], tests: &TestFile) -> Result<(), Str
             )),
             _ => Ok(()),
         },
-        (Expectation::Allow, Decision::Deny(denial)) => {
-            let mut why = format!("expected allow, got deny: {}", denial.summary);
+        (expected @ (Expectation::Allow | Expectation::Approval), Decision::Deny(denial)) => {
+            let mut why = format!(
+                "expected {}, got deny: {}",
+                expected.as_str(),
+                denial.summary
+            );
             for miss in &denial.rules {
                 for reason in &miss.reasons {
                     let _ = write!(why, "\n  rule {}: {reason}", miss.rule);
@@ -263,9 +279,23 @@ fn check(case: &Case, rules: &[super::Rule], tests: &TestFile) -> Result<(), Str
             }
             Err(why)
         }
-        (Expectation::Deny, Decision::Allow(grant)) => Err(format!(
-            "expected deny, got allow by rule {:?} (role {})",
-            grant.rule, grant.role
+        (expected, Decision::Allow(grant)) => Err(format!(
+            "expected {}, got allow by rule {:?} (role {})",
+            expected.as_str(),
+            grant.rule,
+            grant.role
+        )),
+        (expected, Decision::NeedsApproval { grant, approval }) => Err(format!(
+            "expected {}, got approval required by rule {:?} ({} approval(s) from {})",
+            expected.as_str(),
+            grant.rule,
+            approval.count,
+            approval
+                .approvers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }

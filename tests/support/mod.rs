@@ -436,14 +436,15 @@ pub fn component(name: &str, owner: &str) -> Value {
     })
 }
 
-/// jane is in team-payments (owns payments); bob is in team-search (owns search);
-/// sam is in security, the auditor group.
+/// jane and alex are in team-payments (owns payments); bob is in team-search
+/// (owns search); sam is in security, the auditor group.
 pub fn default_entities() -> Vec<Value> {
     vec![
-        group("team-payments", &["jane"]),
+        group("team-payments", &["jane", "alex"]),
         group("team-search", &["bob"]),
         group("security", &["sam"]),
         user("jane", &["team-payments"]),
+        user("alex", &["team-payments"]),
         user("bob", &["team-search"]),
         user("sam", &["security"]),
         component("payments", "team-payments"),
@@ -666,6 +667,59 @@ fn sts_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Respo
         r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>"#
     );
     (status, [("content-type", "text/xml")], body).into_response()
+}
+
+// ---------------------------------------------------------------------------
+// Notifications
+
+/// A Slack-style incoming webhook: records every JSON message posted to it.
+pub struct WebhookListener {
+    pub url: String,
+    messages: Arc<Mutex<Vec<Value>>>,
+}
+
+impl WebhookListener {
+    pub async fn start() -> WebhookListener {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        let router = Router::new().route(
+            "/hooks/T000/B000/XXXX",
+            post(move |Json(body): Json<Value>| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push(body);
+                    "ok"
+                }
+            }),
+        );
+        let base = spawn_router(router).await;
+        WebhookListener {
+            url: format!("{base}/hooks/T000/B000/XXXX"),
+            messages,
+        }
+    }
+
+    /// Waits (bounded) for a message whose text contains `needle`.
+    pub async fn wait_for(&self, needle: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(found) = self
+                .messages
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|m| m["text"].as_str().is_some_and(|t| t.contains(needle)))
+            {
+                return found.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no notification containing {needle:?}: {:?}",
+                self.messages.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

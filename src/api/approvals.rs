@@ -1,0 +1,144 @@
+//! Access requests over HTTP: `POST /v1/access-requests` (ask for access a rule
+//! grants only with approval), `GET /v1/access-requests` (what the caller may
+//! decide, and their own), `POST /v1/access-requests/{id}/approve` and `/deny`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+
+use super::credentials::bearer_token;
+use super::{Problem, RequestId};
+use crate::broker::{Broker, BrokerError, RequestContext};
+use crate::identity::Principal;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    note: Option<String>,
+}
+
+async fn authenticate(
+    broker: &Broker,
+    context: &RequestContext,
+    headers: &HeaderMap,
+) -> Result<Principal, Problem> {
+    let token =
+        bearer_token(headers).map_err(|e| Problem::from_broker_error(&BrokerError::Identity(e)))?;
+    broker
+        .authenticate(context, &token)
+        .await
+        .map_err(|e| Problem::from_broker_error(&e))
+}
+
+fn context(request_id: &RequestId, client: SocketAddr) -> RequestContext {
+    RequestContext {
+        request_id: request_id.0.clone(),
+        client_addr: Some(client.ip().to_string()),
+    }
+}
+
+pub async fn create(
+    State(broker): State<Arc<Broker>>,
+    Extension(request_id): Extension<RequestId>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let context = context(&request_id, client);
+    let result = async {
+        let principal = authenticate(&broker, &context, &headers).await?;
+        let request = super::credentials::parse_body(&headers, body)?;
+        let created = broker
+            .request_access(&context, principal, &request)
+            .await
+            .map_err(|e| Problem::from_broker_error(&e))?;
+        let body = Json(serde_json::json!({ "access_request": created }));
+        Ok::<_, Problem>((axum::http::StatusCode::CREATED, body).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|problem| problem.with_request_id(&request_id.0).into_response())
+}
+
+pub async fn list(
+    State(broker): State<Arc<Broker>>,
+    Extension(request_id): Extension<RequestId>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let context = context(&request_id, client);
+    let result = async {
+        let principal = authenticate(&broker, &context, &headers).await?;
+        let requests = broker
+            .list_access_requests(&principal)
+            .await
+            .map_err(|e| Problem::from_broker_error(&e))?;
+        Ok::<_, Problem>(Json(serde_json::json!({ "access_requests": requests })).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|problem| problem.with_request_id(&request_id.0).into_response())
+}
+
+pub async fn approve(
+    state: State<Arc<Broker>>,
+    request_id: Extension<RequestId>,
+    client: ConnectInfo<SocketAddr>,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    decide(state, request_id, client, id, headers, body, true).await
+}
+
+pub async fn deny(
+    state: State<Arc<Broker>>,
+    request_id: Extension<RequestId>,
+    client: ConnectInfo<SocketAddr>,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    decide(state, request_id, client, id, headers, body, false).await
+}
+
+async fn decide(
+    State(broker): State<Arc<Broker>>,
+    Extension(request_id): Extension<RequestId>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    approve: bool,
+) -> Response {
+    let context = context(&request_id, client);
+    let result = async {
+        let principal = authenticate(&broker, &context, &headers).await?;
+        let body: DecisionBody = if body.is_empty() {
+            DecisionBody::default()
+        } else {
+            serde_json::from_slice(&body)
+                .map_err(|e| Problem::invalid_request(format!("invalid JSON body: {e}")))?
+        };
+        if body
+            .note
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > 500 || n.chars().any(char::is_control))
+        {
+            return Err(Problem::invalid_request(
+                "note is at most 500 characters on one line",
+            ));
+        }
+        let decided = broker
+            .decide_access_request(&context, &principal, &id, approve, body.note.as_deref())
+            .await
+            .map_err(|e| Problem::from_broker_error(&e))?;
+        Ok(Json(serde_json::json!({ "access_request": decided })).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|problem| problem.with_request_id(&request_id.0).into_response())
+}

@@ -1,0 +1,498 @@
+//! Approvals and break-glass through the HTTP API and the CLI: a rule that needs
+//! a second person, the whole request → approve → issue → window-closes flow, the
+//! fail-closed edges, and break-glass flagged and announced.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+const PROD_WITH_APPROVAL: &str = r#"
+[[rules]]
+name = "owners-deploy-prod"
+provider = "aws"
+role = "arn:aws:iam::{tags.aws-account}:role/{component}-prod-deployer"
+max_duration = "1h"
+approval = { count = 1, approvers = ["group:default/APPROVERS"], window = "WINDOW", request_ttl = "TTL" }
+break_glass = { max_duration = "15m" }
+[rules.tags]
+environment = ["prod"]
+aws-account = ["*"]
+"#;
+
+fn policy(dir: &Path, approvers: &str, window: &str, ttl: &str) {
+    std::fs::write(
+        dir.join("prod.toml"),
+        PROD_WITH_APPROVAL
+            .replace("APPROVERS", approvers)
+            .replace("WINDOW", window)
+            .replace("TTL", ttl),
+    )
+    .unwrap();
+}
+
+struct World {
+    backstage: BackstageDouble,
+    sts: StsRecorder,
+    webhook: WebhookListener,
+    broker: Broker,
+    policy: tempfile::TempDir,
+}
+
+async fn world(window: &str, ttl: &str) -> World {
+    let policy_dir = tempfile::tempdir().unwrap();
+    policy(policy_dir.path(), "team-payments", window, ttl);
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let webhook = WebhookListener::start().await;
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    options.env.push((
+        "STACKPASS_POLICY__FILES".into(),
+        format!("[\"{}\"]", policy_dir.path().display()),
+    ));
+    options
+        .env
+        .push(("STACKPASS_POLICY__RELOAD_INTERVAL".into(), "100ms".into()));
+    options.env.push((
+        "STACKPASS_NOTIFICATIONS__WEBHOOK_URL".into(),
+        webhook.url.clone(),
+    ));
+    let broker = Broker::start(options).await;
+    World {
+        backstage,
+        sts,
+        webhook,
+        broker,
+        policy: policy_dir,
+    }
+}
+
+impl World {
+    async fn call(&self, who: &str, method: &str, path: &str, body: Option<Value>) -> TestResponse {
+        let client = reqwest::Client::new();
+        let url = format!("{}{path}", self.broker.url);
+        let mut request = match method {
+            "GET" => client.get(url),
+            _ => client.post(url),
+        };
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .bearer_auth(self.backstage.user_token(who))
+            .send()
+            .await
+            .unwrap();
+        TestResponse::from_response(response).await
+    }
+
+    async fn credentials(&self, who: &str, body: Value) -> TestResponse {
+        self.call(who, "POST", "/v1/credentials", Some(body)).await
+    }
+}
+
+fn prod() -> Value {
+    json!({ "stack": "pulumi:acme/payments/prod", "provider": "aws", "reason": "hotfix for INC-42" })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_approve_issue_and_the_window_closes() {
+    let w = world("3s", "1h").await;
+
+    // Without approval: 403 naming the rule and what it needs; nothing issued.
+    let refused = w.credentials("user:default/jane", prod()).await;
+    refused.assert_problem(403, "approval-required");
+    assert!(refused.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("needs 1 approval(s) from group:default/team-payments"));
+    assert!(w.sts.calls().is_empty());
+
+    // jane asks; the request is announced.
+    let created = w
+        .call(
+            "user:default/jane",
+            "POST",
+            "/v1/access-requests",
+            Some(prod()),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["access_request"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(created.body["access_request"]["state"], "pending");
+    assert_eq!(
+        created.body["access_request"]["reason"],
+        "hotfix for INC-42"
+    );
+    let announced = w.webhook.wait_for("user:default/jane asks for").await;
+    assert!(announced["text"].as_str().unwrap().contains(&id));
+    // Asking again returns the same pending request.
+    let again = w
+        .call(
+            "user:default/jane",
+            "POST",
+            "/v1/access-requests",
+            Some(prod()),
+        )
+        .await;
+    assert_eq!(again.body["access_request"]["id"], id.as_str());
+
+    // Fail closed: not your own, not an outsider, not an unknown id.
+    w.call(
+        "user:default/jane",
+        "POST",
+        &format!("/v1/access-requests/{id}/approve"),
+        None,
+    )
+    .await
+    .assert_problem(403, "approval-forbidden");
+    w.call(
+        "user:default/bob",
+        "POST",
+        &format!("/v1/access-requests/{id}/approve"),
+        None,
+    )
+    .await
+    .assert_problem(403, "approval-forbidden");
+    w.call(
+        "user:default/alex",
+        "POST",
+        "/v1/access-requests/nope/approve",
+        None,
+    )
+    .await
+    .assert_problem(404, "access-request-not-found");
+
+    // alex sees it, approves it.
+    let listed = w
+        .call("user:default/alex", "GET", "/v1/access-requests", None)
+        .await;
+    assert!(listed.body["access_requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["id"] == id.as_str()));
+    let bobs = w
+        .call("user:default/bob", "GET", "/v1/access-requests", None)
+        .await;
+    assert!(
+        bobs.body["access_requests"].as_array().unwrap().is_empty(),
+        "bob may decide nothing here"
+    );
+    let approved = w
+        .call(
+            "user:default/alex",
+            "POST",
+            &format!("/v1/access-requests/{id}/approve"),
+            Some(json!({ "note": "looked at the diff" })),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.text);
+    assert_eq!(approved.body["access_request"]["state"], "approved");
+    assert_eq!(
+        approved.body["access_request"]["approvers"],
+        json!(["user:default/alex"])
+    );
+    w.webhook.wait_for("user:default/alex approved").await;
+    w.call(
+        "user:default/alex",
+        "POST",
+        &format!("/v1/access-requests/{id}/approve"),
+        None,
+    )
+    .await
+    .assert_problem(409, "access-request-closed");
+
+    // Within the window: credentials.
+    let issued = w.credentials("user:default/jane", prod()).await;
+    assert_eq!(issued.status, 200, "{}", issued.text);
+    assert_eq!(issued.body["rule"], "owners-deploy-prod");
+
+    // After the window: refused again.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    w.credentials("user:default/jane", prod())
+        .await
+        .assert_problem(403, "approval-required");
+
+    let rows = w.broker.audit_rows().await;
+    let steps: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().to_owned(),
+                r["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let has = |event: &str, outcome: &str| steps.iter().any(|(e, o)| e == event && o == outcome);
+    assert!(has("decision", "approval_required"));
+    assert!(has("access_requested", "pending"));
+    assert!(has("approval", "approved"));
+    assert!(has("issuance_outcome", "issued"));
+    let approval = rows.iter().find(|r| r["event"] == "approval").unwrap();
+    assert_eq!(
+        approval["requester"], "user:default/alex",
+        "the approver is who acted"
+    );
+    assert!(approval["detail"]
+        .as_str()
+        .unwrap()
+        .contains("looked at the diff"));
+    let allowed = rows
+        .iter()
+        .find(|r| r["event"] == "decision" && r["outcome"] == "allowed")
+        .unwrap();
+    assert!(
+        allowed["detail"].as_str().unwrap().contains(&id),
+        "the issuance names its access request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_request_cannot_be_approved_and_denials_are_final() {
+    let w = world("1h", "1s").await;
+    let created = w
+        .call(
+            "user:default/jane",
+            "POST",
+            "/v1/access-requests",
+            Some(prod()),
+        )
+        .await;
+    let id = created.body["access_request"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    w.call(
+        "user:default/alex",
+        "POST",
+        &format!("/v1/access-requests/{id}/approve"),
+        None,
+    )
+    .await
+    .assert_problem(409, "access-request-closed");
+
+    let fresh = w
+        .call(
+            "user:default/jane",
+            "POST",
+            "/v1/access-requests",
+            Some(prod()),
+        )
+        .await;
+    let fresh_id = fresh.body["access_request"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(fresh_id, id, "an expired request is not reused");
+    let denied = w
+        .call(
+            "user:default/alex",
+            "POST",
+            &format!("/v1/access-requests/{fresh_id}/deny"),
+            Some(json!({ "note": "not during the freeze" })),
+        )
+        .await;
+    assert_eq!(
+        denied.body["access_request"]["state"], "denied",
+        "{}",
+        denied.text
+    );
+    w.webhook.wait_for("user:default/alex denied").await;
+    w.call(
+        "user:default/alex",
+        "POST",
+        &format!("/v1/access-requests/{fresh_id}/approve"),
+        None,
+    )
+    .await
+    .assert_problem(409, "access-request-closed");
+    w.credentials("user:default/jane", prod())
+        .await
+        .assert_problem(403, "approval-required");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_that_removes_the_approvers_right_voids_the_approval() {
+    let w = world("1h", "1h").await;
+    let created = w
+        .call(
+            "user:default/jane",
+            "POST",
+            "/v1/access-requests",
+            Some(prod()),
+        )
+        .await;
+    let id = created.body["access_request"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let approved = w
+        .call(
+            "user:default/alex",
+            "POST",
+            &format!("/v1/access-requests/{id}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(approved.body["access_request"]["state"], "approved");
+
+    // Approvers are now the security group: alex's approval no longer counts.
+    policy(w.policy.path(), "security", "1h", "1h");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = w.broker.audit_rows().await;
+        if rows
+            .iter()
+            .any(|r| r["event"] == "policy_reloaded" && r["outcome"] == "applied")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "policy not reloaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.credentials("user:default/jane", prod())
+        .await
+        .assert_problem(403, "approval-required");
+    let rows = w.broker.audit_rows().await;
+    assert!(rows
+        .iter()
+        .any(|r| r["event"] == "approval" && r["outcome"] == "invalidated"));
+    assert!(w.sts.calls().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_is_immediate_capped_flagged_and_announced() {
+    let w = world("1h", "1h").await;
+    let without_reason = w
+        .credentials("user:default/jane", json!({ "stack": "pulumi:acme/payments/prod", "provider": "aws", "break_glass": { "reason": " " } }))
+        .await;
+    without_reason.assert_problem(422, "invalid-request");
+
+    let response = w
+        .credentials(
+            "user:default/jane",
+            json!({ "stack": "pulumi:acme/payments/prod", "provider": "aws", "duration_seconds": 3600, "break_glass": { "reason": "prod is down, INC-7" } }),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text);
+    assert_eq!(
+        response.body["duration_seconds"], 900,
+        "capped at the rule's break-glass maximum"
+    );
+    let message = w.webhook.wait_for("BREAK-GLASS").await;
+    assert!(message["text"]
+        .as_str()
+        .unwrap()
+        .contains("prod is down, INC-7"));
+    assert_eq!(message["stackpass"]["event"], "break_glass");
+    let rows = w.broker.audit_rows().await;
+    let flagged = rows.iter().find(|r| r["event"] == "decision").unwrap();
+    assert_eq!(flagged["outcome"], "break_glass");
+    assert!(flagged["detail"]
+        .as_str()
+        .unwrap()
+        .contains("prod is down, INC-7"));
+
+    // Break-glass on a rule that does not allow it is refused.
+    let dev = w
+        .credentials("user:default/bob", json!({ "stack": "pulumi:acme/payments/prod", "provider": "aws", "break_glass": { "reason": "x" } }))
+        .await;
+    dev.assert_problem(403, "denied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_requests_lists_and_approves() {
+    let w = world("1h", "1h").await;
+    let run = |who: &str, args: &[&str]| {
+        let mut all = vec!["approvals"];
+        all.extend_from_slice(args);
+        all.extend(["--server", &w.broker.url]);
+        stackpass(&all)
+            .env("STACKPASS_TOKEN", w.backstage.user_token(who))
+            .output()
+            .unwrap()
+    };
+    let requested = run(
+        "user:default/jane",
+        &[
+            "request",
+            "--stack",
+            "pulumi:acme/payments/prod",
+            "--reason",
+            "release 1.2",
+        ],
+    );
+    assert!(requested.status.success(), "{}", stderr(&requested));
+    let id = stdout(&requested)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let creds = stackpass(&[
+        "creds",
+        "--stack",
+        "pulumi:acme/payments/prod",
+        "--server",
+        &w.broker.url,
+    ])
+    .env(
+        "STACKPASS_TOKEN",
+        w.backstage.user_token("user:default/jane"),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(creds.status.code(), Some(1));
+    assert!(
+        stderr(&creds).contains(&format!("access request {id} is waiting")),
+        "{}",
+        stderr(&creds)
+    );
+
+    let own = run("user:default/jane", &["approve", &id]);
+    assert_eq!(own.status.code(), Some(1));
+    assert!(
+        stderr(&own).contains("nobody may approve or deny their own access request"),
+        "{}",
+        stderr(&own)
+    );
+
+    let listed = run("user:default/alex", &["list"]);
+    assert!(
+        stdout(&listed).contains(&id) && stdout(&listed).contains("pending"),
+        "{}",
+        stdout(&listed)
+    );
+    let approved = run("user:default/alex", &["approve", &id, "--note", "ok"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    assert!(
+        stdout(&approved).contains("approved"),
+        "{}",
+        stdout(&approved)
+    );
+
+    let creds = stackpass(&[
+        "creds",
+        "--stack",
+        "pulumi:acme/payments/prod",
+        "--server",
+        &w.broker.url,
+        "--format",
+        "env",
+    ])
+    .env(
+        "STACKPASS_TOKEN",
+        w.backstage.user_token("user:default/jane"),
+    )
+    .output()
+    .unwrap();
+    assert!(creds.status.success(), "{}", stderr(&creds));
+}
