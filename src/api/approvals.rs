@@ -12,35 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::credentials::bearer_token;
 use super::{Problem, RequestId};
-use crate::broker::{Broker, BrokerError, RequestContext};
-use crate::identity::Principal;
+use crate::broker::Broker;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     note: Option<String>,
-}
-
-async fn authenticate(
-    broker: &Broker,
-    context: &RequestContext,
-    headers: &HeaderMap,
-) -> Result<Principal, Problem> {
-    let token =
-        bearer_token(headers).map_err(|e| Problem::from_broker_error(&BrokerError::Identity(e)))?;
-    broker
-        .authenticate(context, &token)
-        .await
-        .map_err(|e| Problem::from_broker_error(&e))
-}
-
-fn context(request_id: &RequestId, client: SocketAddr) -> RequestContext {
-    RequestContext {
-        request_id: request_id.0.clone(),
-        client_addr: Some(client.ip().to_string()),
-    }
 }
 
 pub async fn create(
@@ -50,14 +28,11 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let context = context(&request_id, client);
+    let context = super::request_context(&request_id, client);
     let result = async {
-        let principal = authenticate(&broker, &context, &headers).await?;
+        let principal = super::authenticate(&broker, &context, &headers).await?;
         let request = super::credentials::parse_body(&headers, body)?;
-        let created = broker
-            .request_access(&context, principal, &request)
-            .await
-            .map_err(|e| Problem::from_broker_error(&e))?;
+        let created = broker.request_access(&context, principal, &request).await?;
         let body = Json(serde_json::json!({ "access_request": created }));
         Ok::<_, Problem>((axum::http::StatusCode::CREATED, body).into_response())
     }
@@ -71,13 +46,10 @@ pub async fn list(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let context = context(&request_id, client);
+    let context = super::request_context(&request_id, client);
     let result = async {
-        let principal = authenticate(&broker, &context, &headers).await?;
-        let requests = broker
-            .list_access_requests(&principal)
-            .await
-            .map_err(|e| Problem::from_broker_error(&e))?;
+        let principal = super::authenticate(&broker, &context, &headers).await?;
+        let requests = broker.list_access_requests(&principal).await?;
         Ok::<_, Problem>(Json(serde_json::json!({ "access_requests": requests })).into_response())
     }
     .await;
@@ -115,9 +87,9 @@ async fn decide(
     body: Bytes,
     approve: bool,
 ) -> Response {
-    let context = context(&request_id, client);
+    let context = super::request_context(&request_id, client);
     let result = async {
-        let principal = authenticate(&broker, &context, &headers).await?;
+        let principal = super::authenticate(&broker, &context, &headers).await?;
         let body: DecisionBody = if body.is_empty() {
             DecisionBody::default()
         } else {
@@ -135,8 +107,7 @@ async fn decide(
         }
         let decided = broker
             .decide_access_request(&context, &principal, &id, approve, body.note.as_deref())
-            .await
-            .map_err(|e| Problem::from_broker_error(&e))?;
+            .await?;
         Ok(Json(serde_json::json!({ "access_request": decided })).into_response())
     }
     .await;

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{bearer_token, Problem, RequestId};
+use super::{Problem, RequestId};
 use crate::audit::{record_json, AuditQuery};
-use crate::broker::{Broker, BrokerError, RequestContext};
+use crate::broker::Broker;
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -43,23 +43,12 @@ pub async fn read(
     headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Response {
-    let context = RequestContext {
-        request_id: request_id.0.clone(),
-        client_addr: Some(client.ip().to_string()),
-    };
+    let context = super::request_context(&request_id, client);
     let result = async {
-        let token = bearer_token(&headers)
-            .map_err(|e| Problem::from_broker_error(&BrokerError::Identity(e)))?;
-        let principal = broker
-            .authenticate(&context, &token)
-            .await
-            .map_err(|e| Problem::from_broker_error(&e))?;
+        let principal = super::authenticate(&broker, &context, &headers).await?;
         let Query(params) = params.map_err(|e| Problem::invalid_request(e.body_text()))?;
         let query = parse(params)?;
-        let page = broker
-            .read_audit(&principal, &query)
-            .await
-            .map_err(|e| Problem::from_broker_error(&e))?;
+        let page = broker.read_audit(&principal, &query).await?;
         let body = serde_json::json!({
             "records": page.records.iter().map(record_json).collect::<Vec<_>>(),
             "next_cursor": page.next_after_seq.map(encode_cursor),

@@ -16,7 +16,7 @@ use stackpass_provider::{CredentialSecret, ProviderKind};
 use time::format_description::well_known::Rfc3339;
 
 use super::{Problem, RequestId};
-use crate::broker::{Broker, BrokerError, CredentialRequest, RequestContext};
+use crate::broker::{Broker, CredentialRequest};
 use crate::identity::IdentityError;
 use crate::stacks::StackRef;
 
@@ -65,22 +65,10 @@ async fn handle(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let context = RequestContext {
-        request_id: request_id.0,
-        client_addr: Some(client.ip().to_string()),
-    };
-    // Authenticate first: an anonymous caller learns nothing, not even request syntax.
-    let token =
-        bearer_token(headers).map_err(|e| Problem::from_broker_error(&BrokerError::Identity(e)))?;
-    let principal = broker
-        .authenticate(&context, &token)
-        .await
-        .map_err(|e| Problem::from_broker_error(&e))?;
+    let context = super::request_context(&request_id, client);
+    let principal = super::authenticate(broker, &context, headers).await?;
     let request = parse_body(headers, body)?;
-    let issued = broker
-        .issue(&context, principal, &request)
-        .await
-        .map_err(|e| Problem::from_broker_error(&e))?;
+    let issued = broker.issue(&context, principal, &request).await?;
 
     let CredentialSecret::Aws {
         access_key_id,

@@ -11,9 +11,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
-use super::credentials::{bearer_token, parse_body};
+use super::credentials::parse_body;
 use super::{Problem, RequestId};
-use crate::broker::{Broker, BrokerError, RequestContext};
+use crate::broker::Broker;
 
 pub async fn explain(
     State(broker): State<Arc<Broker>>,
@@ -22,22 +22,11 @@ pub async fn explain(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let context = RequestContext {
-        request_id: request_id.0.clone(),
-        client_addr: Some(client.ip().to_string()),
-    };
+    let context = super::request_context(&request_id, client);
     let result = async {
-        let token = bearer_token(&headers)
-            .map_err(|e| Problem::from_broker_error(&BrokerError::Identity(e)))?;
-        let principal = broker
-            .authenticate(&context, &token)
-            .await
-            .map_err(|e| Problem::from_broker_error(&e))?;
+        let principal = super::authenticate(&broker, &context, &headers).await?;
         let request = parse_body(&headers, body)?;
-        let decision = broker
-            .explain(&context, principal, &request)
-            .await
-            .map_err(|e| Problem::from_broker_error(&e))?;
+        let decision = broker.explain(&context, principal, &request).await?;
         Ok::<_, Problem>(Json(decision).into_response())
     }
     .await;

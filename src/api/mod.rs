@@ -22,11 +22,34 @@ use tower::ServiceBuilder;
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub use credentials::bearer_token;
+use credentials::bearer_token;
 pub use problem::Problem;
 
-use crate::broker::Broker;
+use axum::http::HeaderMap;
+
+use crate::broker::{Broker, BrokerError, RequestContext};
 use crate::config::ServerConfig;
+use crate::identity::Principal;
+
+/// What the audit log records about where a request came from.
+fn request_context(request_id: &RequestId, client: SocketAddr) -> RequestContext {
+    RequestContext {
+        request_id: request_id.0.clone(),
+        client_addr: Some(client.ip().to_string()),
+    }
+}
+
+/// The caller behind the bearer token, or the 401 (503 if keys are unreachable).
+/// Every route authenticates before it looks at the request, so an anonymous
+/// caller learns nothing, not even request syntax.
+async fn authenticate(
+    broker: &Broker,
+    context: &RequestContext,
+    headers: &HeaderMap,
+) -> Result<Principal, Problem> {
+    let token = bearer_token(headers).map_err(|e| Problem::from(BrokerError::Identity(e)))?;
+    Ok(broker.authenticate(context, &token).await?)
+}
 
 /// The id of one HTTP request: echoed in `x-request-id`, in every problem body and
 /// in every audit record, so a user's report can be matched to the logs.

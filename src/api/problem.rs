@@ -190,6 +190,12 @@ impl Problem {
     }
 }
 
+impl From<BrokerError> for Problem {
+    fn from(error: BrokerError) -> Self {
+        Problem::from_broker_error(&error)
+    }
+}
+
 fn from_identity_error(error: &IdentityError) -> Problem {
     if error.is_unavailable() {
         return Problem::new(
