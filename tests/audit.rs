@@ -6,26 +6,6 @@ mod support;
 use serde_json::Value;
 use support::*;
 
-struct World {
-    backstage: BackstageDouble,
-    _moto: Moto,
-    sts: StsRecorder,
-    broker: Broker,
-}
-
-async fn world() -> World {
-    let backstage = BackstageDouble::start().await;
-    let moto = Moto::start().await;
-    let sts = StsRecorder::start(StsBehaviour::Forward(moto.url.clone())).await;
-    let broker = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
-    World {
-        backstage,
-        _moto: moto,
-        sts,
-        broker,
-    }
-}
-
 /// Makes the audit store refuse some inserts, as a full disk or a broken database
 /// would, by adding a trigger from outside the broker.
 async fn break_audit_store(broker: &Broker, condition: &str) {
@@ -42,7 +22,7 @@ async fn break_audit_store(broker: &Broker, condition: &str) {
 
 #[tokio::test]
 async fn an_audit_store_that_cannot_record_the_intent_means_503_and_no_cloud_call() {
-    let w = world().await;
+    let w = World::with_moto().await;
     break_audit_store(&w.broker, "1").await;
     let token = w.backstage.user_token("user:default/jane");
     let response = w
@@ -67,7 +47,7 @@ async fn an_audit_store_that_cannot_record_the_intent_means_503_and_no_cloud_cal
 
 #[tokio::test]
 async fn an_issued_credential_whose_outcome_cannot_be_recorded_is_withheld() {
-    let w = world().await;
+    let w = World::with_moto().await;
     break_audit_store(&w.broker, "NEW.event = 'issuance_outcome'").await;
     let token = w.backstage.user_token("user:default/jane");
     let response = w
@@ -96,7 +76,7 @@ async fn an_issued_credential_whose_outcome_cannot_be_recorded_is_withheld() {
 
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/jane");
     let response = w
         .broker

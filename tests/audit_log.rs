@@ -9,23 +9,6 @@ use stackpass::audit::StoredRecord;
 use std::path::Path;
 use support::*;
 
-struct World {
-    backstage: BackstageDouble,
-    _sts: StsRecorder,
-    broker: Broker,
-}
-
-async fn world() -> World {
-    let backstage = BackstageDouble::start().await;
-    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
-    let broker = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
-    World {
-        backstage,
-        _sts: sts,
-        broker,
-    }
-}
-
 /// jane issues (3 records), bob is denied (1), jane issues again (3), jane asks
 /// for an unknown stack (1): 8 records.
 async fn some_history(w: &World) {
@@ -170,7 +153,7 @@ async fn row(path: &Path, seq: i64) -> StoredRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_catches_edited_deleted_swapped_and_inserted_records() {
-    let w = world().await;
+    let w = World::with_sts(StsBehaviour::Succeed).await;
     some_history(&w).await;
 
     let intact = snapshot(&w.broker, "intact.db").await;
@@ -277,7 +260,7 @@ async fn verify_catches_edited_deleted_swapped_and_inserted_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_catches_a_truncated_tail() {
-    let w = world().await;
+    let w = World::with_sts(StsBehaviour::Succeed).await;
     some_history(&w).await;
     let output = stackpass(&["audit", "checkpoint", "--database", &w.broker.audit_url()])
         .output()
@@ -320,7 +303,7 @@ async fn a_checkpoint_catches_a_truncated_tail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_seals_the_chain_so_it_still_verifies() {
-    let w = world().await;
+    let w = World::with_sts(StsBehaviour::Succeed).await;
     some_history(&w).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let cutoff = time::OffsetDateTime::now_utc();
@@ -414,7 +397,7 @@ async fn read_audit(w: &World, who: &str, query: &str) -> TestResponse {
 
 #[tokio::test]
 async fn the_audit_api_serves_auditors_everything_and_requesters_their_own() {
-    let w = world().await;
+    let w = World::with_sts(StsBehaviour::Succeed).await;
     some_history(&w).await;
 
     let all = read_audit(&w, "user:default/sam", "").await;
@@ -493,7 +476,7 @@ async fn the_audit_api_serves_auditors_everything_and_requesters_their_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_writes_every_record_as_a_json_line() {
-    let w = world().await;
+    let w = World::with_sts(StsBehaviour::Succeed).await;
     some_history(&w).await;
     let output = stackpass(&[
         "audit",

@@ -8,23 +8,6 @@ use base64::Engine;
 use serde_json::{json, Value};
 use support::*;
 
-struct World {
-    backstage: BackstageDouble,
-    sts: StsRecorder,
-    broker: Broker,
-}
-
-async fn world() -> World {
-    let backstage = BackstageDouble::start().await;
-    let sts = StsRecorder::start(StsBehaviour::Outage).await;
-    let broker = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
-    World {
-        backstage,
-        sts,
-        broker,
-    }
-}
-
 fn with_claims(claims: &Value, changes: Value) -> Value {
     let mut claims = claims.clone();
     for (key, value) in changes.as_object().unwrap() {
@@ -39,7 +22,7 @@ fn with_claims(claims: &Value, changes: Value) -> Value {
 
 #[tokio::test]
 async fn bad_tokens_are_401_and_reach_neither_catalog_nor_sts_nor_audit() {
-    let w = world().await;
+    let w = World::with_sts(StsBehaviour::Outage).await;
     let b = &w.backstage;
     let header = b.user_header();
     let claims = b.user_claims("user:default/jane");
@@ -239,7 +222,7 @@ async fn bad_tokens_are_401_and_reach_neither_catalog_nor_sts_nor_audit() {
 
 #[tokio::test]
 async fn an_untrusted_issuer_is_refused_before_any_network_call() {
-    let w = world().await;
+    let w = World::with_sts(StsBehaviour::Outage).await;
     let other = BackstageDouble::start().await;
     let response = w
         .broker
@@ -255,7 +238,7 @@ async fn an_untrusted_issuer_is_refused_before_any_network_call() {
 
 #[tokio::test]
 async fn unknown_kids_refetch_keys_at_a_bounded_rate() {
-    let w = world().await;
+    let w = World::with_sts(StsBehaviour::Outage).await;
     let good = w.backstage.user_token("user:default/jane");
     assert_eq!(
         w.broker
@@ -350,7 +333,7 @@ async fn an_issuer_outage_before_any_key_was_fetched_is_503() {
 
 #[tokio::test]
 async fn an_agent_token_is_recorded_with_its_actor() {
-    let w = world().await;
+    let w = World::with_sts(StsBehaviour::Outage).await;
     let claims = with_claims(
         &w.backstage.user_claims("user:default/jane"),
         json!({ "act": { "sub": "agent:deploy-bot" } }),

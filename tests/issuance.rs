@@ -6,29 +6,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 use support::*;
 
-struct World {
-    backstage: BackstageDouble,
-    _moto: Moto,
-    sts: StsRecorder,
-    broker: Broker,
-}
-
-async fn world() -> World {
-    let backstage = BackstageDouble::start().await;
-    let moto = Moto::start().await;
-    let sts = StsRecorder::start(StsBehaviour::Forward(moto.url.clone())).await;
-    let broker = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
-    World {
-        backstage,
-        _moto: moto,
-        sts,
-        broker,
-    }
-}
-
 #[tokio::test]
 async fn owner_gets_credentials_and_the_issuance_is_audited() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/jane");
     let response = w
         .broker
@@ -160,7 +140,7 @@ async fn owner_gets_credentials_and_the_issuance_is_audited() {
 
 #[tokio::test]
 async fn duration_is_capped_by_the_rule_and_defaults_to_fifteen_minutes() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/jane");
     let capped = w
         .broker
@@ -183,7 +163,7 @@ async fn duration_is_capped_by_the_rule_and_defaults_to_fifteen_minutes() {
 
 #[tokio::test]
 async fn non_owner_is_denied_with_reasons_and_the_denial_is_audited() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/bob");
     let response = w
         .broker
@@ -218,7 +198,7 @@ async fn non_owner_is_denied_with_reasons_and_the_denial_is_audited() {
 
 #[tokio::test]
 async fn production_stack_is_outside_the_nonprod_rule() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/jane");
     let response = w
         .broker
@@ -236,7 +216,7 @@ async fn production_stack_is_outside_the_nonprod_rule() {
 
 #[tokio::test]
 async fn component_missing_from_the_catalog_is_denied() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/jane");
     let response = w
         .broker
@@ -251,7 +231,7 @@ async fn component_missing_from_the_catalog_is_denied() {
 
 #[tokio::test]
 async fn unknown_stack_is_404_and_audited() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/jane");
     let response = w
         .broker
@@ -271,7 +251,7 @@ async fn unknown_stack_is_404_and_audited() {
 
 #[tokio::test]
 async fn malformed_requests_are_422_and_never_reach_sts() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/jane");
     let bad_bodies = [
         json!({ "stack": "acme/payments/dev", "provider": "aws" }),
@@ -309,7 +289,7 @@ async fn malformed_requests_are_422_and_never_reach_sts() {
 
 #[tokio::test]
 async fn wrong_media_type_and_oversized_bodies_are_refused() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/jane");
     let client = reqwest::Client::new();
     let url = format!("{}/v1/credentials", w.broker.url);
@@ -341,7 +321,7 @@ async fn wrong_media_type_and_oversized_bodies_are_refused() {
 
 #[tokio::test]
 async fn every_response_carries_a_request_id_and_probes_answer() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let health = w.broker.get("/healthz").await;
     assert_eq!(health.status, 200);
     assert!(health.header("x-request-id").is_some());
@@ -508,7 +488,7 @@ session_policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action
 
 #[tokio::test]
 async fn catalog_answers_are_cached() {
-    let w = world().await;
+    let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/jane");
     for _ in 0..3 {
         let response = w

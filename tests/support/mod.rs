@@ -670,6 +670,40 @@ fn sts_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Respo
 }
 
 // ---------------------------------------------------------------------------
+// The usual setup
+
+/// A Backstage double, STS behind a recorder, and the broker between them.
+pub struct World {
+    pub backstage: BackstageDouble,
+    pub sts: StsRecorder,
+    pub broker: Broker,
+    _moto: Option<Moto>,
+}
+
+impl World {
+    /// STS is moto's emulator, reached through the recorder.
+    pub async fn with_moto() -> World {
+        let moto = Moto::start().await;
+        let mut world = World::with_sts(StsBehaviour::Forward(moto.url.clone())).await;
+        world._moto = Some(moto);
+        world
+    }
+
+    /// STS is the recorder alone, answering as `behaviour` says.
+    pub async fn with_sts(behaviour: StsBehaviour) -> World {
+        let backstage = BackstageDouble::start().await;
+        let sts = StsRecorder::start(behaviour).await;
+        let broker = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
+        World {
+            backstage,
+            sts,
+            broker,
+            _moto: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Notifications
 
 /// A Slack-style incoming webhook: records every JSON message posted to it.
