@@ -7,12 +7,13 @@
 //! and deny alike; a request that fails authentication is logged but not audited,
 //! because it is tied to nobody and would let anyone fill the audit log.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use stackpass_provider::{CloudProvider, Credential, ExchangeRequest, ProviderError, ProviderKind};
+use stackpass_provider::{
+    CloudProvider, Credential, ExchangeRequest, IssuanceFacts, ProviderError, ProviderKind, Target,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -25,9 +26,10 @@ use crate::audit::{
 };
 use crate::catalog::{Catalog, CatalogError, EntityRef};
 use crate::identity::{IdentityError, Principal, Verifier};
-use crate::issuer::{aws_safe_name, Issuer, IssuerError, SubjectTokenRequest};
+use crate::issuer::{Issuer, IssuerError, SubjectTokenRequest};
 use crate::notify::Notifier;
 use crate::policy::{self, ApprovalRequirement, Decision, Denial, Grant, PolicyInput, Rule};
+use crate::registry::{LookupError, Providers};
 use crate::stacks::{Stack, StackRef, StackSource, StackSourceError};
 
 /// One request's facts, resolved from trusted sources before the policy decides.
@@ -75,7 +77,8 @@ pub struct Issued {
     pub requester: EntityRef,
     pub stack: StackRef,
     pub rule: String,
-    pub role: String,
+    pub provider: ProviderKind,
+    pub target: Target,
     pub duration: Duration,
     pub expires_at: OffsetDateTime,
     pub credential: Credential,
@@ -85,8 +88,10 @@ pub struct Issued {
 pub enum BrokerError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    #[error("provider {0} is not enabled on this broker")]
-    ProviderNotEnabled(ProviderKind),
+    #[error(transparent)]
+    Provider(#[from] LookupError),
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error("stack {0} is not known to this broker")]
     UnknownStack(StackRef),
     #[error("{}", .0.summary)]
@@ -100,7 +105,7 @@ pub enum BrokerError {
     #[error(transparent)]
     Issuer(#[from] IssuerError),
     #[error(transparent)]
-    Provider(#[from] ProviderError),
+    Cloud(#[from] ProviderError),
     #[error("{0}")]
     AuditForbidden(String),
     #[error("rule {rule} grants this only with approval")]
@@ -128,7 +133,7 @@ pub struct Broker {
     /// The current policy; replaced as a whole when policy files reload.
     pub rules: std::sync::RwLock<Arc<Vec<Rule>>>,
     pub issuer: Issuer,
-    pub providers: HashMap<ProviderKind, Arc<dyn CloudProvider>>,
+    pub providers: Providers,
     pub audit: Arc<dyn AuditStore>,
     pub approvals: Arc<dyn ApprovalStore>,
     pub notifier: Notifier,
@@ -139,6 +144,27 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// The provider a request names, if this broker has it configured, and the
+    /// requested duration checked against that provider's limits.
+    fn check_request(
+        &self,
+        request: &CredentialRequest,
+    ) -> Result<&Arc<dyn CloudProvider>, BrokerError> {
+        let provider = self.providers.lookup(&request.provider)?;
+        let limits = provider.limits();
+        if let Some(duration) = request.duration {
+            if duration < limits.min_duration || duration > limits.max_duration {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "duration_seconds is {}; it must be between {} and {}",
+                    duration.as_secs(),
+                    limits.min_duration.as_secs(),
+                    limits.max_duration.as_secs()
+                )));
+            }
+        }
+        Ok(provider)
+    }
+
     pub async fn authenticate(
         &self,
         context: &RequestContext,
@@ -201,7 +227,7 @@ impl Broker {
                 component: resolved.component.as_ref(),
                 owner: resolved.owner.as_ref(),
                 environment: resolved.environment.as_deref(),
-                provider: request.provider,
+                provider: &request.provider,
                 requested_duration: request.duration,
             },
         )
@@ -215,6 +241,7 @@ impl Broker {
         principal: Principal,
         request: &CredentialRequest,
     ) -> Result<Decision, BrokerError> {
+        self.check_request(request)?;
         let template = base_record(context, &principal, request).derive(AuditEvent::DryRun, "");
         let resolved = self.resolve(principal, request, &template).await?;
         let decision = self.decide(&resolved, request);
@@ -223,13 +250,13 @@ impl Broker {
             Decision::Allow(grant) => {
                 record.outcome = "would_allow".into();
                 record.rule = Some(grant.rule.clone());
-                record.role = Some(grant.role.clone());
+                record.role = Some(grant.target.to_string());
                 record.duration_seconds = Some(grant.duration.as_secs() as i64);
             }
             Decision::NeedsApproval { grant, approval } => {
                 record.outcome = "would_need_approval".into();
                 record.rule = Some(grant.rule.clone());
-                record.role = Some(grant.role.clone());
+                record.role = Some(grant.target.to_string());
                 record.detail = Some(serde_json::json!({ "approval": approval }));
             }
             Decision::Deny(denial) => {
@@ -247,10 +274,7 @@ impl Broker {
         principal: Principal,
         request: &CredentialRequest,
     ) -> Result<Issued, BrokerError> {
-        let provider = self
-            .providers
-            .get(&request.provider)
-            .ok_or(BrokerError::ProviderNotEnabled(request.provider))?;
+        let provider = self.check_request(request)?;
         let template = base_record(context, &principal, request);
         let resolved = self.resolve(principal, request, &template).await?;
         let mut decision_record = resolved.record(&template);
@@ -285,11 +309,11 @@ impl Broker {
                         format!(
                             ":rotating_light: BREAK-GLASS: {} took {} on {} for {} without approval. Reason: {reason}",
                             resolved.principal.subject,
-                            grant.role,
+                            grant.target,
                             resolved.stack.reference,
                             humantime::format_duration(grant.duration)
                         ),
-                        serde_json::json!({ "event": "break_glass", "requester": resolved.principal.subject, "stack": resolved.stack.reference, "role": grant.role, "reason": reason, "request_id": context.request_id }),
+                        serde_json::json!({ "event": "break_glass", "requester": resolved.principal.subject, "stack": resolved.stack.reference, "role": grant.target.as_str(), "reason": reason, "request_id": context.request_id }),
                     );
                     tracing::warn!(request_id = %context.request_id, requester = %resolved.principal.subject, stack = %resolved.stack.reference, "break-glass issuance");
                     grant
@@ -311,7 +335,7 @@ impl Broker {
                                 .await?;
                             decision_record.outcome = "approval_required".into();
                             decision_record.rule = Some(grant.rule.clone());
-                            decision_record.role = Some(grant.role.clone());
+                            decision_record.role = Some(grant.target.to_string());
                             decision_record.detail = Some(serde_json::json!({
                                 "access_request": pending.as_ref().map(|p| &p.id),
                                 "approval": approval,
@@ -327,14 +351,8 @@ impl Broker {
                 }
             }
         };
-        self.exchange(
-            context,
-            &resolved,
-            grant,
-            decision_record,
-            provider.as_ref(),
-        )
-        .await
+        self.exchange(context, &resolved, grant, decision_record, provider)
+            .await
     }
 
     /// Creates an access request (or returns the requester's pending one) for a
@@ -345,6 +363,7 @@ impl Broker {
         principal: Principal,
         request: &CredentialRequest,
     ) -> Result<AccessRequest, BrokerError> {
+        self.check_request(request)?;
         let template = base_record(context, &principal, request);
         let resolved = self.resolve(principal, request, &template).await?;
         match self.decide(&resolved, request) {
@@ -496,7 +515,7 @@ impl Broker {
             stack: stack.clone(),
             provider: request.provider.to_string(),
             rule: grant.rule.clone(),
-            role: grant.role.clone(),
+            role: grant.target.to_string(),
             duration_seconds: grant.duration.as_secs() as i64,
             reason: request.reason.clone(),
             required_approvals: i64::from(approval.count),
@@ -756,7 +775,7 @@ impl Broker {
         resolved: &Resolved,
         grant: Grant,
         mut decision_record: AuditRecord,
-        provider: &dyn CloudProvider,
+        provider: &Arc<dyn CloudProvider>,
     ) -> Result<Issued, BrokerError> {
         let Resolved {
             principal,
@@ -766,17 +785,22 @@ impl Broker {
             environment,
         } = resolved;
         let issuance_id = Uuid::new_v4();
+        let facts = IssuanceFacts {
+            issuance_id: issuance_id.to_string(),
+            requester: principal.subject.to_string(),
+            requester_kind: principal.kind.as_str().to_owned(),
+            actor: principal.actor.clone(),
+            stack: stack.reference.to_string(),
+            component: component.as_ref().map(ToString::to_string),
+            component_name: component.as_ref().map(|c| c.name().to_owned()),
+            owner: owner.as_ref().map(ToString::to_string),
+            environment: environment.clone(),
+            rule: grant.rule.clone(),
+            session_tags: grant.session_tags.clone(),
+        };
         let subject_token = self.issuer.mint(&SubjectTokenRequest {
-            audience: provider.audience(),
-            provider: grant.provider,
-            stack: &stack.reference,
-            principal,
-            component: component.as_ref(),
-            owner: owner.as_ref(),
-            environment: environment.as_deref(),
-            rule: &grant.rule,
-            session_tags: &grant.session_tags,
-            issuance_id,
+            facts: &facts,
+            provider: provider.subject_claims(&grant.target, &facts),
         })?;
 
         // Break-glass keeps its flag; everything else that reaches here was allowed.
@@ -784,7 +808,7 @@ impl Broker {
             decision_record.outcome = "allowed".into();
         }
         decision_record.rule = Some(grant.rule.clone());
-        decision_record.role = Some(grant.role.clone());
+        decision_record.role = Some(grant.target.to_string());
         decision_record.duration_seconds = Some(grant.duration.as_secs() as i64);
         decision_record.issuance_id = Some(issuance_id);
         let mut intent = decision_record.derive(AuditEvent::IssuanceIntent, "pending");
@@ -797,14 +821,13 @@ impl Broker {
             .append(vec![decision_record.clone(), intent])
             .await?;
 
-        let session_name = aws_safe_name(&principal.subject);
         let result = provider
             .exchange(ExchangeRequest {
                 subject_token: subject_token.token,
-                role: grant.role.clone(),
-                session_name,
+                target: grant.target.clone(),
                 duration: grant.duration,
                 session_policy: grant.session_policy.clone(),
+                facts,
             })
             .await;
 
@@ -838,7 +861,8 @@ impl Broker {
             requester: principal.subject.clone(),
             stack: stack.reference.clone(),
             rule: grant.rule,
-            role: grant.role,
+            provider: grant.provider,
+            target: grant.target,
             duration: grant.duration,
             expires_at: credential.expires_at,
             credential,

@@ -7,7 +7,7 @@
 //! fail before the broker takes a single request. Relative paths in the file are
 //! resolved against the file's own directory, so a config works from any cwd.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,11 +17,12 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use secrecy::SecretString;
 use serde::Deserialize;
-use stackpass_provider::ProviderKind;
+use stackpass_provider::SettingsContext;
 use url::Url;
 
 use crate::catalog::EntityRef;
 use crate::policy::RuleConfig;
+use crate::registry::Providers;
 
 pub const DEFAULT_CONFIG_FILE: &str = "stackpass.toml";
 
@@ -40,8 +41,10 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub catalog: CatalogConfig,
     pub stacks: StacksConfig,
+    /// `[providers.<kind>]`: each table belongs to its provider crate, which
+    /// parses and validates it (see `registry`).
     #[serde(default)]
-    pub providers: ProvidersConfig,
+    pub providers: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub policy: PolicyConfig,
     #[serde(default)]
@@ -324,52 +327,6 @@ fn default_environment_tag() -> String {
     "environment".into()
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvidersConfig {
-    pub aws: Option<AwsConfig>,
-}
-
-impl ProvidersConfig {
-    pub fn enabled(&self) -> Vec<ProviderKind> {
-        let mut enabled = Vec::new();
-        if self.aws.is_some() {
-            enabled.push(ProviderKind::Aws);
-        }
-        enabled
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsConfig {
-    #[serde(default = "default_region")]
-    pub region: String,
-    pub endpoint_url: Option<Url>,
-    #[serde(default = "default_aws_audience")]
-    pub audience: String,
-    #[serde(default = "default_aws_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-}
-
-fn default_region() -> String {
-    "us-east-1".into()
-}
-
-fn default_aws_audience() -> String {
-    "sts.amazonaws.com".into()
-}
-
-fn default_aws_timeout() -> Duration {
-    Duration::from_secs(15)
-}
-
-fn default_max_attempts() -> u32 {
-    3
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
@@ -531,6 +488,30 @@ impl Config {
     /// trailing slash, as clouds compare it byte for byte.
     pub fn issuer_url(&self) -> String {
         self.public_url().as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// What provider settings are checked against.
+    pub fn settings_context(&self) -> SettingsContext {
+        SettingsContext {
+            request_timeout: self.server.request_timeout,
+        }
+    }
+
+    /// Builds the configured providers (validated at load, so this only fails
+    /// for a config that was changed after loading).
+    pub fn providers(&self) -> Result<Providers, ConfigError> {
+        Providers::configure(&self.providers, &self.settings_context()).map_err(|found| {
+            ConfigError {
+                source_name: "configuration".into(),
+                problems: found
+                    .into_iter()
+                    .map(|p| ConfigProblem {
+                        key: p.key,
+                        message: p.message,
+                    })
+                    .collect(),
+            }
+        })
     }
 
     pub fn development_issuer(&self) -> Option<&TrustedIssuerConfig> {
@@ -698,27 +679,9 @@ impl Config {
             );
         }
 
-        if let Some(aws) = &self.providers.aws {
-            if !cfg!(feature = "aws") {
-                problem(
-                    "providers.aws".into(),
-                    "this build has no AWS provider; build with --features aws".into(),
-                );
-            }
-            if aws.max_attempts == 0 {
-                problem(
-                    "providers.aws.max_attempts".into(),
-                    "must be at least 1".into(),
-                );
-            }
-            if aws.timeout >= self.server.request_timeout {
-                problem(
-                    "providers.aws.timeout".into(),
-                    "must be shorter than server.request_timeout, or requests time out before STS answers".into(),
-                );
-            }
-            if aws.audience.is_empty() {
-                problem("providers.aws.audience".into(), "must not be empty".into());
+        if let Err(found) = Providers::configure(&self.providers, &self.settings_context()) {
+            for p in found {
+                problem(p.key, p.message);
             }
         }
 

@@ -10,10 +10,14 @@ pub mod broker;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+#[cfg(test)]
+mod fakes;
 pub mod http_client;
 pub mod identity;
 pub mod issuer;
 pub mod notify;
 pub mod policy;
+pub mod registry;
 pub mod stacks;
 pub mod startup;
+pub mod wire;

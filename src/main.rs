@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use stackpass::audit::AuditQuery;
-use stackpass::cli::{self, CliError, CredsArgs, DevTokenArgs, OutputFormat};
+use stackpass::cli::{self, CliError, CredsArgs, DevTokenArgs};
 use stackpass::config::{Config, DEFAULT_CONFIG_FILE};
 use stackpass::issuer::SigningKey;
 
@@ -40,8 +40,10 @@ enum Command {
     Creds {
         #[command(flatten)]
         request: RequestArgs,
-        #[arg(long, value_enum, default_value = "json")]
-        format: OutputFormat,
+        /// json (the broker's answer), or a format of the provider's own
+        /// (aws: env, credential-process).
+        #[arg(long, default_value = "json")]
+        format: String,
         /// Why you need access (shown to approvers when the rule needs approval).
         #[arg(long)]
         reason: Option<String>,
@@ -174,7 +176,7 @@ struct RequestArgs {
 }
 
 impl RequestArgs {
-    fn into_creds(self, format: OutputFormat) -> Result<CredsArgs, CliError> {
+    fn into_creds(self, format: &str) -> Result<CredsArgs, CliError> {
         let token = read_token(self.token_file.as_deref())?;
         Ok(CredsArgs {
             server: self.server,
@@ -182,7 +184,7 @@ impl RequestArgs {
             stack: self.stack,
             provider: self.provider,
             duration: self.duration,
-            format,
+            format: format.to_owned(),
             reason: None,
             break_glass: None,
         })
@@ -328,7 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             reason,
             break_glass,
         } => {
-            let mut args = request.into_creds(format)?;
+            let mut args = request.into_creds(&format)?;
             args.reason = reason;
             args.break_glass = break_glass;
             println!("{}", cli::fetch_credentials(args).await?);
@@ -352,7 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     stack,
                     provider,
                     duration,
-                    format: OutputFormat::Json,
+                    format: "json".into(),
                     reason,
                     break_glass: None,
                 }),
@@ -377,10 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             PolicyCommand::Explain { request } => {
-                println!(
-                    "{}",
-                    cli::explain(request.into_creds(OutputFormat::Json)?).await?
-                );
+                println!("{}", cli::explain(request.into_creds("json")?).await?);
                 Ok(())
             }
         },
@@ -405,9 +404,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rules,
                 loaded
                     .providers
-                    .enabled()
-                    .iter()
-                    .map(|p| p.as_str())
+                    .keys()
+                    .map(String::as_str)
                     .collect::<Vec<_>>()
                     .join(", ")
             );

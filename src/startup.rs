@@ -2,11 +2,9 @@
 //! opens the audit store, builds the catalog, stack source and providers. Anything
 //! that can fail at start fails here, with the config key that caused it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use secrecy::SecretString;
-use stackpass_provider::{CloudProvider, ProviderKind};
 
 use crate::audit::{AuditError, AuditStore, SqlAuditStore};
 use crate::audit::{AuditEvent, AuditRecord};
@@ -14,11 +12,12 @@ use crate::broker::Broker;
 use crate::catalog::{
     BackstageCatalog, BackstageCatalogSettings, Catalog, CatalogError, StaticCatalog,
 };
-use crate::config::{CatalogKind, Config, IssuerKind, StacksKind};
+use crate::config::{CatalogKind, Config, ConfigError, IssuerKind, StacksKind};
 use crate::identity::{KeySourceError, Verifier};
 use crate::issuer::{Issuer, SigningKey, SigningKeyError};
 use crate::notify::Notifier;
 use crate::policy::{expand_paths, load_rules, PolicyError, Rule, RuleConfig, ValidationContext};
+use crate::registry::Providers;
 use crate::stacks::{StackSource, StackSourceError, StaticStackRegistry};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +34,8 @@ pub enum StartupError {
     Stacks(#[from] StackSourceError),
     #[error("{0}")]
     Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Providers(#[from] ConfigError),
     #[error("audit.url: {0}")]
     Audit(#[from] AuditError),
     #[error("server.listen: a development issuer is configured, so the broker only listens on loopback addresses; remove the development issuer to listen on {0}")]
@@ -62,7 +63,8 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     let verifier = Verifier::from_config(&config.identity)?;
     let catalog = build_catalog(config)?;
     let stacks = load_stacks(config)?;
-    let rules = load_policy(config)?;
+    let providers = config.providers()?;
+    let rules = load_policy(config, &providers)?;
     // Access requests live in the audit database: one store, one failure domain.
     let store = Arc::new(SqlAuditStore::open(&config.audit.url, config.audit.busy_timeout).await?);
     let audit: Arc<dyn AuditStore> = store.clone();
@@ -75,8 +77,12 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
             signing_key,
             config.issuer_url(),
             config.issuer.token_lifetime,
+            providers
+                .iter()
+                .flat_map(|p| p.claims_supported().iter().copied())
+                .collect(),
         ),
-        providers: build_providers(config).await,
+        providers,
         audit,
         approvals: store,
         notifier: Notifier::new(config.notifications.webhook_url.clone()),
@@ -95,16 +101,21 @@ fn load_stacks(config: &Config) -> Result<Arc<dyn StackSource>, StartupError> {
     })
 }
 
-/// The config's rules and the policy files', validated together.
-pub fn load_policy(config: &Config) -> Result<Vec<Rule>, PolicyError> {
+/// The config's rules and the policy files', validated together against the
+/// configured providers.
+pub fn load_policy(config: &Config, providers: &Providers) -> Result<Vec<Rule>, PolicyError> {
     load_rules(
         &config.policy.rules,
         &config.policy.files,
-        &ValidationContext {
-            environment_tag: config.stacks.environment_tag.clone(),
-            enabled_providers: Some(config.providers.enabled()),
-        },
+        &validation_context(config, providers),
     )
+}
+
+fn validation_context(config: &Config, providers: &Providers) -> ValidationContext {
+    ValidationContext {
+        environment_tag: config.stacks.environment_tag.clone(),
+        providers: providers.clone(),
+    }
 }
 
 fn load_static_catalog(config: &Config) -> Result<StaticCatalog, StartupError> {
@@ -146,28 +157,6 @@ fn build_catalog(config: &Config) -> Result<Arc<dyn Catalog>, StartupError> {
     })
 }
 
-#[allow(unused_mut)]
-async fn build_providers(config: &Config) -> HashMap<ProviderKind, Arc<dyn CloudProvider>> {
-    let mut providers: HashMap<ProviderKind, Arc<dyn CloudProvider>> = HashMap::new();
-    #[cfg(feature = "aws")]
-    if let Some(aws) = &config.providers.aws {
-        let provider = stackpass_aws::AwsProvider::new(stackpass_aws::AwsSettings {
-            region: aws.region.clone(),
-            endpoint_url: aws
-                .endpoint_url
-                .as_ref()
-                .map(|u| u.as_str().trim_end_matches('/').to_owned()),
-            audience: aws.audience.clone(),
-            connect_timeout: std::time::Duration::from_secs(3).min(aws.timeout),
-            operation_timeout: aws.timeout,
-            max_attempts: aws.max_attempts,
-        })
-        .await;
-        providers.insert(ProviderKind::Aws, Arc::new(provider));
-    }
-    providers
-}
-
 /// What `stackpass config check` verifies beyond the config file itself: the files
 /// it names load, the policy validates, the signing key is usable. No network, no
 /// writes. Returns the number of rules.
@@ -179,7 +168,7 @@ pub fn check(config: &Config) -> Result<usize, StartupError> {
         load_static_catalog(config)?;
     }
     load_stacks(config)?;
-    Ok(load_policy(config)?.len())
+    Ok(load_policy(config, &config.providers()?)?.len())
 }
 
 /// Watches the policy files: on SIGHUP, or when their contents change (checked
@@ -193,10 +182,7 @@ pub fn spawn_policy_reloader(broker: Arc<Broker>, config: &Config) {
     let source = PolicySource {
         rules: config.policy.rules.clone(),
         files: config.policy.files.clone(),
-        context: ValidationContext {
-            environment_tag: config.stacks.environment_tag.clone(),
-            enabled_providers: Some(config.providers.enabled()),
-        },
+        context: validation_context(config, &broker.providers),
     };
     let interval = config.policy.reload_interval;
     tokio::spawn(async move {

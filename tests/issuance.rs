@@ -261,7 +261,8 @@ async fn malformed_requests_are_422_and_never_reach_sts() {
         json!({ "stack": "pulumi:acme/pay ments/dev", "provider": "aws" }),
         json!({ "stack": "cdk:acme/payments/dev", "provider": "aws" }),
         json!({ "stack": "pulumi:acme/payments/dev", "provider": "oracle" }),
-        json!({ "stack": "pulumi:acme/payments/dev", "provider": "gcp" }),
+        json!({ "stack": "pulumi:acme/payments/dev", "provider": "testcloud" }),
+        json!({ "stack": "pulumi:acme/payments/dev", "provider": "AWS" }),
         json!({ "stack": "pulumi:acme/payments/dev", "provider": "aws", "duration_seconds": 60 }),
         json!({ "stack": "pulumi:acme/payments/dev", "provider": "aws", "duration_seconds": 99999999 }),
         json!({ "stack": "pulumi:acme/payments/dev", "provider": "aws", "tags": { "environment": "dev" } }),
@@ -273,7 +274,8 @@ async fn malformed_requests_are_422_and_never_reach_sts() {
             .broker
             .request_credentials(Some(&token), body.clone())
             .await;
-        let kind = if body["provider"] == "gcp" {
+        // testcloud is compiled into the test build but not configured here.
+        let kind = if body["provider"] == "testcloud" {
             "provider-not-enabled"
         } else {
             "invalid-request"

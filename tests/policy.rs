@@ -145,7 +145,7 @@ async fn a_changed_policy_file_is_picked_up_and_a_broken_one_is_refused() {
 
     // A shadowed rule is a broken policy too.
     let shadowed = format!(
-        "{}\n[[rules]]\nname = \"narrower\"\nprovider = \"aws\"\nrole = \"arn:aws:iam::1:role/x\"\n[rules.tags]\nenvironment = [\"prod\"]\naws-account = [\"111111111111\"]\n",
+        "{}\n[[rules]]\nname = \"narrower\"\nprovider = \"aws\"\nrole = \"arn:aws:iam::111111111111:role/x\"\n[rules.tags]\nenvironment = [\"prod\"]\naws-account = [\"111111111111\"]\n",
         PROD_RULE.replace("ENVIRONMENT", "prod")
     );
     std::fs::write(policy.path().join("prod.toml"), shadowed).unwrap();
@@ -312,7 +312,7 @@ fn a_failing_policy_test_says_what_was_expected_and_why_it_was_not() {
 [[cases]]
 name = "bob deploys payments (he cannot)"
 principal = {{ subject = "user:default/bob", groups = ["group:default/team-search"] }}
-stack = {{ ref = "pulumi:acme/payments/dev", tags = {{ "backstage.io/component" = "payments", environment = "dev", aws-account = "1", cost-center = "c" }} }}
+stack = {{ ref = "pulumi:acme/payments/dev", tags = {{ "backstage.io/component" = "payments", environment = "dev", aws-account = "111111111111", cost-center = "c" }} }}
 owner = "group:default/team-payments"
 request = {{ provider = "aws" }}
 expect = "allow"
@@ -320,7 +320,7 @@ expect = "allow"
 [[cases]]
 name = "jane's grant is not what this case claims"
 principal = {{ subject = "user:default/jane", groups = ["group:default/team-payments"] }}
-stack = {{ ref = "pulumi:acme/payments/dev", tags = {{ "backstage.io/component" = "payments", environment = "dev", aws-account = "1", cost-center = "c" }} }}
+stack = {{ ref = "pulumi:acme/payments/dev", tags = {{ "backstage.io/component" = "payments", environment = "dev", aws-account = "111111111111", cost-center = "c" }} }}
 owner = "group:default/team-payments"
 request = {{ provider = "aws", duration = "2h" }}
 expect = "allow"

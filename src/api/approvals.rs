@@ -5,21 +5,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::{Problem, RequestId};
+use crate::broker::Broker;
+use crate::wire;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-
-use super::{Problem, RequestId};
-use crate::broker::Broker;
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DecisionBody {
-    note: Option<String>,
-}
 
 pub async fn create(
     State(broker): State<Arc<Broker>>,
@@ -33,7 +26,9 @@ pub async fn create(
         let principal = super::authenticate(&broker, &context, &headers).await?;
         let request = super::credentials::parse_body(&headers, body)?;
         let created = broker.request_access(&context, principal, &request).await?;
-        let body = Json(serde_json::json!({ "access_request": created }));
+        let body = Json(wire::AccessRequestEnvelope {
+            access_request: (&created).into(),
+        });
         Ok::<_, Problem>((axum::http::StatusCode::CREATED, body).into_response())
     }
     .await;
@@ -50,7 +45,10 @@ pub async fn list(
     let result = async {
         let principal = super::authenticate(&broker, &context, &headers).await?;
         let requests = broker.list_access_requests(&principal).await?;
-        Ok::<_, Problem>(Json(serde_json::json!({ "access_requests": requests })).into_response())
+        let body = wire::AccessRequestList {
+            access_requests: requests.iter().map(Into::into).collect(),
+        };
+        Ok::<_, Problem>(Json(body).into_response())
     }
     .await;
     result.unwrap_or_else(|problem| problem.with_request_id(&request_id.0).into_response())
@@ -90,8 +88,8 @@ async fn decide(
     let context = super::request_context(&request_id, client);
     let result = async {
         let principal = super::authenticate(&broker, &context, &headers).await?;
-        let body: DecisionBody = if body.is_empty() {
-            DecisionBody::default()
+        let body: wire::DecisionNote = if body.is_empty() {
+            wire::DecisionNote::default()
         } else {
             serde_json::from_slice(&body)
                 .map_err(|e| Problem::invalid_request(format!("invalid JSON body: {e}")))?
@@ -108,7 +106,10 @@ async fn decide(
         let decided = broker
             .decide_access_request(&context, &principal, &id, approve, body.note.as_deref())
             .await?;
-        Ok(Json(serde_json::json!({ "access_request": decided })).into_response())
+        Ok(Json(wire::AccessRequestEnvelope {
+            access_request: (&decided).into(),
+        })
+        .into_response())
     }
     .await;
     result.unwrap_or_else(|problem| problem.with_request_id(&request_id.0).into_response())

@@ -11,36 +11,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use stackpass_provider::{CredentialSecret, ProviderKind};
+use stackpass_provider::{CredentialField, ProviderKind};
 use time::format_description::well_known::Rfc3339;
 
 use super::{Problem, RequestId};
 use crate::broker::{Broker, CredentialRequest};
 use crate::identity::IdentityError;
 use crate::stacks::StackRef;
-
-/// STS's own bounds for a session.
-const MIN_DURATION_SECONDS: u64 = 900;
-const MAX_DURATION_SECONDS: u64 = 43_200;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Body {
-    stack: String,
-    provider: String,
-    duration_seconds: Option<u64>,
-    /// Why access is needed, for approvers.
-    reason: Option<String>,
-    /// `{"reason": "…"}`: issue now under a break-glass rule, flagged and announced.
-    break_glass: Option<BreakGlass>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BreakGlass {
-    reason: String,
-}
+use crate::wire;
 
 const MAX_REASON_CHARS: usize = 500;
 
@@ -70,29 +48,29 @@ async fn handle(
     let request = parse_body(headers, body)?;
     let issued = broker.issue(&context, principal, &request).await?;
 
-    let CredentialSecret::Aws {
-        access_key_id,
-        secret_access_key,
-        session_token,
-        assumed_role_arn,
-    } = &issued.credential.secret;
-    let expires_at = issued.expires_at.format(&Rfc3339).unwrap_or_default();
-    let body = serde_json::json!({
-        "issuance_id": issued.issuance_id,
-        "requester": issued.requester.to_string(),
-        "stack": issued.stack.to_string(),
-        "provider": issued.credential.provider,
-        "rule": issued.rule,
-        "role": issued.role,
-        "duration_seconds": issued.duration.as_secs(),
-        "expires_at": expires_at,
-        "credentials": {
-            "access_key_id": access_key_id,
-            "secret_access_key": secret_access_key.expose_secret(),
-            "session_token": session_token.expose_secret(),
-            "assumed_role_arn": assumed_role_arn,
-        },
-    });
+    let body = wire::IssuedCredential {
+        issuance_id: issued.issuance_id.to_string(),
+        requester: issued.requester.to_string(),
+        stack: issued.stack.to_string(),
+        provider: issued.provider.to_string(),
+        rule: issued.rule.clone(),
+        role: issued.target.to_string(),
+        duration_seconds: issued.duration.as_secs(),
+        expires_at: issued.expires_at.format(&Rfc3339).unwrap_or_default(),
+        // The one place a secret is exposed: written straight into the response.
+        credentials: issued
+            .credential
+            .fields
+            .iter()
+            .map(|(name, field)| {
+                let value = match field {
+                    CredentialField::Public(value) => value.clone().into(),
+                    CredentialField::Secret(secret) => secret.expose_secret().into(),
+                };
+                ((*name).to_owned(), value)
+            })
+            .collect(),
+    };
     let mut response = (StatusCode::OK, Json(body)).into_response();
     response
         .headers_mut()
@@ -144,38 +122,25 @@ pub(super) fn parse_body(
             Problem::invalid_request("the request body could not be read")
         }
     })?;
-    let body: Body = serde_json::from_slice(&bytes)
+    let body: wire::CredentialRequest = serde_json::from_slice(&bytes)
         .map_err(|e| Problem::invalid_request(format!("invalid JSON body: {e}")))?;
     let stack =
         StackRef::parse(&body.stack).map_err(|e| Problem::invalid_request(e.to_string()))?;
-    let provider: ProviderKind =
-        body.provider
-            .parse()
-            .map_err(|e: stackpass_provider::UnknownProvider| {
-                Problem::invalid_request(e.to_string())
-            })?;
-    let duration = match body.duration_seconds {
-        None => None,
-        Some(seconds) if (MIN_DURATION_SECONDS..=MAX_DURATION_SECONDS).contains(&seconds) => {
-            Some(Duration::from_secs(seconds))
-        }
-        Some(seconds) => {
-            return Err(Problem::invalid_request(format!(
-                "duration_seconds is {seconds}; it must be between {MIN_DURATION_SECONDS} and {MAX_DURATION_SECONDS}"
-            )))
-        }
-    };
+    let provider =
+        ProviderKind::parse(&body.provider).map_err(|e| Problem::invalid_request(e.to_string()))?;
+    // The provider's own limits are checked by the broker, which knows them.
+    let duration = body.duration_seconds.map(Duration::from_secs);
     let reason = body
         .reason
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty());
     let break_glass = match body.break_glass {
-        Some(BreakGlass { reason }) if reason.trim().is_empty() => {
+        Some(wire::BreakGlass { reason }) if reason.trim().is_empty() => {
             return Err(Problem::invalid_request(
                 "break_glass.reason is mandatory: say why this cannot wait for approval",
             ));
         }
-        Some(BreakGlass { reason }) => Some(reason.trim().to_owned()),
+        Some(wire::BreakGlass { reason }) => Some(reason.trim().to_owned()),
         None => None,
     };
     for text in reason.iter().chain(break_glass.iter()) {

@@ -27,7 +27,7 @@ pub async fn explain(
         let principal = super::authenticate(&broker, &context, &headers).await?;
         let request = parse_body(&headers, body)?;
         let decision = broker.explain(&context, principal, &request).await?;
-        Ok::<_, Problem>(Json(decision).into_response())
+        Ok::<_, Problem>(Json(crate::wire::Decision::from(&decision)).into_response())
     }
     .await;
     result.unwrap_or_else(|problem| problem.with_request_id(&request_id.0).into_response())

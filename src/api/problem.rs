@@ -9,6 +9,7 @@ use stackpass_provider::ProviderError;
 
 use crate::broker::BrokerError;
 use crate::identity::IdentityError;
+use crate::registry::LookupError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
@@ -24,7 +25,7 @@ pub struct Problem {
     pub request_id: String,
     /// For denials: each rule considered and why it did not match.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rules: Option<Box<serde_json::Value>>,
+    pub rules: Option<Box<Vec<crate::wire::RuleMiss>>>,
 }
 
 /// Stable problem type URIs: `urn:stackpass:problem:{slug}`.
@@ -73,13 +74,16 @@ impl Problem {
     pub fn from_broker_error(error: &BrokerError) -> Self {
         match error {
             BrokerError::Identity(e) => from_identity_error(e),
-            BrokerError::ProviderNotEnabled(_) => Problem::new(
+            BrokerError::Provider(LookupError::NotEnabled(_)) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "provider-not-enabled",
                 "Provider not enabled",
                 error.to_string(),
                 "ask for a provider this broker has configured, or ask the platform team to enable it",
             ),
+            BrokerError::Provider(LookupError::Unknown(_)) | BrokerError::InvalidRequest(_) => {
+                Problem::invalid_request(error.to_string())
+            }
             BrokerError::UnknownStack(_) => Problem::new(
                 StatusCode::NOT_FOUND,
                 "unknown-stack",
@@ -88,7 +92,7 @@ impl Problem {
                 "check the stack reference (pulumi:ORG/PROJECT/STACK or terraform:ORG/WORKSPACE) or register the stack",
             ),
             BrokerError::Denied(denial) => Problem {
-                rules: Some(Box::new(serde_json::to_value(&denial.rules).unwrap_or_default())),
+                rules: Some(Box::new(crate::wire::rule_misses(&denial.rules))),
                 ..Problem::new(
                     StatusCode::FORBIDDEN,
                     "denied",
@@ -178,7 +182,7 @@ impl Problem {
                 "access requests could not be read or written, so nothing was decided",
                 "retry shortly; if it persists, the operator should check the audit database",
             ),
-            BrokerError::Provider(e) => from_provider_error(e),
+            BrokerError::Cloud(e) => from_provider_error(e),
             BrokerError::Issuer(_) | BrokerError::Internal(_) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

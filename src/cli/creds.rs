@@ -5,16 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use stackpass_provider::{ProviderFactory, ReceivedCredential};
 
 use super::CliError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    Json,
-    Env,
-    CredentialProcess,
-}
+use crate::{registry, wire};
 
 pub struct CredsArgs {
     pub server: String,
@@ -22,39 +16,12 @@ pub struct CredsArgs {
     pub stack: String,
     pub provider: String,
     pub duration: Option<Duration>,
-    pub format: OutputFormat,
+    /// `json`, or one of the provider's own formats (AWS: `env`, `credential-process`).
+    pub format: String,
     /// Why access is needed (shown to approvers).
     pub reason: Option<String>,
     /// Break-glass reason: issue now under a break-glass rule.
     pub break_glass: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Issued {
-    expires_at: String,
-    credentials: AwsCredentials,
-}
-
-#[derive(Deserialize)]
-struct AwsCredentials {
-    access_key_id: String,
-    secret_access_key: SecretString,
-    session_token: SecretString,
-}
-
-#[derive(Deserialize)]
-struct ProblemBody {
-    title: Option<String>,
-    detail: Option<String>,
-    hint: Option<String>,
-    request_id: Option<String>,
-    rules: Option<Vec<RuleMiss>>,
-}
-
-#[derive(Deserialize)]
-struct RuleMiss {
-    rule: String,
-    reasons: Vec<String>,
 }
 
 /// Reads the bearer token from a file (trimmed), for `--token-file`.
@@ -74,7 +41,7 @@ async fn call(
     server: &str,
     token: &SecretString,
     path: &str,
-    body: Option<&serde_json::Value>,
+    body: Option<&impl serde::Serialize>,
 ) -> Result<String, CliError> {
     let base = server.trim_end_matches('/');
     let client = reqwest::Client::builder()
@@ -115,18 +82,26 @@ async fn call(
     Ok(text)
 }
 
-fn request_body(args: &CredsArgs) -> serde_json::Value {
-    let mut body = serde_json::json!({ "stack": args.stack, "provider": args.provider });
-    if let Some(duration) = args.duration {
-        body["duration_seconds"] = duration.as_secs().into();
+fn request_body(args: &CredsArgs) -> wire::CredentialRequest {
+    wire::CredentialRequest {
+        stack: args.stack.clone(),
+        provider: args.provider.clone(),
+        duration_seconds: args.duration.map(|d| d.as_secs()),
+        reason: args.reason.clone(),
+        break_glass: args
+            .break_glass
+            .clone()
+            .map(|reason| wire::BreakGlass { reason }),
     }
-    if let Some(reason) = &args.reason {
-        body["reason"] = reason.as_str().into();
-    }
-    if let Some(reason) = &args.break_glass {
-        body["break_glass"] = serde_json::json!({ "reason": reason });
-    }
-    body
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, CliError> {
+    serde_json::from_str(text).map_err(|e| {
+        CliError::new(
+            format!("the broker's answer is not {what}: {e}"),
+            "check that --server points at a stackpass broker",
+        )
+    })
 }
 
 /// What `stackpass approvals` does.
@@ -149,78 +124,62 @@ pub async fn approvals(
     token: &SecretString,
     action: ApprovalAction,
 ) -> Result<String, CliError> {
-    let describe = |r: &serde_json::Value| {
-        format!(
-            "{}  {:<11} {}  {} on {}  ({}/{} approvals{})",
-            r["id"].as_str().unwrap_or_default(),
-            r["state"].as_str().unwrap_or_default(),
-            r["requester"].as_str().unwrap_or_default(),
-            r["role"].as_str().unwrap_or_default(),
-            r["stack"].as_str().unwrap_or_default(),
-            r["approvers"].as_array().map_or(0, Vec::len),
-            r["required_approvals"],
-            r["window_ends_at"]
-                .as_str()
-                .map(|w| format!(", usable until {w}"))
-                .unwrap_or_default(),
-        )
+    let one = |text: String| -> Result<String, CliError> {
+        let answer: wire::AccessRequestEnvelope = parse(&text, "an access request")?;
+        Ok(describe(&answer.access_request))
     };
-    let parse = |text: String| -> Result<serde_json::Value, CliError> {
-        serde_json::from_str(&text)
-            .map_err(|e| CliError::plain(format!("the broker's answer is not JSON: {e}")))
-    };
+    let no_note = None::<&wire::DecisionNote>;
     match action {
-        ApprovalAction::Request(args) => {
-            let answer = parse(
-                call(
-                    server,
-                    token,
-                    "/v1/access-requests",
-                    Some(&request_body(&args)),
-                )
-                .await?,
-            )?;
-            Ok(describe(&answer["access_request"]))
-        }
+        ApprovalAction::Request(args) => one(call(
+            server,
+            token,
+            "/v1/access-requests",
+            Some(&request_body(&args)),
+        )
+        .await?),
         ApprovalAction::List => {
-            let answer = parse(call(server, token, "/v1/access-requests", None).await?)?;
-            let lines: Vec<String> = answer["access_requests"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(describe)
-                .collect();
-            Ok(if lines.is_empty() {
+            let text = call(server, token, "/v1/access-requests", no_note).await?;
+            let answer: wire::AccessRequestList = parse(&text, "a list of access requests")?;
+            Ok(if answer.access_requests.is_empty() {
                 "no access requests for you to see".into()
             } else {
+                let lines: Vec<String> = answer.access_requests.iter().map(describe).collect();
                 lines.join("\n")
             })
         }
-        ApprovalAction::Approve { id, note } => {
-            let answer = parse(
-                call(
-                    server,
-                    token,
-                    &format!("/v1/access-requests/{id}/approve"),
-                    Some(&serde_json::json!({ "note": note })),
-                )
-                .await?,
-            )?;
-            Ok(describe(&answer["access_request"]))
-        }
-        ApprovalAction::Deny { id, note } => {
-            let answer = parse(
-                call(
-                    server,
-                    token,
-                    &format!("/v1/access-requests/{id}/deny"),
-                    Some(&serde_json::json!({ "note": note })),
-                )
-                .await?,
-            )?;
-            Ok(describe(&answer["access_request"]))
-        }
+        ApprovalAction::Approve { id, note } => one(call(
+            server,
+            token,
+            &format!("/v1/access-requests/{id}/approve"),
+            Some(&wire::DecisionNote { note }),
+        )
+        .await?),
+        ApprovalAction::Deny { id, note } => one(call(
+            server,
+            token,
+            &format!("/v1/access-requests/{id}/deny"),
+            Some(&wire::DecisionNote { note }),
+        )
+        .await?),
     }
+}
+
+/// One access request on one line.
+fn describe(r: &wire::AccessRequest) -> String {
+    format!(
+        "{}  {:<11} {}  {} on {}  ({}/{} approvals{})",
+        r.id,
+        r.state,
+        r.requester,
+        r.role,
+        r.stack,
+        r.approvers.len(),
+        r.required_approvals,
+        r.window_ends_at
+            .as_deref()
+            .map(|w| format!(", usable until {w}"))
+            .unwrap_or_default(),
+    )
 }
 
 /// Asks the broker what it would decide, and why (`POST /v1/decisions`).
@@ -232,56 +191,66 @@ pub async fn explain(args: CredsArgs) -> Result<String, CliError> {
         Some(&request_body(&args)),
     )
     .await?;
-    let decision: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| CliError::plain(format!("the broker's answer is not a decision: {e}")))?;
-    let mut out = String::new();
-    if decision["decision"] == "needs_approval" {
-        out.push_str(&format!(
+    Ok(match parse::<wire::Decision>(&text, "a decision")? {
+        wire::Decision::NeedsApproval { grant, approval } => format!(
             "decision: needs approval\nrule: {}\nrole: {}\napprovals needed: {} from {}",
-            decision["grant"]["rule"].as_str().unwrap_or_default(),
-            decision["grant"]["role"].as_str().unwrap_or_default(),
-            decision["approval"]["count"],
-            decision["approval"]["approvers"]
-        ));
-    } else if decision["decision"] == "allow" {
-        out.push_str(&format!(
-            "decision: allow
-rule: {}
-role: {}
-duration: {} (at most {})",
-            decision["rule"].as_str().unwrap_or_default(),
-            decision["role"].as_str().unwrap_or_default(),
-            decision["duration"].as_str().unwrap_or_default(),
-            decision["max_duration"].as_str().unwrap_or_default(),
-        ));
-        if let Some(policy) = decision["session_policy"].as_str() {
-            out.push_str(&format!(
-                "
-session policy: {policy}"
-            ));
-        }
-    } else {
-        out.push_str(&format!(
-            "decision: deny
-why: {}",
-            decision["summary"].as_str().unwrap_or_default()
-        ));
-        for rule in decision["rules"].as_array().into_iter().flatten() {
-            for reason in rule["reasons"].as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "
-  rule {}: {}",
-                    rule["rule"].as_str().unwrap_or_default(),
-                    reason.as_str().unwrap_or_default()
-                ));
+            grant.rule,
+            grant.role,
+            approval.count,
+            serde_json::to_string(&approval.approvers).unwrap_or_default()
+        ),
+        wire::Decision::Allow(grant) => {
+            let mut out = format!(
+                "decision: allow\nrule: {}\nrole: {}\nduration: {} (at most {})",
+                grant.rule,
+                grant.role,
+                humantime::format_duration(grant.duration),
+                humantime::format_duration(grant.max_duration),
+            );
+            if let Some(policy) = grant.session_policy {
+                out.push_str(&format!("\nsession policy: {policy}"));
             }
+            out
         }
+        wire::Decision::Deny(denial) => {
+            let mut out = format!("decision: deny\nwhy: {}", denial.summary);
+            for rule in &denial.rules {
+                for reason in &rule.reasons {
+                    out.push_str(&format!("\n  rule {}: {reason}", rule.rule));
+                }
+            }
+            out
+        }
+    })
+}
+
+/// The provider that prints `format`, or `None` for plain JSON. Checked before
+/// anything is requested, so a typo never costs an issuance.
+pub fn output_format(
+    provider: &str,
+    format: &str,
+) -> Result<Option<&'static dyn ProviderFactory>, CliError> {
+    if format == "json" {
+        return Ok(None);
     }
-    Ok(out)
+    let factory = registry::factory(provider).ok_or_else(|| {
+        CliError::new(
+            format!("this stackpass build has no {provider} provider, so it can only print json"),
+            "use --format json",
+        )
+    })?;
+    if !factory.output_formats().contains(&format) {
+        return Err(CliError::new(
+            format!("{provider} credentials cannot be printed as {format}"),
+            format!("use --format json, {}", factory.output_formats().join(", ")),
+        ));
+    }
+    Ok(Some(factory))
 }
 
 /// Fetches credentials and returns the text to print on stdout.
 pub async fn fetch_credentials(args: CredsArgs) -> Result<String, CliError> {
+    let printer = output_format(&args.provider, &args.format)?;
     let text = call(
         &args.server,
         &args.token,
@@ -289,34 +258,32 @@ pub async fn fetch_credentials(args: CredsArgs) -> Result<String, CliError> {
         Some(&request_body(&args)),
     )
     .await?;
-    let issued: Issued = serde_json::from_str(&text).map_err(|e| {
-        CliError::new(
-            format!("the broker's answer is not a credential: {e}"),
-            "check that --server points at a stackpass broker",
-        )
-    })?;
-    Ok(match args.format {
-        OutputFormat::Json => text,
-        OutputFormat::Env => format!(
-            "export AWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY={}\nexport AWS_SESSION_TOKEN={}\nexport AWS_CREDENTIAL_EXPIRATION={}",
-            issued.credentials.access_key_id,
-            issued.credentials.secret_access_key.expose_secret(),
-            issued.credentials.session_token.expose_secret(),
-            issued.expires_at
-        ),
-        OutputFormat::CredentialProcess => serde_json::json!({
-            "Version": 1,
-            "AccessKeyId": issued.credentials.access_key_id,
-            "SecretAccessKey": issued.credentials.secret_access_key.expose_secret(),
-            "SessionToken": issued.credentials.session_token.expose_secret(),
-            "Expiration": issued.expires_at,
-        })
-        .to_string(),
-    })
+    let issued: wire::IssuedCredential = parse(&text, "a credential")?;
+    let Some(printer) = printer else {
+        return Ok(text);
+    };
+    let received = ReceivedCredential {
+        expires_at: issued.expires_at,
+        fields: issued
+            .credentials
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let text = match value {
+                    serde_json::Value::Null => return None,
+                    serde_json::Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                Some((name, SecretString::from(text)))
+            })
+            .collect(),
+    };
+    printer
+        .render(&args.format, &received)
+        .map_err(|e| CliError::new(e, "use --format json"))
 }
 
 fn problem_error(status: u16, text: &str) -> CliError {
-    let Ok(problem) = serde_json::from_str::<ProblemBody>(text) else {
+    let Ok(problem) = serde_json::from_str::<wire::ProblemBody>(text) else {
         return CliError::new(
             format!("the broker answered HTTP {status}"),
             "check --server / STACKPASS_URL",

@@ -9,7 +9,8 @@ mod dev;
 use std::fmt;
 
 pub use creds::{
-    approvals, explain, fetch_credentials, read_token_file, ApprovalAction, CredsArgs, OutputFormat,
+    approvals, explain, fetch_credentials, output_format, read_token_file, ApprovalAction,
+    CredsArgs,
 };
 pub use dev::{dev_token, DevTokenArgs};
 

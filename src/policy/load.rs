@@ -13,9 +13,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use stackpass_provider::ProviderKind;
 
-use super::{Effect, Rule, Template, ValuePattern, Variable};
+use super::{Effect, Rule, TargetTemplate, Template, ValuePattern, Variable};
 use crate::catalog::EntityRef;
 use crate::identity::PrincipalKind;
+use crate::registry::Providers;
 
 /// One rule as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -135,11 +136,12 @@ impl fmt::Display for PolicyError {
 }
 
 /// What validation needs to know about the deployment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ValidationContext {
     pub environment_tag: String,
-    /// Providers this broker has; `None` when checking offline (`policy test`).
-    pub enabled_providers: Option<Vec<ProviderKind>>,
+    /// The providers rules may name; each checks its own rules' targets,
+    /// durations, session policies and session tags.
+    pub providers: Providers,
 }
 
 #[derive(Deserialize)]
@@ -239,13 +241,18 @@ pub fn validate(
         if !names.insert(config.name.clone()) {
             messages.push("the name is used by another rule".into());
         }
-        if let Some(enabled) = &context.enabled_providers {
-            if !enabled.contains(&config.provider) {
-                messages.push(format!(
-                    "provider {} is not configured on this broker",
-                    config.provider
-                ));
-            }
+        let provider = context.providers.get(&config.provider);
+        if provider.is_none() {
+            messages.push(format!(
+                "provider {} is not configured on this broker (configured: {})",
+                config.provider,
+                context
+                    .providers
+                    .kinds()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         for (tag, values) in &config.tags {
             if values.is_empty() {
@@ -260,7 +267,7 @@ pub fn validate(
                     .into(),
             );
         }
-        let role = match (config.effect, &config.role) {
+        let target = match (config.effect, &config.role) {
             (Effect::Allow, None) => {
                 messages.push("allow rules need a role".into());
                 None
@@ -271,7 +278,18 @@ pub fn validate(
             }
             (_, Some(role)) => Template::parse(role)
                 .map_err(|e| messages.push(format!("role: {e}")))
-                .ok(),
+                .ok()
+                .zip(provider)
+                .and_then(|(template, provider)| {
+                    provider
+                        .check_target_pattern(template.source())
+                        .map_err(|e| messages.push(format!("role: {e}")))
+                        .ok()?;
+                    Some(TargetTemplate {
+                        template,
+                        provider: provider.clone(),
+                    })
+                }),
             (Effect::Deny, None) => None,
         };
         let session_policy = config.session_policy.as_ref().and_then(|policy| {
@@ -279,21 +297,15 @@ pub fn validate(
                 .map_err(|e| messages.push(format!("session_policy: {e}")))
                 .ok()?;
             let sample = template.render(|_| Some("x")).unwrap_or_default();
-            if !serde_json::from_str::<serde_json::Value>(&sample).is_ok_and(|v| v.is_object()) {
-                messages.push("session_policy must be a JSON policy document (an object)".into());
+            if let Some(Err(e)) = provider.map(|p| p.check_session_policy(&sample)) {
+                messages.push(e);
             }
             Some(template)
         });
         let mut session_tags = BTreeMap::new();
         for (key, value) in &config.session_tags {
-            let valid_key = !key.is_empty()
-                && key.len() <= 128
-                && !key.starts_with("aws:")
-                && key
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.:/=+-@".contains(c));
-            if !valid_key {
-                messages.push(format!("session_tags.{key}: not a valid AWS tag key"));
+            if let Some(Err(e)) = provider.map(|p| p.check_session_tag_key(key)) {
+                messages.push(format!("session_tags.{key}: {e}"));
             }
             match Template::parse(value) {
                 Ok(template) => {
@@ -345,18 +357,23 @@ pub fn validate(
                 messages.push("break_glass.max_duration must be between 15m and 1h".into());
             }
         }
-        let max = config.max_duration;
-        if config.effect == Effect::Allow
-            && (max < Duration::from_secs(900) || max > Duration::from_secs(12 * 3600))
-        {
-            messages
-                .push("max_duration must be between 15m and 12h (the range STS accepts)".into());
+        let limits = provider.map(|p| p.limits());
+        if let Some(limits) = limits.filter(|_| config.effect == Effect::Allow) {
+            let max = config.max_duration;
+            if max < limits.min_duration || max > limits.max_duration {
+                messages.push(format!(
+                    "max_duration must be between {} and {} (the range {} accepts)",
+                    humantime::format_duration(limits.min_duration),
+                    humantime::format_duration(limits.max_duration),
+                    config.provider
+                ));
+            }
         }
         let rule = Rule {
             name: config.name.clone(),
             source: source.clone(),
             effect: config.effect,
-            provider: config.provider,
+            provider: config.provider.clone(),
             tags: config
                 .tags
                 .iter()
@@ -370,8 +387,11 @@ pub fn validate(
             requester_kinds: config.requester_kinds.clone(),
             groups: config.groups.clone(),
             require_owner: config.require_owner && config.effect == Effect::Allow,
-            role,
+            target,
             max_duration: config.max_duration,
+            default_duration: limits
+                .map_or(config.max_duration, |l| l.default_duration)
+                .min(config.max_duration),
             session_policy,
             session_tags,
             break_glass_max_duration: approval.as_ref().and_then(|a| a.break_glass_max_duration),
@@ -402,9 +422,9 @@ pub fn validate(
 /// and component and owner need the owner requirement (which implies both).
 fn unguaranteed_variables(rule: &Rule, environment_tag: &str) -> Vec<String> {
     let templates = rule
-        .role
+        .target
         .iter()
-        .map(|t| ("role", t))
+        .map(|t| ("role", &t.template))
         .chain(rule.session_policy.iter().map(|t| ("session_policy", t)))
         .chain(rule.session_tags.values().map(|t| ("session_tags", t)));
     let mut messages = Vec::new();
@@ -460,7 +480,7 @@ mod tests {
     fn context() -> ValidationContext {
         ValidationContext {
             environment_tag: "environment".into(),
-            enabled_providers: Some(vec![ProviderKind::Aws]),
+            providers: Providers::from_providers([crate::fakes::FakeCloud::named("aws")]),
         }
     }
 

@@ -20,8 +20,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::Serialize;
-use stackpass_provider::ProviderKind;
+use stackpass_provider::{CloudProvider, ProviderKind, Target};
 
 pub use load::{
     expand_paths, load_rules, validate, PolicyError, PolicyProblem, RuleConfig, RuleSource,
@@ -32,9 +34,6 @@ pub use template::{RenderError, Template, TemplateError, Variable, SAFE_VALUE_CH
 use crate::catalog::EntityRef;
 use crate::identity::{Principal, PrincipalKind};
 use crate::stacks::Stack;
-
-/// The shortest credential STS will issue; also the default when none is asked for.
-pub const MIN_DURATION: Duration = Duration::from_secs(900);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -118,15 +117,39 @@ pub struct Rule {
     pub groups: Vec<EntityRef>,
     /// Owner membership is required unless a rule widens it explicitly.
     pub require_owner: bool,
-    /// Allow rules only.
-    pub role: Option<Template>,
+    /// Allow rules only: what the grant lets the requester become (the `role`
+    /// key; an AWS role ARN, for example).
+    pub target: Option<TargetTemplate>,
     pub max_duration: Duration,
+    /// What a request that names no duration gets: the provider's default,
+    /// capped by `max_duration`.
+    pub default_duration: Duration,
     pub session_policy: Option<Template>,
     pub session_tags: BTreeMap<String, Template>,
     /// A second person must approve before credentials are issued.
     pub approval: Option<ApprovalRequirement>,
     /// With approval required: the cap for break-glass issuance without it.
     pub break_glass_max_duration: Option<Duration>,
+}
+
+/// A rule's target as written, with the provider that parses what it renders
+/// to: the template was checked against the provider's syntax when the policy
+/// loaded, and each rendered value is parsed into a typed [`Target`].
+#[derive(Clone)]
+pub struct TargetTemplate {
+    pub template: Template,
+    pub provider: Arc<dyn CloudProvider>,
+}
+
+impl fmt::Debug for TargetTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "TargetTemplate({:?} for {})",
+            self.template.source(),
+            self.provider.kind()
+        )
+    }
 }
 
 /// Who must approve, how many, and for how long an approval lets the requester in.
@@ -156,12 +179,11 @@ pub struct PolicyInput<'a> {
     /// The component's owner according to the catalog.
     pub owner: Option<&'a EntityRef>,
     pub environment: Option<&'a str>,
-    pub provider: ProviderKind,
+    pub provider: &'a ProviderKind,
     pub requested_duration: Option<Duration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow(Grant),
     /// The grant, once enough approvers have approved (or by break-glass).
@@ -173,14 +195,12 @@ pub enum Decision {
 }
 
 /// What may be issued. `duration` is the requested duration capped by the rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub rule: String,
     pub provider: ProviderKind,
-    pub role: String,
-    #[serde(with = "humantime_serde")]
+    pub target: Target,
     pub duration: Duration,
-    #[serde(with = "humantime_serde")]
     pub max_duration: Duration,
     pub session_policy: Option<String>,
     pub session_tags: BTreeMap<String, String>,
@@ -233,7 +253,7 @@ pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
     }
     let summary = if rules
         .iter()
-        .all(|r| r.provider != input.provider || r.effect == Effect::Deny)
+        .all(|r| r.provider != *input.provider || r.effect == Effect::Deny)
     {
         format!(
             "no rule grants {} credentials on this broker",
@@ -256,7 +276,7 @@ pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
 /// miss returns every reason, not just the first, so one denial tells the
 /// requester everything that has to change.
 fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Vec<String>> {
-    if rule.provider != input.provider {
+    if rule.provider != *input.provider {
         // Nothing else about a rule for another cloud is relevant to this request.
         return Err(vec![format!(
             "the rule is for {}, not {}",
@@ -342,10 +362,21 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Vec<S
             None
         }
     };
-    let role = rule
-        .role
-        .as_ref()
-        .and_then(|t| fill(t, "role", &mut reasons));
+    let target = rule.target.as_ref().and_then(|target| {
+        let rendered = fill(&target.template, "role", &mut reasons)?;
+        // The reason names neither the value nor the error: a denial must not
+        // reveal what the rule would have granted.
+        target
+            .provider
+            .parse_target(&rendered)
+            .inspect_err(|_| {
+                reasons.push(format!(
+                    "the role template does not give a valid {} target for this stack; check the stack's tags",
+                    rule.provider
+                ))
+            })
+            .ok()
+    });
     let session_policy = rule
         .session_policy
         .as_ref()
@@ -356,14 +387,14 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Vec<S
             session_tags.insert(key.clone(), value);
         }
     }
-    match role {
-        Some(role) if reasons.is_empty() => Ok(Some(Grant {
+    match target {
+        Some(target) if reasons.is_empty() => Ok(Some(Grant {
             rule: rule.name.clone(),
-            provider: rule.provider,
-            role,
+            provider: rule.provider.clone(),
+            target,
             duration: input
                 .requested_duration
-                .unwrap_or(MIN_DURATION)
+                .unwrap_or(rule.default_duration)
                 .min(rule.max_duration),
             max_duration: rule.max_duration,
             session_policy: session_policy.flatten(),
@@ -392,8 +423,20 @@ fn lookup<'a>(variable: &Variable, input: &PolicyInput<'a>) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes::FakeCloud;
     use crate::identity::PrincipalKind;
     use crate::stacks::StackRef;
+
+    fn aws() -> ProviderKind {
+        ProviderKind::from_static("aws")
+    }
+
+    fn target(template: &str) -> Option<TargetTemplate> {
+        Some(TargetTemplate {
+            template: Template::parse(template).unwrap(),
+            provider: FakeCloud::named("aws"),
+        })
+    }
 
     fn entity(s: &str) -> EntityRef {
         EntityRef::parse_strict(s).unwrap()
@@ -425,7 +468,7 @@ mod tests {
             name: "team-deploys-nonprod".into(),
             source: RuleSource::default(),
             effect: Effect::Allow,
-            provider: ProviderKind::Aws,
+            provider: aws(),
             tags: [
                 (
                     "environment".to_string(),
@@ -437,11 +480,9 @@ mod tests {
             requester_kinds: Vec::new(),
             groups: Vec::new(),
             require_owner: true,
-            role: Some(
-                Template::parse("arn:aws:iam::{tags.aws-account}:role/{component}-deployer")
-                    .unwrap(),
-            ),
+            target: target("arn:aws:iam::{tags.aws-account}:role/{component}-deployer"),
             max_duration: Duration::from_secs(3600),
+            default_duration: Duration::from_secs(900),
             session_policy: None,
             session_tags: BTreeMap::new(),
             approval: None,
@@ -472,7 +513,7 @@ mod tests {
                 ),
                 component: Some(entity("component:default/payments")),
                 owner: Some(entity("group:default/team-payments")),
-                provider: ProviderKind::Aws,
+                provider: aws(),
                 duration: None,
             }
         }
@@ -486,7 +527,7 @@ mod tests {
                     component: self.component.as_ref(),
                     owner: self.owner.as_ref(),
                     environment: self.stack.tags.get("environment").map(String::as_str),
-                    provider: self.provider,
+                    provider: &self.provider,
                     requested_duration: self.duration,
                 },
             )
@@ -506,11 +547,11 @@ mod tests {
             panic!("expected allow");
         };
         assert_eq!(
-            grant.role,
+            grant.target.as_str(),
             "arn:aws:iam::111111111111:role/payments-deployer"
         );
         assert_eq!(grant.rule, "team-deploys-nonprod");
-        assert_eq!(grant.duration, MIN_DURATION);
+        assert_eq!(grant.duration, Duration::from_secs(900));
     }
 
     #[test]
@@ -629,7 +670,7 @@ mod tests {
         );
 
         let mut case = Case::new();
-        case.provider = ProviderKind::Gcp;
+        case.provider = ProviderKind::from_static("gcp");
         let denial = denial(case.decide(&[nonprod_rule()]));
         assert_eq!(
             denial.rules[0].reasons,
@@ -706,7 +747,7 @@ mod tests {
         sre.require_owner = false;
         sre.groups = vec![entity("group:default/sre")];
         sre.tags.clear();
-        sre.role = Some(Template::parse("arn:aws:iam::111111111111:role/readonly").unwrap());
+        sre.target = target("arn:aws:iam::111111111111:role/readonly");
         let mut case = Case::new();
         case.principal = principal("user:default/oncall", &["group:default/sre"]);
         case.stack.tags.insert("environment".into(), "prod".into());
@@ -727,7 +768,7 @@ mod tests {
         let mut freeze = nonprod_rule();
         freeze.name = "freeze-staging".into();
         freeze.effect = Effect::Deny;
-        freeze.role = None;
+        freeze.target = None;
         freeze.tags = [("environment".to_string(), vec![ValuePattern::new("dev")])].into();
         let denial = denial(Case::new().decide(&[freeze.clone(), nonprod_rule()]));
         assert_eq!(denial.denied_by.as_deref(), Some("freeze-staging"));

@@ -28,6 +28,7 @@ use super::load::{load_rules, ValidationContext};
 use super::{decide, Decision, PolicyInput};
 use crate::catalog::EntityRef;
 use crate::identity::{Principal, PrincipalKind};
+use crate::registry::Providers;
 use crate::stacks::{Stack, StackRef};
 
 #[derive(Deserialize)]
@@ -157,7 +158,7 @@ fn run_file(file: &Path, report: &mut TestReport) -> Result<(), String> {
     let policy_paths: Vec<PathBuf> = tests.policy.iter().map(|p| base.join(p)).collect();
     let context = ValidationContext {
         environment_tag: tests.environment_tag.clone(),
-        enabled_providers: None,
+        providers: Providers::offline(),
     };
     let rules = load_rules(&[], &policy_paths, &context).map_err(|e| e.to_string())?;
     for case in &tests.cases {
@@ -212,7 +213,7 @@ fn check(case: &Case, rules: &[super::Rule], tests: &TestFile) -> Result<(), Str
             component: component.as_ref(),
             owner: case.owner.as_ref(),
             environment: stack.tags.get(&tests.environment_tag).map(String::as_str),
-            provider: case.request.provider,
+            provider: &case.request.provider,
             requested_duration: case.request.duration,
         },
     );
@@ -231,7 +232,7 @@ fn check(case: &Case, rules: &[super::Rule], tests: &TestFile) -> Result<(), Str
                 }
             };
             compare("rule", expected.rule.clone(), grant.rule.clone());
-            compare("role", expected.role.clone(), grant.role.clone());
+            compare("role", expected.role.clone(), grant.target.to_string());
             compare(
                 "duration",
                 expected
@@ -283,7 +284,7 @@ fn check(case: &Case, rules: &[super::Rule], tests: &TestFile) -> Result<(), Str
             "expected {}, got allow by rule {:?} (role {})",
             expected.as_str(),
             grant.rule,
-            grant.role
+            grant.target
         )),
         (expected, Decision::NeedsApproval { grant, approval }) => Err(format!(
             "expected {}, got approval required by rule {:?} ({} approval(s) from {})",

@@ -1,96 +1,92 @@
-//! The boundary between the broker and a cloud: the [`CloudProvider`] trait, the
-//! exchange request the broker hands a provider, and the [`Credential`] a provider
-//! hands back. Secret material only ever lives in `secrecy` types here, so a
-//! provider cannot accidentally log or serialize it.
+//! The boundary between the broker and a cloud, and everything a cloud needs from
+//! the core — nothing more. The core names no cloud: each provider crate brings
+//!
+//! - its [`ProviderKind`] (the name in config tables, rules, requests, audit);
+//! - its own `[providers.<kind>]` table, parsed and validated by its
+//!   [`ProviderFactory`] without any I/O;
+//! - typed [`Target`]s (an AWS role ARN, later a GCP service account or an Azure
+//!   application), checked when policy loads and parsed per request;
+//! - its [`Limits`] and which rule features it can honour (session policy,
+//!   session tags), consulted at policy load so a rule it cannot honour is refused;
+//! - the claims and audience it wants in the subject token ([`SubjectClaims`]);
+//! - the [`Credential`] it returns (secret fields only in `secrecy` types) and
+//!   the output formats the CLI prints it in.
 
-use std::fmt;
+mod credential;
+mod kind;
+mod target;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use time::OffsetDateTime;
 
-/// The clouds stackpass knows how to talk to. Parsing is strict so that an unknown
-/// provider in a request or a rule is an error, never a silent default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Aws,
-    Gcp,
-    Azure,
+pub use credential::{Credential, CredentialField, ReceivedCredential};
+pub use kind::{InvalidProviderKind, ProviderKind};
+pub use target::{pattern_parts, PatternPart, Target};
+
+/// Durations a provider can issue. Rules are checked against them when policy
+/// loads; requests when they arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub min_duration: Duration,
+    pub max_duration: Duration,
+    /// What a request that names no duration gets (capped by the rule).
+    pub default_duration: Duration,
 }
 
-impl ProviderKind {
-    pub const ALL: [ProviderKind; 3] = [ProviderKind::Aws, ProviderKind::Gcp, ProviderKind::Azure];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Aws => "aws",
-            ProviderKind::Gcp => "gcp",
-            ProviderKind::Azure => "azure",
-        }
-    }
+/// Facts about one issuance, resolved and decided by the broker, that a provider
+/// may put into the subject token or show the cloud. Plain text: the provider
+/// API knows nothing of the broker's types.
+#[derive(Debug, Clone, Default)]
+pub struct IssuanceFacts {
+    pub issuance_id: String,
+    /// The requester as the audit log names it, e.g. `user:default/jane`.
+    pub requester: String,
+    /// `human`, `service` or `agent`.
+    pub requester_kind: String,
+    /// An agent acting for the requester.
+    pub actor: Option<String>,
+    /// The stack reference, e.g. `pulumi:acme/payments/dev`.
+    pub stack: String,
+    /// The catalog component's full reference and its bare name.
+    pub component: Option<String>,
+    pub component_name: Option<String>,
+    /// The owning group's full reference.
+    pub owner: Option<String>,
+    pub environment: Option<String>,
+    pub rule: String,
+    /// The grant's session tags, rendered from the rule's templates.
+    pub session_tags: std::collections::BTreeMap<String, String>,
 }
 
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// What a provider wants in the subject token stackpass mints for one exchange.
+#[derive(Debug, Clone, Default)]
+pub struct SubjectClaims {
+    /// The `aud`: one per relying party, so a token minted for one cloud (or one
+    /// workload-identity pool) is useless at another.
+    pub audience: String,
+    /// Extra claims, named so they cannot collide with the broker's own
+    /// (`iss`, `sub`, `aud`, `iat`, `nbf`, `exp`, `jti`, `stackpass`).
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
-
-impl std::str::FromStr for ProviderKind {
-    type Err = UnknownProvider;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ProviderKind::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownProvider(s.to_owned()))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("unknown provider {0:?}: expected one of aws, gcp, azure")]
-pub struct UnknownProvider(pub String);
 
 /// Everything a provider needs to turn a subject token into a cloud credential.
 /// The broker has already authenticated, authorized and audited the intent.
 #[derive(Debug)]
 pub struct ExchangeRequest {
-    /// The short-lived JWT stackpass signed for this provider's audience.
+    /// The short-lived JWT stackpass signed with this provider's claims.
     pub subject_token: SecretString,
-    /// Role ARN, service account or client id, already rendered from the grant.
-    pub role: String,
-    /// A name the cloud shows in its own logs (AWS RoleSessionName).
-    pub session_name: String,
+    pub target: Target,
     pub duration: Duration,
-    /// Inline session policy (JSON) that narrows the role further, if the grant has one.
+    /// Inline scope-down policy, if the grant has one (only for providers whose
+    /// [`CloudProvider::check_session_policy`] accepts them).
     pub session_policy: Option<String>,
+    pub facts: IssuanceFacts,
 }
 
-/// What a cloud returned. `Debug` never prints secret material.
-#[derive(Debug)]
-pub struct Credential {
-    pub provider: ProviderKind,
-    /// A non-secret identifier that the cloud's own logs also show (AWS access key id),
-    /// so the audit log can be joined with CloudTrail and friends.
-    pub credential_id: String,
-    pub expires_at: OffsetDateTime,
-    pub secret: CredentialSecret,
-}
-
-#[derive(Debug)]
-pub enum CredentialSecret {
-    Aws {
-        access_key_id: String,
-        secret_access_key: SecretString,
-        session_token: SecretString,
-        /// The assumed-role ARN AWS reports for the session.
-        assumed_role_arn: Option<String>,
-    },
-}
-
-/// Why an exchange failed, split by who has to act: the cloud said no (fix the trust
-/// policy or role), or the cloud could not be reached (retry later).
+/// Why an exchange failed, split by who has to act: the cloud said no (fix the
+/// trust policy or role), or the cloud could not be reached (retry later).
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("{provider} rejected the request ({code}): {message}")]
@@ -112,29 +108,107 @@ pub enum ProviderError {
     },
 }
 
-/// One cloud. Implementations hold their own HTTP clients and configuration and are
-/// shared across requests.
+/// One configured cloud, shared across requests. Every method but `exchange` is
+/// pure: policy loading, `config check` and `policy test` call them offline.
 #[async_trait::async_trait]
 pub trait CloudProvider: Send + Sync {
     fn kind(&self) -> ProviderKind;
 
-    /// The `aud` the subject token must carry for this cloud. Each relying party gets
-    /// its own audience so a token minted for one cloud is useless at another.
-    fn audience(&self) -> &str;
+    fn limits(&self) -> Limits;
+
+    /// How a target is written, for hints (`arn:aws:iam::ACCOUNT:role/NAME`).
+    fn target_syntax(&self) -> &'static str;
+
+    /// Checks a rule's target as written, where each `{…}` is filled in per
+    /// request with a value of letters, digits and `+=,.@_-` (see
+    /// [`pattern_parts`]). Catches a malformed target when policy loads.
+    fn check_target_pattern(&self, pattern: &str) -> Result<(), String>;
+
+    /// Parses a rendered target; the result is what [`ExchangeRequest::target`]
+    /// carries.
+    fn parse_target(&self, text: &str) -> Result<Target, String>;
+
+    /// Checks a rule's session policy (rendered with sample values).
+    fn check_session_policy(&self, _sample: &str) -> Result<(), String> {
+        Err(format!("{} takes no session policy", self.kind()))
+    }
+
+    /// Checks the key of one of a rule's session tags.
+    fn check_session_tag_key(&self, _key: &str) -> Result<(), String> {
+        Err(format!("{} takes no session tags", self.kind()))
+    }
+
+    /// Claim names this provider adds, for the discovery document.
+    fn claims_supported(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The audience and claims of the subject token for `target`.
+    fn subject_claims(&self, target: &Target, facts: &IssuanceFacts) -> SubjectClaims;
 
     async fn exchange(&self, request: ExchangeRequest) -> Result<Credential, ProviderError>;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A problem with one key of a provider's config table, relative to the table
+/// (`max_attempts`, not `providers.aws.max_attempts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingProblem {
+    pub key: String,
+    pub message: String,
+}
 
-    #[test]
-    fn provider_kind_parses_only_known_names() {
-        assert_eq!("aws".parse::<ProviderKind>().unwrap(), ProviderKind::Aws);
-        assert_eq!("gcp".parse::<ProviderKind>().unwrap(), ProviderKind::Gcp);
-        assert!("AWS".parse::<ProviderKind>().is_err());
-        assert!("".parse::<ProviderKind>().is_err());
-        assert!("oracle".parse::<ProviderKind>().is_err());
+impl SettingProblem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        SettingProblem {
+            key: key.into(),
+            message: message.into(),
+        }
     }
+}
+
+/// Facts about the broker a provider's settings are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingsContext {
+    /// Every request is abandoned after this long, so a cloud call must be shorter.
+    pub request_timeout: Duration,
+}
+
+/// Builds a provider from its config table, and prints its credentials in the
+/// CLI. One static value per provider crate, listed in the broker's registry.
+pub trait ProviderFactory: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+
+    /// Parses and validates `[providers.<kind>]` (given as JSON, environment
+    /// overrides applied) and builds the provider. No I/O: clients connect on
+    /// first use. Reports every problem at once.
+    fn configure(
+        &self,
+        table: serde_json::Value,
+        context: &SettingsContext,
+    ) -> Result<Arc<dyn CloudProvider>, Vec<SettingProblem>>;
+
+    /// Formats besides `json` the CLI can print this provider's credentials in.
+    fn output_formats(&self) -> &'static [&'static str];
+
+    /// Prints a credential the broker returned in one of [`Self::output_formats`].
+    fn render(&self, format: &str, credential: &ReceivedCredential) -> Result<String, String>;
+}
+
+/// Deserializes a provider's config table, turning serde's error into a problem
+/// that names the key when serde says which one.
+pub fn parse_settings<T: serde::de::DeserializeOwned>(
+    table: serde_json::Value,
+) -> Result<T, Vec<SettingProblem>> {
+    serde_json::from_value(table).map_err(|e| {
+        let message = e.to_string();
+        let key = message
+            .split('`')
+            .nth(1)
+            .filter(|_| {
+                message.starts_with("unknown field") || message.starts_with("missing field")
+            })
+            .unwrap_or("")
+            .to_owned();
+        vec![SettingProblem { key, message }]
+    })
 }

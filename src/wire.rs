@@ -1,0 +1,230 @@
+//! The HTTP API's request and response bodies, in one place: the API
+//! serializes them and the CLI deserializes them, so the two cannot drift.
+//! Domain types never go on the wire themselves; the conversions below are the
+//! only place that decides what a decision or an access request looks like
+//! over HTTP.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::approvals::AccessRequest as DomainAccessRequest;
+use crate::policy;
+
+/// `POST /v1/credentials`, `/v1/decisions` and `/v1/access-requests`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRequest {
+    pub stack: String,
+    pub provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u64>,
+    /// Why access is needed, for approvers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Issue now under a break-glass rule, flagged and announced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlass>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlass {
+    pub reason: String,
+}
+
+/// The answer to `POST /v1/credentials`. `credentials` holds the provider's
+/// fields (secrets included): the one place secrets go on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IssuedCredential {
+    pub issuance_id: String,
+    pub requester: String,
+    pub stack: String,
+    pub provider: String,
+    pub rule: String,
+    pub role: String,
+    pub duration_seconds: u64,
+    pub expires_at: String,
+    pub credentials: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `POST /v1/access-requests/{id}/approve` and `/deny`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionNote {
+    pub note: Option<String>,
+}
+
+/// The answer to `POST /v1/decisions`: what the policy would decide.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    Allow(Grant),
+    NeedsApproval { grant: Grant, approval: Approval },
+    Deny(Denial),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Grant {
+    pub rule: String,
+    pub provider: String,
+    pub role: String,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+    pub session_policy: Option<String>,
+    pub session_tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Approval {
+    pub count: u32,
+    pub approvers: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_ttl: Duration,
+    #[serde(with = "humantime_serde::option")]
+    pub break_glass_max_duration: Option<Duration>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Denial {
+    pub summary: String,
+    pub denied_by: Option<String>,
+    pub rules: Vec<RuleMiss>,
+}
+
+/// One rule a denial considered, and why it did not match.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleMiss {
+    pub rule: String,
+    pub reasons: Vec<String>,
+}
+
+/// An access request as the API shows it; timestamps in the audit log's form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessRequest {
+    pub id: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub requester: String,
+    pub stack: String,
+    pub provider: String,
+    pub rule: String,
+    pub role: String,
+    pub duration_seconds: i64,
+    pub reason: Option<String>,
+    pub required_approvals: i64,
+    pub state: String,
+    pub decided_at: Option<String>,
+    pub decided_by: Option<String>,
+    pub window_ends_at: Option<String>,
+    pub note: Option<String>,
+    pub approvers: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccessRequestEnvelope {
+    pub access_request: AccessRequest,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccessRequestList {
+    pub access_requests: Vec<AccessRequest>,
+}
+
+/// An RFC 9457 problem as the CLI reads it.
+#[derive(Debug, Deserialize)]
+pub struct ProblemBody {
+    pub title: Option<String>,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    pub request_id: Option<String>,
+    pub rules: Option<Vec<RuleMiss>>,
+}
+
+impl From<&policy::Grant> for Grant {
+    fn from(grant: &policy::Grant) -> Self {
+        Grant {
+            rule: grant.rule.clone(),
+            provider: grant.provider.to_string(),
+            role: grant.target.to_string(),
+            duration: grant.duration,
+            max_duration: grant.max_duration,
+            session_policy: grant.session_policy.clone(),
+            session_tags: grant.session_tags.clone(),
+        }
+    }
+}
+
+impl From<&policy::ApprovalRequirement> for Approval {
+    fn from(approval: &policy::ApprovalRequirement) -> Self {
+        Approval {
+            count: approval.count,
+            approvers: approval.approvers.iter().map(ToString::to_string).collect(),
+            window: approval.window,
+            request_ttl: approval.request_ttl,
+            break_glass_max_duration: approval.break_glass_max_duration,
+        }
+    }
+}
+
+impl From<&policy::Denial> for Denial {
+    fn from(denial: &policy::Denial) -> Self {
+        Denial {
+            summary: denial.summary.clone(),
+            denied_by: denial.denied_by.clone(),
+            rules: rule_misses(&denial.rules),
+        }
+    }
+}
+
+pub fn rule_misses(misses: &[policy::RuleMiss]) -> Vec<RuleMiss> {
+    misses
+        .iter()
+        .map(|m| RuleMiss {
+            rule: m.rule.clone(),
+            reasons: m.reasons.clone(),
+        })
+        .collect()
+}
+
+impl From<&policy::Decision> for Decision {
+    fn from(decision: &policy::Decision) -> Self {
+        match decision {
+            policy::Decision::Allow(grant) => Decision::Allow(grant.into()),
+            policy::Decision::NeedsApproval { grant, approval } => Decision::NeedsApproval {
+                grant: grant.into(),
+                approval: approval.into(),
+            },
+            policy::Decision::Deny(denial) => Decision::Deny(denial.into()),
+        }
+    }
+}
+
+impl From<&DomainAccessRequest> for AccessRequest {
+    fn from(r: &DomainAccessRequest) -> Self {
+        AccessRequest {
+            id: r.id.clone(),
+            created_at: r.created_at.clone(),
+            expires_at: r.expires_at.clone(),
+            requester: r.requester.clone(),
+            stack: r.stack.clone(),
+            provider: r.provider.clone(),
+            rule: r.rule.clone(),
+            role: r.role.clone(),
+            duration_seconds: r.duration_seconds,
+            reason: r.reason.clone(),
+            required_approvals: r.required_approvals,
+            state: r.state.as_str().to_owned(),
+            decided_at: r.decided_at.clone(),
+            decided_by: r.decided_by.clone(),
+            window_ends_at: r.window_ends_at.clone(),
+            note: r.note.clone(),
+            approvers: r.approvers.clone(),
+        }
+    }
+}
