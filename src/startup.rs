@@ -13,7 +13,9 @@ use crate::catalog::{
     BackstageCatalog, BackstageCatalogSettings, Catalog, CatalogError, StaticCatalog,
 };
 use crate::config::{CatalogKind, Config, ConfigError, IssuerKind, StacksKind};
-use crate::identity::{KeySourceError, Verifier};
+use crate::identity::{
+    CatalogEntityMapping, FetchSettings, KeySource, RemoteJwks, StaticKeys, TrustedIssuer, Verifier,
+};
 use crate::issuer::{Issuer, SigningKey, SigningKeyError};
 use crate::notify::Notifier;
 use crate::policy::{expand_paths, load_rules, PolicyError, Rule, RuleConfig, ValidationContext};
@@ -24,8 +26,11 @@ use crate::stacks::{StackSource, StackSourceError, StaticStackRegistry};
 pub enum StartupError {
     #[error("issuer.signing_key: {0}")]
     SigningKey(#[from] SigningKeyError),
-    #[error("identity.issuers: {0}")]
-    Identity(#[from] KeySourceError),
+    #[error("identity.issuers[{index}].key_file: {error}")]
+    DevelopmentKey {
+        index: usize,
+        error: SigningKeyError,
+    },
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
     #[error("catalog.token_file: could not read {path}: {message}")]
@@ -53,14 +58,7 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     } else {
         SigningKey::load(&config.issuer.signing_key)?
     };
-    for issuer in &config.identity.issuers {
-        if let (IssuerKind::Development, Some(path)) = (issuer.kind, &issuer.key_file) {
-            SigningKey::load_or_generate(path)
-                .map_err(|e| KeySourceError::Config(e.to_string()))?;
-            tracing::warn!(issuer = %issuer.name, "a development issuer is trusted: anyone who can read its key file can sign in as anyone");
-        }
-    }
-    let verifier = Verifier::from_config(&config.identity)?;
+    let verifier = build_verifier(config)?;
     let catalog = build_catalog(config)?;
     let stacks = load_stacks(config)?;
     let providers = config.providers()?;
@@ -90,6 +88,50 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         component_tag: config.stacks.component_tag.clone(),
         environment_tag: config.stacks.environment_tag.clone(),
     })
+}
+
+/// One trusted issuer per `[[identity.issuers]]`. Remote issuers fetch keys
+/// lazily, on the first token they see, so a Backstage outage does not stop the
+/// broker; a development issuer's key is created on first start.
+fn build_verifier(config: &Config) -> Result<Verifier, StartupError> {
+    let identity = &config.identity;
+    let fetch = FetchSettings {
+        refresh_interval: identity.jwks_refresh_interval,
+        min_refetch_interval: identity.jwks_min_refetch_interval,
+        timeout: identity.fetch_timeout,
+    };
+    let mut issuers = Vec::new();
+    for (index, issuer) in identity.issuers.iter().enumerate() {
+        let issuer_id = issuer.issuer_id().expect("validated: issuers have an id");
+        let keys: Arc<dyn KeySource> = match (issuer.kind, &issuer.key_file) {
+            (IssuerKind::Development, Some(path)) => {
+                let key = SigningKey::load_or_generate(path)
+                    .map_err(|error| StartupError::DevelopmentKey { index, error })?;
+                tracing::warn!(issuer = %issuer.name, "a development issuer is trusted: anyone who can read its key file can sign in as anyone");
+                Arc::new(StaticKeys::new(key.kid().to_owned(), key.decoding_key()))
+            }
+            _ => Arc::new(RemoteJwks::new(
+                issuer
+                    .discovery()
+                    .expect("validated: remote issuers have a discovery URL"),
+                issuer_id.clone(),
+                fetch,
+            )),
+        };
+        issuers.push(TrustedIssuer {
+            name: issuer.name.clone(),
+            issuer: issuer_id,
+            audiences: issuer.accepted_audiences(),
+            algorithms: issuer
+                .parsed_algorithms()
+                .expect("validated: algorithms parse"),
+            leeway: issuer.leeway,
+            max_token_lifetime: issuer.max_token_lifetime,
+            keys,
+            mapping: Arc::new(CatalogEntityMapping),
+        });
+    }
+    Ok(Verifier::new(issuers, identity.max_token_bytes))
 }
 
 fn load_stacks(config: &Config) -> Result<Arc<dyn StackSource>, StartupError> {

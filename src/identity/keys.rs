@@ -3,7 +3,6 @@
 //! development issuer.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -13,9 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::IdentityConfig;
 use crate::http_client;
-use crate::issuer::SigningKey;
 
 const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
 const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -26,8 +23,6 @@ pub enum KeySourceError {
     UnknownKey,
     #[error("{0}")]
     Unavailable(String),
-    #[error("{0}")]
-    Config(String),
 }
 
 /// A set of verification keys for one issuer.
@@ -50,6 +45,17 @@ impl CachedKey {
             _ => Some(self.key.clone()),
         }
     }
+}
+
+/// How often and how patiently keys are fetched from an issuer.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchSettings {
+    /// How long fetched keys are trusted before they are fetched again.
+    pub refresh_interval: Duration,
+    /// An unknown `kid` triggers a refetch at most this often, so a flood of
+    /// forged tokens cannot become a flood of requests to the issuer.
+    pub min_refetch_interval: Duration,
+    pub timeout: Duration,
 }
 
 /// Keys published by an OIDC issuer (Backstage's auth backend included).
@@ -82,13 +88,13 @@ struct RawKeySet {
 }
 
 impl RemoteJwks {
-    pub fn new(discovery_url: Url, issuer: String, config: &IdentityConfig) -> Self {
+    pub fn new(discovery_url: Url, issuer: String, settings: FetchSettings) -> Self {
         RemoteJwks {
-            http: http_client::build(config.fetch_timeout),
+            http: http_client::build(settings.timeout),
             discovery_url,
             issuer,
-            refresh_interval: config.jwks_refresh_interval,
-            min_refetch_interval: config.jwks_min_refetch_interval,
+            refresh_interval: settings.refresh_interval,
+            min_refetch_interval: settings.min_refetch_interval,
             cache: RwLock::new(KeyCache::default()),
             last_attempt: tokio::sync::Mutex::new(None),
         }
@@ -226,19 +232,15 @@ impl KeySource for RemoteJwks {
     }
 }
 
-/// A fixed key: the development issuer's public key, derived from its key file.
+/// One fixed ES256 key: the development issuer's public key.
 pub struct StaticKeys {
     kid: String,
     key: DecodingKey,
 }
 
 impl StaticKeys {
-    pub fn from_private_key_file(path: &Path) -> Result<Self, KeySourceError> {
-        let signing = SigningKey::load(path).map_err(|e| KeySourceError::Config(e.to_string()))?;
-        Ok(StaticKeys {
-            kid: signing.kid().to_owned(),
-            key: signing.decoding_key(),
-        })
+    pub fn new(kid: String, key: DecodingKey) -> Self {
+        StaticKeys { kid, key }
     }
 }
 

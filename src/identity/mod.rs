@@ -1,12 +1,16 @@
 //! Who is asking: verification of identity tokens from the trusted issuers
-//! (Backstage auth backends, other OIDC providers, a local development issuer).
+//! (Backstage auth backends, other OIDC providers, a local development issuer),
+//! and each issuer's mapping from its claims to a [`Principal`].
 //!
 //! The order of checks matters and is kept here in one place: size limit, then
 //! shape, then the issuer (an unknown issuer is refused before any network call),
 //! then the algorithm allow-list, then the key (fetched, cached, refetched on an
-//! unknown `kid` at a bounded rate), then signature and claims.
+//! unknown `kid` at a bounded rate), then signature and claims, then the
+//! issuer's claim mapping. This module reads no configuration: startup builds
+//! each [`TrustedIssuer`] from it.
 
 mod keys;
+mod mapping;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +20,10 @@ use jsonwebtoken::{Algorithm, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-pub use keys::{KeySource, KeySourceError, RemoteJwks, StaticKeys};
+pub use keys::{FetchSettings, KeySource, KeySourceError, RemoteJwks, StaticKeys};
+pub use mapping::{CatalogEntityMapping, ClaimMapping, MappedPrincipal, VerifiedClaims};
 
 use crate::catalog::EntityRef;
-use crate::config::{IdentityConfig, IssuerKind, TrustedIssuerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,7 +46,7 @@ impl PrincipalKind {
 /// A verified caller. `groups` is empty until the broker asks the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// The `iss` of the verified token.
+    /// The `iss` of the token that vouched for this caller.
     pub issuer: String,
     /// The configured name of that issuer.
     pub issuer_name: String,
@@ -92,34 +96,24 @@ impl IdentityError {
     }
 }
 
-/// One trusted issuer with its verification settings.
+/// One trusted issuer: how its tokens are verified and how its claims map to a
+/// principal.
 pub struct TrustedIssuer {
     pub name: String,
+    /// The exact `iss` its tokens carry.
     pub issuer: String,
     pub audiences: Vec<String>,
+    /// Asymmetric algorithms only; HMAC is refused when configuration loads.
     pub algorithms: Vec<Algorithm>,
     pub leeway: Duration,
     pub max_token_lifetime: Duration,
     pub keys: Arc<dyn KeySource>,
+    pub mapping: Arc<dyn ClaimMapping>,
 }
 
 pub struct Verifier {
     issuers: Vec<TrustedIssuer>,
     max_token_bytes: usize,
-}
-
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
-    iat: i64,
-    exp: i64,
-    #[serde(default)]
-    act: Option<Actor>,
-}
-
-#[derive(Deserialize)]
-struct Actor {
-    sub: String,
 }
 
 impl Verifier {
@@ -128,16 +122,6 @@ impl Verifier {
             issuers,
             max_token_bytes,
         }
-    }
-
-    /// Builds the verifier from configuration. Remote issuers fetch keys lazily, on
-    /// the first token they see, so a Backstage outage does not stop the broker.
-    pub fn from_config(config: &IdentityConfig) -> Result<Self, KeySourceError> {
-        let mut issuers = Vec::new();
-        for issuer in &config.issuers {
-            issuers.push(trusted_issuer(issuer, config)?);
-        }
-        Ok(Verifier::new(issuers, config.max_token_bytes))
     }
 
     pub async fn verify(&self, token: &SecretString) -> Result<Principal, IdentityError> {
@@ -174,78 +158,29 @@ impl Verifier {
         validation.set_issuer(&[&issuer.issuer]);
         validation.set_audience(&issuer.audiences);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        let claims = jsonwebtoken::decode::<VerifiedClaims>(token, &key, &validation)
             .map_err(|e| map_jwt_error(e.kind()))?
             .claims;
+        let (iat, exp) = (claims.integer("iat")?, claims.integer("exp")?);
 
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let leeway = issuer.leeway.as_secs() as i64;
-        if claims.iat > now + leeway {
+        if iat > now + leeway {
             return Err(IdentityError::NotYetValid);
         }
-        if claims.exp.saturating_sub(claims.iat) > issuer.max_token_lifetime.as_secs() as i64 {
+        if exp.saturating_sub(iat) > issuer.max_token_lifetime.as_secs() as i64 {
             return Err(IdentityError::LifetimeTooLong);
         }
-        let subject = EntityRef::parse_strict(&claims.sub).map_err(|_| {
-            IdentityError::InvalidClaims("sub is not a catalog entity reference".into())
-        })?;
-        let actor = match claims.act {
-            Some(actor) if actor.sub.is_empty() || actor.sub.len() > 256 => {
-                return Err(IdentityError::InvalidClaims(
-                    "act.sub must be 1 to 256 characters".into(),
-                ));
-            }
-            Some(actor) => Some(actor.sub),
-            None => None,
-        };
-        let kind = match (&actor, subject.kind()) {
-            (Some(_), _) => PrincipalKind::Agent,
-            (None, "user") => PrincipalKind::Human,
-            (None, _) => PrincipalKind::Service,
-        };
+        let mapped = issuer.mapping.principal(&claims)?;
         Ok(Principal {
             issuer: issuer.issuer.clone(),
             issuer_name: issuer.name.clone(),
-            subject,
-            kind,
-            actor,
+            subject: mapped.subject,
+            kind: mapped.kind,
+            actor: mapped.actor,
             groups: Vec::new(),
         })
     }
-}
-
-fn trusted_issuer(
-    issuer: &TrustedIssuerConfig,
-    config: &IdentityConfig,
-) -> Result<TrustedIssuer, KeySourceError> {
-    let issuer_id = issuer.issuer_id().ok_or_else(|| {
-        KeySourceError::Config(format!("issuer {} has no issuer id", issuer.name))
-    })?;
-    let algorithms = issuer.parsed_algorithms().map_err(KeySourceError::Config)?;
-    let keys: Arc<dyn KeySource> = match issuer.kind {
-        IssuerKind::Development => {
-            let path = issuer.key_file.as_ref().ok_or_else(|| {
-                KeySourceError::Config(format!("issuer {} has no key_file", issuer.name))
-            })?;
-            Arc::new(StaticKeys::from_private_key_file(path)?)
-        }
-        IssuerKind::Backstage | IssuerKind::Oidc => Arc::new(RemoteJwks::new(
-            issuer.discovery().ok_or_else(|| {
-                KeySourceError::Config(format!("issuer {} has no discovery URL", issuer.name))
-            })?,
-            issuer_id.clone(),
-            config,
-        )),
-    };
-    Ok(TrustedIssuer {
-        name: issuer.name.clone(),
-        issuer: issuer_id,
-        audiences: issuer.accepted_audiences(),
-        algorithms,
-        leeway: issuer.leeway,
-        max_token_lifetime: issuer.max_token_lifetime,
-        keys,
-    })
 }
 
 /// Reads `iss` without trusting anything else in the token. Only used to pick the

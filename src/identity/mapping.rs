@@ -1,0 +1,128 @@
+//! How an issuer's claims become a principal. Each trusted issuer carries its
+//! own mapping, so a CI system's or a cluster's tokens (whose `sub` is not a
+//! catalog entity) can be added without touching the verification steps.
+
+use serde::Deserialize;
+
+use super::{IdentityError, PrincipalKind};
+use crate::catalog::EntityRef;
+
+/// A token's claims after its signature, issuer, audience and times were
+/// verified.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VerifiedClaims(pub serde_json::Map<String, serde_json::Value>);
+
+impl VerifiedClaims {
+    /// A claim that must be a string when present.
+    pub fn text(&self, name: &str) -> Result<Option<&str>, IdentityError> {
+        match self.0.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(wrong_type()),
+        }
+    }
+
+    /// A claim that must be an integer.
+    pub fn integer(&self, name: &str) -> Result<i64, IdentityError> {
+        self.0
+            .get(name)
+            .and_then(serde_json::Value::as_i64)
+            .ok_or_else(wrong_type)
+    }
+}
+
+fn wrong_type() -> IdentityError {
+    IdentityError::InvalidClaims("a claim has the wrong type".into())
+}
+
+/// Who the claims name, as the issuer vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedPrincipal {
+    pub subject: EntityRef,
+    pub kind: PrincipalKind,
+    pub actor: Option<String>,
+}
+
+pub trait ClaimMapping: Send + Sync {
+    fn principal(&self, claims: &VerifiedClaims) -> Result<MappedPrincipal, IdentityError>;
+}
+
+/// Backstage's mapping (also used for OIDC issuers and the development issuer
+/// that mint Backstage-style tokens): `sub` is a catalog entity reference; a
+/// `user` is a human, any other kind a service; an RFC 8693 `act` claim makes
+/// the caller an agent acting for `sub`.
+pub struct CatalogEntityMapping;
+
+impl ClaimMapping for CatalogEntityMapping {
+    fn principal(&self, claims: &VerifiedClaims) -> Result<MappedPrincipal, IdentityError> {
+        let sub = claims.text("sub")?.unwrap_or_default();
+        let subject = EntityRef::parse_strict(sub).map_err(|_| {
+            IdentityError::InvalidClaims("sub is not a catalog entity reference".into())
+        })?;
+        let actor = match claims.0.get("act") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Object(act)) => match act.get("sub") {
+                Some(serde_json::Value::String(actor))
+                    if !actor.is_empty() && actor.len() <= 256 =>
+                {
+                    Some(actor.clone())
+                }
+                Some(serde_json::Value::String(_)) => {
+                    return Err(IdentityError::InvalidClaims(
+                        "act.sub must be 1 to 256 characters".into(),
+                    ))
+                }
+                _ => return Err(wrong_type()),
+            },
+            Some(_) => return Err(wrong_type()),
+        };
+        let kind = match (&actor, subject.kind()) {
+            (Some(_), _) => PrincipalKind::Agent,
+            (None, "user") => PrincipalKind::Human,
+            (None, _) => PrincipalKind::Service,
+        };
+        Ok(MappedPrincipal {
+            subject,
+            kind,
+            actor,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(value: serde_json::Value) -> VerifiedClaims {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn catalog_entities_map_to_humans_services_and_agents() {
+        let map = |value| CatalogEntityMapping.principal(&claims(value));
+        let jane = map(serde_json::json!({ "sub": "user:default/jane" })).unwrap();
+        assert_eq!(jane.kind, PrincipalKind::Human);
+        assert_eq!(jane.subject.to_string(), "user:default/jane");
+        let deployer = map(serde_json::json!({ "sub": "component:default/deployer" })).unwrap();
+        assert_eq!(deployer.kind, PrincipalKind::Service);
+        let agent =
+            map(serde_json::json!({ "sub": "user:default/jane", "act": { "sub": "agent-7" } }))
+                .unwrap();
+        assert_eq!(agent.kind, PrincipalKind::Agent);
+        assert_eq!(agent.actor.as_deref(), Some("agent-7"));
+    }
+
+    #[test]
+    fn malformed_claims_are_refused() {
+        let map = |value| CatalogEntityMapping.principal(&claims(value));
+        for bad in [
+            serde_json::json!({ "sub": "jane" }),
+            serde_json::json!({ "sub": 7 }),
+            serde_json::json!({ "sub": "user:default/jane", "act": "agent" }),
+            serde_json::json!({ "sub": "user:default/jane", "act": { "sub": "" } }),
+            serde_json::json!({ "sub": "user:default/jane", "act": { "sub": 1 } }),
+        ] {
+            assert!(map(bad.clone()).is_err(), "{bad}");
+        }
+    }
+}
