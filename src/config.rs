@@ -21,6 +21,7 @@ use stackpass_provider::SettingsContext;
 use url::Url;
 
 use crate::catalog::EntityRef;
+use crate::database::{is_postgres_url, redact, sqlite_path};
 use crate::policy::RuleConfig;
 use crate::registry::Providers;
 
@@ -385,17 +386,6 @@ impl AuditConfig {
     }
 }
 
-/// The file a `sqlite://PATH` URL names.
-pub fn sqlite_path(url: &str) -> Option<PathBuf> {
-    url.strip_prefix("sqlite://")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-}
-
-pub fn is_postgres_url(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
 /// Every problem found in a configuration, each naming its key.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -690,7 +680,7 @@ impl Config {
                 "audit.url".into(),
                 format!(
                     "{:?} is not supported; use sqlite://PATH or postgres://USER@HOST/DATABASE",
-                    crate::audit::redact(&self.audit.url)
+                    redact(&self.audit.url)
                 ),
             );
         }

@@ -10,6 +10,7 @@ pub mod broker;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod database;
 #[cfg(test)]
 mod fakes;
 pub mod http_client;

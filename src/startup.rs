@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
-use crate::audit::{AuditError, AuditStore, SqlAuditStore};
-use crate::audit::{AuditEvent, AuditRecord};
-use crate::broker::Broker;
+use crate::approvals::SqlApprovalStore;
+use crate::audit::SqlAuditStore;
+use crate::broker::{Broker, BrokerParts};
 use crate::catalog::{
     BackstageCatalog, BackstageCatalogSettings, Catalog, CatalogError, StaticCatalog,
 };
 use crate::config::{CatalogKind, Config, ConfigError, IssuerKind, StacksKind};
+use crate::database::{Database, DatabaseError};
 use crate::identity::{
     CatalogEntityMapping, FetchSettings, KeySource, RemoteJwks, StaticKeys, TrustedIssuer, Verifier,
 };
@@ -42,7 +43,7 @@ pub enum StartupError {
     #[error("{0}")]
     Providers(#[from] ConfigError),
     #[error("audit.url: {0}")]
-    Audit(#[from] AuditError),
+    Database(#[from] DatabaseError),
     #[error("server.listen: a development issuer is configured, so the broker only listens on loopback addresses; remove the development issuer to listen on {0}")]
     DevelopmentOnLoopbackOnly(std::net::SocketAddr),
 }
@@ -63,14 +64,13 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     let stacks = load_stacks(config)?;
     let providers = config.providers()?;
     let rules = load_policy(config, &providers)?;
-    // Access requests live in the audit database: one store, one failure domain.
-    let store = Arc::new(SqlAuditStore::open(&config.audit.url, config.audit.busy_timeout).await?);
-    let audit: Arc<dyn AuditStore> = store.clone();
-    Ok(Broker {
+    // Access requests live beside the audit log: one database, one failure domain.
+    let db = Database::open(&config.audit.url, config.audit.busy_timeout).await?;
+    Ok(Broker::new(BrokerParts {
         verifier,
         catalog,
         stacks,
-        rules: std::sync::RwLock::new(Arc::new(rules)),
+        rules,
         issuer: Issuer::new(
             signing_key,
             config.issuer_url(),
@@ -81,13 +81,13 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
                 .collect(),
         ),
         providers,
-        audit,
-        approvals: store,
+        audit: Arc::new(SqlAuditStore::new(db.clone())),
+        approvals: Arc::new(SqlApprovalStore::new(db)),
         notifier: Notifier::new(config.notifications.webhook_url.clone()),
         auditor_groups: config.audit.auditor_groups.clone(),
         component_tag: config.stacks.component_tag.clone(),
         environment_tag: config.stacks.environment_tag.clone(),
-    })
+    }))
 }
 
 /// One trusted issuer per `[[identity.issuers]]`. Remote issuers fetch keys
@@ -224,7 +224,7 @@ pub fn spawn_policy_reloader(broker: Arc<Broker>, config: &Config) {
     let source = PolicySource {
         rules: config.policy.rules.clone(),
         files: config.policy.files.clone(),
-        context: validation_context(config, &broker.providers),
+        context: validation_context(config, broker.providers()),
     };
     let interval = config.policy.reload_interval;
     tokio::spawn(async move {
@@ -281,29 +281,9 @@ impl PolicySource {
 }
 
 async fn reload(broker: &Broker, source: &PolicySource, reason: &str) {
-    let mut record = AuditRecord::new(
-        AuditEvent::PolicyReloaded,
-        "",
-        &format!("policy-reload-{}", uuid::Uuid::new_v4()),
-    );
-    match load_rules(&source.rules, &source.files, &source.context) {
-        Ok(rules) => {
-            tracing::info!(reason, rules = rules.len(), "policy reloaded");
-            record.outcome = "applied".into();
-            record.detail = Some(
-                serde_json::json!({ "reason": reason, "rules": rules.iter().map(|r| &r.name).collect::<Vec<_>>() }),
-            );
-            broker.replace_rules(rules);
-        }
-        Err(e) => {
-            tracing::error!(reason, error = %e, "policy reload rejected; the previous policy stays in force");
-            record.outcome = "rejected".into();
-            record.detail = Some(
-                serde_json::json!({ "reason": reason, "problems": e.problems.iter().map(ToString::to_string).collect::<Vec<_>>() }),
-            );
-        }
-    }
-    if let Err(e) = broker.audit.append(vec![record]).await {
+    let loaded = load_rules(&source.rules, &source.files, &source.context)
+        .map_err(|e| e.problems.iter().map(ToString::to_string).collect());
+    if let Err(e) = broker.reload_policy(reason, loaded).await {
         tracing::error!(error = %e, "could not audit a policy reload");
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::approvals::AccessRequest as DomainAccessRequest;
+use crate::database::format_timestamp;
 use crate::policy;
 
 /// `POST /v1/credentials`, `/v1/decisions` and `/v1/access-requests`.
@@ -208,23 +209,23 @@ impl From<&policy::Decision> for Decision {
 impl From<&DomainAccessRequest> for AccessRequest {
     fn from(r: &DomainAccessRequest) -> Self {
         AccessRequest {
-            id: r.id.clone(),
-            created_at: r.created_at.clone(),
-            expires_at: r.expires_at.clone(),
-            requester: r.requester.clone(),
-            stack: r.stack.clone(),
-            provider: r.provider.clone(),
+            id: r.id.to_string(),
+            created_at: format_timestamp(r.created_at),
+            expires_at: format_timestamp(r.expires_at),
+            requester: r.requester.to_string(),
+            stack: r.stack.to_string(),
+            provider: r.provider.to_string(),
             rule: r.rule.clone(),
             role: r.role.clone(),
-            duration_seconds: r.duration_seconds,
+            duration_seconds: r.duration.as_secs() as i64,
             reason: r.reason.clone(),
-            required_approvals: r.required_approvals,
+            required_approvals: i64::from(r.required_approvals),
             state: r.state.as_str().to_owned(),
-            decided_at: r.decided_at.clone(),
-            decided_by: r.decided_by.clone(),
-            window_ends_at: r.window_ends_at.clone(),
+            decided_at: r.decided_at.map(format_timestamp),
+            decided_by: r.decided_by.as_ref().map(ToString::to_string),
+            window_ends_at: r.window_ends_at.map(format_timestamp),
             note: r.note.clone(),
-            approvers: r.approvers.clone(),
+            approvers: r.approvers.iter().map(ToString::to_string).collect(),
         }
     }
 }

@@ -62,7 +62,16 @@ pub async fn approve(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    decide(state, request_id, client, id, headers, body, true).await
+    decide(
+        state,
+        request_id,
+        client,
+        id,
+        headers,
+        body,
+        Verdict::Approve,
+    )
+    .await
 }
 
 pub async fn deny(
@@ -73,7 +82,12 @@ pub async fn deny(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    decide(state, request_id, client, id, headers, body, false).await
+    decide(state, request_id, client, id, headers, body, Verdict::Deny).await
+}
+
+enum Verdict {
+    Approve,
+    Deny,
 }
 
 async fn decide(
@@ -83,7 +97,7 @@ async fn decide(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-    approve: bool,
+    verdict: Verdict,
 ) -> Response {
     let context = super::request_context(&request_id, client);
     let result = async {
@@ -103,9 +117,19 @@ async fn decide(
                 "note is at most 500 characters on one line",
             ));
         }
-        let decided = broker
-            .decide_access_request(&context, &principal, &id, approve, body.note.as_deref())
-            .await?;
+        let note = body.note.as_deref();
+        let decided = match verdict {
+            Verdict::Approve => {
+                broker
+                    .approve_access_request(&context, &principal, &id, note)
+                    .await?
+            }
+            Verdict::Deny => {
+                broker
+                    .deny_access_request(&context, &principal, &id, note)
+                    .await?
+            }
+        };
         Ok(Json(wire::AccessRequestEnvelope {
             access_request: (&decided).into(),
         })

@@ -244,9 +244,9 @@ fn cacheable(body: serde_json::Value) -> Response {
 }
 
 async fn discovery(State(broker): State<Arc<Broker>>) -> Response {
-    cacheable(broker.issuer.discovery_document())
+    cacheable(broker.issuer().discovery_document())
 }
 
 async fn jwks(State(broker): State<Arc<Broker>>) -> Response {
-    cacheable(broker.issuer.jwks())
+    cacheable(broker.issuer().jwks())
 }

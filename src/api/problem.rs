@@ -137,8 +137,8 @@ impl Problem {
                     "Approval required",
                     match pending {
                         Some(pending) => format!(
-                            "rule {rule} needs {} approval(s) from {approvers}; access request {} is waiting for them",
-                            approval.count, pending.id
+                            "rule {rule} needs {} approval(s) from {approvers}; access request {pending} is waiting for them",
+                            approval.count
                         ),
                         None => format!(
                             "rule {rule} needs {} approval(s) from {approvers}, and there is no open access request",
@@ -183,7 +183,7 @@ impl Problem {
                 "retry shortly; if it persists, the operator should check the audit database",
             ),
             BrokerError::Cloud(e) => from_provider_error(e),
-            BrokerError::Issuer(_) | BrokerError::Internal(_) => Problem::new(
+            BrokerError::Issuer(_) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",

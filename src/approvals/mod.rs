@@ -1,21 +1,57 @@
 //! Access requests and their approvals: credentials that a rule grants only once
 //! enough other people have approved, for a time-boxed window.
 //!
-//! The rules that decide whether an approval counts are pure functions here, and
-//! they fail closed: zero approvals never approve, an expired request cannot be
+//! Here: the typed [`AccessRequest`] and the pure rules that decide whether an
+//! approval counts; `store` keeps requests in the shared database. The
+//! workflow that ties them to the policy, catalog and audit log is
+//! `broker::approvals`. The rules fail closed: zero approvals never approve, an expired request cannot be
 //! approved, nobody approves their own request, and every approval is checked
 //! again against the *current* policy and catalog when it is used, so a policy
 //! change that takes away an approver's right takes away their approval too.
 
-use serde::Serialize;
-use time::OffsetDateTime;
+mod store;
 
-use crate::audit::format_timestamp;
+use std::fmt;
+use std::time::Duration;
+
+use stackpass_provider::ProviderKind;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use store::{ApprovalStore, SqlApprovalStore, StoreError, Transition};
+
 use crate::catalog::EntityRef;
 use crate::policy::ApprovalRequirement;
+use crate::stacks::StackRef;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// An access request's id: a UUID, written as text in URLs and the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AccessRequestId(Uuid);
+
+impl AccessRequestId {
+    pub fn new() -> Self {
+        AccessRequestId(Uuid::new_v4())
+    }
+
+    /// `None` for anything that is not an id this broker could have issued.
+    pub fn parse(text: &str) -> Option<Self> {
+        Uuid::parse_str(text).ok().map(AccessRequestId)
+    }
+}
+
+impl Default for AccessRequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for AccessRequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessState {
     Pending,
     Approved,
@@ -49,42 +85,39 @@ impl AccessState {
     }
 }
 
-/// One request for credentials that needs approval. Timestamps are stored text
-/// (`audit::format_timestamp`), so they compare as text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One request for credentials that needs approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessRequest {
-    pub id: String,
-    pub created_at: String,
-    pub expires_at: String,
-    pub requester: String,
-    pub stack: String,
-    pub provider: String,
+    pub id: AccessRequestId,
+    pub created_at: OffsetDateTime,
+    /// A pending request can no longer be approved after this.
+    pub expires_at: OffsetDateTime,
+    pub requester: EntityRef,
+    pub stack: StackRef,
+    pub provider: ProviderKind,
     pub rule: String,
+    /// The grant's target as text (an AWS role ARN, for example).
     pub role: String,
-    pub duration_seconds: i64,
+    pub duration: Duration,
     pub reason: Option<String>,
-    pub required_approvals: i64,
+    pub required_approvals: u32,
     pub state: AccessState,
-    pub decided_at: Option<String>,
-    pub decided_by: Option<String>,
+    pub decided_at: Option<OffsetDateTime>,
+    pub decided_by: Option<EntityRef>,
     /// Credentials may be obtained until then (approved requests only).
-    pub window_ends_at: Option<String>,
+    pub window_ends_at: Option<OffsetDateTime>,
     pub note: Option<String>,
     /// Who has approved so far.
-    pub approvers: Vec<String>,
+    pub approvers: Vec<EntityRef>,
 }
 
 impl AccessRequest {
     pub fn is_expired(&self, now: OffsetDateTime) -> bool {
-        format_timestamp(now) >= self.expires_at
+        now >= self.expires_at
     }
 
     pub fn window_open(&self, now: OffsetDateTime) -> bool {
-        self.state == AccessState::Approved
-            && self
-                .window_ends_at
-                .as_deref()
-                .is_some_and(|end| format_timestamp(now).as_str() < end)
+        self.state == AccessState::Approved && self.window_ends_at.is_some_and(|end| now < end)
     }
 }
 
@@ -93,17 +126,20 @@ pub enum ApprovalError {
     #[error("access request {0} does not exist")]
     NotFound(String),
     #[error("access request {id} is {state}, so it can no longer be decided")]
-    NotPending { id: String, state: &'static str },
+    NotPending {
+        id: AccessRequestId,
+        state: &'static str,
+    },
     #[error("access request {0} has expired; the requester must ask again")]
-    Expired(String),
+    Expired(AccessRequestId),
     #[error("nobody may approve or deny their own access request")]
     OwnRequest,
     #[error("{approver} is not an approver for rule {rule}")]
-    NotAnApprover { approver: String, rule: String },
+    NotAnApprover { approver: EntityRef, rule: String },
     #[error("rule {0} no longer requires approval or no longer exists; the request is void")]
     RuleChanged(String),
     #[error("{0} has already approved this request")]
-    AlreadyApproved(String),
+    AlreadyApproved(EntityRef),
 }
 
 /// Whether `approver` may decide `request` now, under `requirement` (the current
@@ -117,21 +153,21 @@ pub fn check_decider(
 ) -> Result<(), ApprovalError> {
     if request.state != AccessState::Pending {
         return Err(ApprovalError::NotPending {
-            id: request.id.clone(),
+            id: request.id,
             state: request.state.as_str(),
         });
     }
     if request.is_expired(now) {
-        return Err(ApprovalError::Expired(request.id.clone()));
+        return Err(ApprovalError::Expired(request.id));
     }
-    if approver.to_string() == request.requester {
+    if *approver == request.requester {
         return Err(ApprovalError::OwnRequest);
     }
     let requirement =
         requirement.ok_or_else(|| ApprovalError::RuleChanged(request.rule.clone()))?;
     if !may_approve(approver, approver_groups, requirement) {
         return Err(ApprovalError::NotAnApprover {
-            approver: approver.to_string(),
+            approver: approver.clone(),
             rule: request.rule.clone(),
         });
     }
@@ -153,14 +189,14 @@ fn may_approve(
 /// under `requirement`: the requester's own never does, nor anyone who is no
 /// longer an approver.
 pub fn valid_approvals(
-    requester: &str,
+    requester: &EntityRef,
     approvals: &[(EntityRef, Vec<EntityRef>)],
     requirement: &ApprovalRequirement,
 ) -> u32 {
     approvals
         .iter()
         .filter(|(approver, groups)| {
-            approver.to_string() != requester && may_approve(approver, groups, requirement)
+            approver != requester && may_approve(approver, groups, requirement)
         })
         .count() as u32
 }
@@ -170,49 +206,8 @@ pub fn is_approved(valid: u32, requirement: &ApprovalRequirement) -> bool {
     valid >= requirement.count.max(1)
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the access request store failed: {0}")]
-pub struct StoreError(pub String);
-
-/// Where access requests live (the audit database).
-#[async_trait::async_trait]
-pub trait ApprovalStore: Send + Sync {
-    async fn create_request(&self, request: &AccessRequest) -> Result<(), StoreError>;
-    async fn get_request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError>;
-    /// The newest request in `state` for this requester, stack, provider and rule.
-    async fn find_request(
-        &self,
-        requester: &str,
-        stack: &str,
-        provider: &str,
-        rule: &str,
-        state: AccessState,
-    ) -> Result<Option<AccessRequest>, StoreError>;
-    /// Pending requests that have not expired, and the given requester's own.
-    async fn list_requests(
-        &self,
-        requester: &str,
-        now: &str,
-    ) -> Result<Vec<AccessRequest>, StoreError>;
-    /// Records an approval; false if this approver had already approved.
-    async fn add_approval(&self, id: &str, approver: &str, at: &str) -> Result<bool, StoreError>;
-    /// Moves a request from `from` to `to` (compare-and-set); false if it was no
-    /// longer in `from` (someone else decided first).
-    async fn set_state(
-        &self,
-        id: &str,
-        from: AccessState,
-        to: AccessState,
-        decided_by: Option<&str>,
-        window_ends_at: Option<&str>,
-        note: Option<&str>,
-    ) -> Result<bool, StoreError>;
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn entity(s: &str) -> EntityRef {
@@ -232,15 +227,15 @@ mod tests {
     fn request(state: AccessState, expires_in: time::Duration) -> AccessRequest {
         let now = OffsetDateTime::now_utc();
         AccessRequest {
-            id: "ar-1".into(),
-            created_at: format_timestamp(now),
-            expires_at: format_timestamp(now + expires_in),
-            requester: "user:default/jane".into(),
-            stack: "pulumi:acme/payments/prod".into(),
-            provider: "aws".into(),
+            id: AccessRequestId::new(),
+            created_at: now,
+            expires_at: now + expires_in,
+            requester: entity("user:default/jane"),
+            stack: StackRef::parse("pulumi:acme/payments/prod").unwrap(),
+            provider: ProviderKind::from_static("aws"),
             rule: "owners-deploy-prod".into(),
             role: "arn:aws:iam::1:role/r".into(),
-            duration_seconds: 900,
+            duration: Duration::from_secs(900),
             reason: None,
             required_approvals: 1,
             state,
@@ -298,7 +293,7 @@ mod tests {
         assert_eq!(result, Err(ApprovalError::OwnRequest));
         // And a self-approval that got into the store anyway does not count.
         assert_eq!(
-            valid_approvals("user:default/jane", &[(jane, groups)], &requirement(1)),
+            valid_approvals(&jane.clone(), &[(jane, groups)], &requirement(1)),
             0
         );
     }
@@ -306,14 +301,15 @@ mod tests {
     #[test]
     fn an_expired_request_cannot_be_approved() {
         let (alex, groups) = teammate();
+        let expired = request(AccessState::Pending, time::Duration::seconds(-1));
         let result = check_decider(
-            &request(AccessState::Pending, time::Duration::seconds(-1)),
+            &expired,
             &alex,
             &groups,
             Some(&requirement(1)),
             OffsetDateTime::now_utc(),
         );
-        assert_eq!(result, Err(ApprovalError::Expired("ar-1".into())));
+        assert_eq!(result, Err(ApprovalError::Expired(expired.id)));
     }
 
     #[test]
@@ -358,13 +354,13 @@ mod tests {
         let (alex, groups) = teammate();
         let approvals = vec![(alex.clone(), groups.clone())];
         assert_eq!(
-            valid_approvals("user:default/jane", &approvals, &requirement(1)),
+            valid_approvals(&entity("user:default/jane"), &approvals, &requirement(1)),
             1
         );
         let mut changed = requirement(1);
         changed.approvers = vec![entity("group:default/security")];
         assert_eq!(
-            valid_approvals("user:default/jane", &approvals, &changed),
+            valid_approvals(&entity("user:default/jane"), &approvals, &changed),
             0
         );
         // A rule that no longer requires approval voids pending requests too.
@@ -385,9 +381,9 @@ mod tests {
     fn the_window_closes() {
         let mut approved = request(AccessState::Approved, time::Duration::hours(1));
         let now = OffsetDateTime::now_utc();
-        approved.window_ends_at = Some(format_timestamp(now + time::Duration::minutes(5)));
+        approved.window_ends_at = Some(now + time::Duration::minutes(5));
         assert!(approved.window_open(now));
-        approved.window_ends_at = Some(format_timestamp(now - time::Duration::seconds(1)));
+        approved.window_ends_at = Some(now - time::Duration::seconds(1));
         assert!(!approved.window_open(now));
     }
 }

@@ -1,5 +1,5 @@
-//! The audit store on SQLite (the embedded default) or PostgreSQL (for several
-//! broker instances), chosen by URL, with one behaviour:
+//! The audit chain store over the shared [`Database`] handle, with one behaviour
+//! on SQLite and PostgreSQL:
 //!
 //! - Appends go through one writer task per process that groups every pending
 //!   append into one transaction (group commit): one fsync serves many requests,
@@ -9,25 +9,16 @@
 //!   head, and seals each record onto it. Instances sharing a database therefore
 //!   append one after another: one chain, no forks, no gaps.
 //!
-//! The SQL is the same text for both backends; the `on_db!` family of macros
-//! expands it once per driver so there is one copy to read and keep right.
+//! The SQL is the same text for both backends; `on_db!` and the macros below
+//! expand it once per driver so there is one copy to read and keep right.
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+use sqlx::{QueryBuilder, Row};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{ChainBreak, ChainStart, ChainSummary, ChainVerifier, Checkpoint, StoredRecord};
-use super::{
-    format_timestamp, AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore,
-};
-
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+use super::{AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore, Outcome};
+use crate::database::{format_timestamp, on_db, Database};
 
 /// At most this many appends share one transaction; bounded so that one batch
 /// stays well inside SQLite's limit on bound parameters.
@@ -37,28 +28,12 @@ const COLUMNS: &str = "seq, record_id, recorded_at, event, outcome, request_id, 
      requester_kind, actor, issuer, stack, tags, component, owner, rule, provider, role, duration_seconds, \
      expires_at, credential_id, client_addr, detail, prev_hash, hash";
 
-#[derive(Clone)]
-enum Db {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
-/// Runs the same code against whichever pool the store has.
-macro_rules! on_db {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Db::Sqlite($pool) => $body,
-            Db::Postgres($pool) => $body,
-        }
-    };
-}
-
 /// Runs `$body` (which uses `$conn`, a connection) inside a transaction holding
 /// the chain lock, committing on `Ok` and rolling back on `Err`.
 macro_rules! with_chain_lock {
     ($db:expr, $conn:ident => $body:expr) => {
         match $db {
-            Db::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 let mut guard = pool.acquire().await.map_err(write_error)?;
                 sqlx::query("BEGIN IMMEDIATE")
                     .execute(&mut *guard)
@@ -85,7 +60,7 @@ macro_rules! with_chain_lock {
                 }
                 result
             }
-            Db::Postgres(pool) => {
+            Database::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(write_error)?;
                 sqlx::query("SELECT 1 FROM audit_chain WHERE id = 1 FOR UPDATE")
                     .execute(&mut *tx)
@@ -282,61 +257,19 @@ pub struct PruneReport {
 }
 
 pub struct SqlAuditStore {
-    db: Db,
+    db: Database,
     writer: mpsc::Sender<PendingAppend>,
 }
 
 impl SqlAuditStore {
-    /// Opens the store named by `url` (`sqlite://PATH` or `postgres://…`), applies
-    /// migrations and starts the writer.
-    pub async fn open(url: &str, busy_timeout: Duration) -> Result<Self, AuditError> {
-        let shown = redact(url);
-        let open_error = |message: String| AuditError::Open {
-            url: shown.clone(),
-            message,
-        };
-        let db = if let Some(path) = url.strip_prefix("sqlite://") {
-            let options = SqliteConnectOptions::new()
-                .filename(path)
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(busy_timeout)
-                .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(busy_timeout)
-                .connect_with(options)
-                .await
-                .map_err(|e| open_error(e.to_string()))?;
-            SQLITE_MIGRATIONS
-                .run(&pool)
-                .await
-                .map_err(|e| open_error(format!("migrations failed: {e}")))?;
-            Db::Sqlite(pool)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options =
-                PgConnectOptions::from_str(url).map_err(|e| open_error(redact(&e.to_string())))?;
-            let pool = PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(busy_timeout)
-                .connect_with(options)
-                .await
-                .map_err(|e| open_error(redact(&e.to_string())))?;
-            POSTGRES_MIGRATIONS
-                .run(&pool)
-                .await
-                .map_err(|e| open_error(format!("migrations failed: {e}")))?;
-            Db::Postgres(pool)
-        } else {
-            return Err(AuditError::UnsupportedUrl(shown));
-        };
+    /// The chain store over `db`, with its group-committing writer started.
+    pub fn new(db: Database) -> Self {
         let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(write_loop(db.clone(), queue));
-        Ok(SqlAuditStore { db, writer })
+        SqlAuditStore { db, writer }
     }
 
-    async fn append_batch(db: &Db, records: &[&AuditRecord]) -> Result<(), AuditError> {
+    async fn append_batch(db: &Database, records: &[&AuditRecord]) -> Result<(), AuditError> {
         with_chain_lock!(db, conn => {
             append_locked!(conn, records);
             Ok(())
@@ -458,7 +391,7 @@ impl SqlAuditStore {
                 .execute(&mut *conn)
                 .await
                 .map_err(write_error)?;
-            let mut record = AuditRecord::new(AuditEvent::AuditPruned, "pruned", &request_id);
+            let mut record = AuditRecord::new(AuditEvent::AuditPruned, Outcome::Pruned, &request_id);
             record.detail = Some(serde_json::json!({
                 "records_pruned": deleted,
                 "pruned_through_seq": sealed_seq,
@@ -476,7 +409,7 @@ impl SqlAuditStore {
 
 /// The group-commit writer: takes every append waiting in the queue (up to
 /// `MAX_BATCH`), commits them in one transaction, then answers each caller.
-async fn write_loop(db: Db, mut queue: mpsc::Receiver<PendingAppend>) {
+async fn write_loop(db: Database, mut queue: mpsc::Receiver<PendingAppend>) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -560,247 +493,5 @@ impl AuditStore for SqlAuditStore {
             },
             records,
         })
-    }
-}
-
-/// Hides a password in a database URL (or in an error that quotes one).
-pub fn redact(text: &str) -> String {
-    let Some(scheme_end) = text.find("://") else {
-        return text.to_owned();
-    };
-    let rest = &text[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', ' ']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &text[..scheme_end + 3],
-                &rest[..colon],
-                &rest[at..]
-            ),
-            None => text.to_owned(),
-        },
-        None => text.to_owned(),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Access requests live in the same database, so an issuance after approval and
-// its audit records share one store and one failure domain.
-
-use crate::approvals::{AccessRequest, AccessState, ApprovalStore, StoreError};
-
-const ACCESS_COLUMNS: &str =
-    "id, created_at, expires_at, requester, stack, provider, rule, role, duration_seconds, \
-     reason, required_approvals, state, decided_at, decided_by, window_ends_at, note";
-
-fn store_error(e: sqlx::Error) -> StoreError {
-    StoreError(e.to_string())
-}
-
-macro_rules! access_request_from_row {
-    ($row:expr) => {{
-        let row = $row;
-        let state: String = row.try_get("state").map_err(store_error)?;
-        AccessRequest {
-            id: row.try_get("id").map_err(store_error)?,
-            created_at: row.try_get("created_at").map_err(store_error)?,
-            expires_at: row.try_get("expires_at").map_err(store_error)?,
-            requester: row.try_get("requester").map_err(store_error)?,
-            stack: row.try_get("stack").map_err(store_error)?,
-            provider: row.try_get("provider").map_err(store_error)?,
-            rule: row.try_get("rule").map_err(store_error)?,
-            role: row.try_get("role").map_err(store_error)?,
-            duration_seconds: row.try_get("duration_seconds").map_err(store_error)?,
-            reason: row.try_get("reason").map_err(store_error)?,
-            required_approvals: row.try_get("required_approvals").map_err(store_error)?,
-            state: AccessState::parse(&state)
-                .ok_or_else(|| StoreError(format!("unknown state {state:?}")))?,
-            decided_at: row.try_get("decided_at").map_err(store_error)?,
-            decided_by: row.try_get("decided_by").map_err(store_error)?,
-            window_ends_at: row.try_get("window_ends_at").map_err(store_error)?,
-            note: row.try_get("note").map_err(store_error)?,
-            approvers: Vec::new(),
-        }
-    }};
-}
-
-impl SqlAuditStore {
-    async fn approvers_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
-        Ok(on_db!(&self.db, pool => {
-            sqlx::query_scalar("SELECT approver FROM approvals WHERE request_id = $1 ORDER BY approved_at")
-                .bind(id)
-                .fetch_all(pool)
-                .await
-                .map_err(store_error)?
-        }))
-    }
-
-    async fn with_approvers(
-        &self,
-        mut requests: Vec<AccessRequest>,
-    ) -> Result<Vec<AccessRequest>, StoreError> {
-        for request in &mut requests {
-            request.approvers = self.approvers_of(&request.id).await?;
-        }
-        Ok(requests)
-    }
-
-    async fn select_requests(
-        &self,
-        sql: &str,
-        binds: &[&str],
-    ) -> Result<Vec<AccessRequest>, StoreError> {
-        let requests = on_db!(&self.db, pool => {
-            let mut query = sqlx::query(sql);
-            for value in binds {
-                query = query.bind(*value);
-            }
-            let rows = query.fetch_all(pool).await.map_err(store_error)?;
-            let mut requests = Vec::with_capacity(rows.len());
-            for row in &rows {
-                requests.push(access_request_from_row!(row));
-            }
-            requests
-        });
-        self.with_approvers(requests).await
-    }
-}
-
-#[async_trait::async_trait]
-impl ApprovalStore for SqlAuditStore {
-    async fn create_request(&self, r: &AccessRequest) -> Result<(), StoreError> {
-        on_db!(&self.db, pool => {
-            sqlx::query(&format!(
-                "INSERT INTO access_requests ({ACCESS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-            ))
-            .bind(&r.id)
-            .bind(&r.created_at)
-            .bind(&r.expires_at)
-            .bind(&r.requester)
-            .bind(&r.stack)
-            .bind(&r.provider)
-            .bind(&r.rule)
-            .bind(&r.role)
-            .bind(r.duration_seconds)
-            .bind(&r.reason)
-            .bind(r.required_approvals)
-            .bind(r.state.as_str())
-            .bind(&r.decided_at)
-            .bind(&r.decided_by)
-            .bind(&r.window_ends_at)
-            .bind(&r.note)
-            .execute(pool)
-            .await
-            .map_err(store_error)?;
-        });
-        Ok(())
-    }
-
-    async fn get_request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
-        let found = self
-            .select_requests(
-                &format!("SELECT {ACCESS_COLUMNS} FROM access_requests WHERE id = $1"),
-                &[id],
-            )
-            .await?;
-        Ok(found.into_iter().next())
-    }
-
-    async fn find_request(
-        &self,
-        requester: &str,
-        stack: &str,
-        provider: &str,
-        rule: &str,
-        state: AccessState,
-    ) -> Result<Option<AccessRequest>, StoreError> {
-        let found = self
-            .select_requests(
-                &format!(
-                    "SELECT {ACCESS_COLUMNS} FROM access_requests WHERE requester = $1 AND stack = $2 AND provider = $3 \
-                     AND rule = $4 AND state = $5 ORDER BY created_at DESC LIMIT 1"
-                ),
-                &[requester, stack, provider, rule, state.as_str()],
-            )
-            .await?;
-        Ok(found.into_iter().next())
-    }
-
-    async fn list_requests(
-        &self,
-        requester: &str,
-        now: &str,
-    ) -> Result<Vec<AccessRequest>, StoreError> {
-        self.select_requests(
-            &format!(
-                "SELECT {ACCESS_COLUMNS} FROM access_requests WHERE (state = 'pending' AND expires_at > $1) OR requester = $2 \
-                 ORDER BY created_at DESC LIMIT 200"
-            ),
-            &[now, requester],
-        )
-        .await
-    }
-
-    async fn add_approval(&self, id: &str, approver: &str, at: &str) -> Result<bool, StoreError> {
-        let inserted = on_db!(&self.db, pool => {
-            sqlx::query("INSERT INTO approvals (request_id, approver, approved_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(id)
-                .bind(approver)
-                .bind(at)
-                .execute(pool)
-                .await
-                .map_err(store_error)?
-                .rows_affected()
-        });
-        Ok(inserted == 1)
-    }
-
-    async fn set_state(
-        &self,
-        id: &str,
-        from: AccessState,
-        to: AccessState,
-        decided_by: Option<&str>,
-        window_ends_at: Option<&str>,
-        note: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let now = format_timestamp(OffsetDateTime::now_utc());
-        let updated = on_db!(&self.db, pool => {
-            sqlx::query(
-                "UPDATE access_requests SET state = $1, decided_at = $2, decided_by = COALESCE($3, decided_by), \
-                 window_ends_at = COALESCE($4, window_ends_at), note = COALESCE($5, note) WHERE id = $6 AND state = $7",
-            )
-            .bind(to.as_str())
-            .bind(&now)
-            .bind(decided_by)
-            .bind(window_ends_at)
-            .bind(note)
-            .bind(id)
-            .bind(from.as_str())
-            .execute(pool)
-            .await
-            .map_err(store_error)?
-            .rows_affected()
-        });
-        Ok(updated == 1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact("postgres://stackpass:s3cret@db:5432/audit"),
-            "postgres://stackpass:***@db:5432/audit"
-        );
-        assert_eq!(
-            redact("postgres://stackpass@db/audit"),
-            "postgres://stackpass@db/audit"
-        );
-        assert_eq!(redact("sqlite://audit.db"), "sqlite://audit.db");
     }
 }

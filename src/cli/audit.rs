@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::CliError;
 use crate::audit::{record_json, AuditQuery, Checkpoint, SqlAuditStore};
-use crate::config::sqlite_path;
+use crate::database::{format_timestamp, sqlite_path, Database};
 
 /// Opens an existing store. A SQLite path that does not exist is an error here:
 /// verifying a typo'd path must not create an empty, "intact" log.
@@ -22,9 +22,10 @@ pub async fn open_store(url: &str, busy_timeout: Duration) -> Result<SqlAuditSto
             ));
         }
     }
-    SqlAuditStore::open(url, busy_timeout)
+    let db = Database::open(url, busy_timeout)
         .await
-        .map_err(|e| CliError::new(e.to_string(), "check --database or audit.url in the config"))
+        .map_err(|e| CliError::new(e.to_string(), "check --database or audit.url in the config"))?;
+    Ok(SqlAuditStore::new(db))
 }
 
 fn store_error(e: crate::audit::AuditError) -> CliError {
@@ -102,11 +103,11 @@ pub async fn prune(store: &SqlAuditStore, before: OffsetDateTime) -> Result<Stri
         Some(seal) => format!(
             "pruned {} record(s) recorded before {}; the chain now starts after {seal}",
             report.records_pruned,
-            crate::audit::format_timestamp(before)
+            format_timestamp(before)
         ),
         None => format!(
             "nothing recorded before {} to prune",
-            crate::audit::format_timestamp(before)
+            format_timestamp(before)
         ),
     })
 }

@@ -12,6 +12,7 @@
 //! not match. Reasons only mention the requested stack's own facts and the
 //! requester's relation to its owner, never other teams' stacks, roles or members.
 
+mod live;
 mod load;
 mod template;
 pub mod testing;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use stackpass_provider::{CloudProvider, ProviderKind, Target};
 
+pub use live::LivePolicy;
 pub use load::{
     expand_paths, load_rules, validate, PolicyError, PolicyProblem, RuleConfig, RuleSource,
     ValidationContext,

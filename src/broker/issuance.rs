@@ -1,0 +1,125 @@
+//! Issuance, once the decision allows it: mint the subject token, commit the
+//! decision and the intent, exchange the token at the cloud, commit the
+//! outcome, and only then hand the credential back.
+//!
+//! Invariant: a credential leaves this module only after its outcome record is
+//! committed. A failed intent write means no cloud call; a failed outcome write
+//! means the credential is dropped unseen (its intent record shows it was about
+//! to be minted).
+
+use std::sync::Arc;
+
+use stackpass_provider::{CloudProvider, ExchangeRequest, IssuanceFacts};
+use uuid::Uuid;
+
+use super::events::{Allowance, AllowedIssuance, Asked, Event, Recorder};
+use super::resolve::Resolved;
+use super::{BrokerError, Issued};
+use crate::issuer::{Issuer, SubjectTokenRequest};
+use crate::policy::Grant;
+
+pub(super) struct Exchange {
+    pub issuer: Issuer,
+    pub recorder: Recorder,
+}
+
+impl Exchange {
+    pub async fn run(
+        &self,
+        asked: &Asked<'_>,
+        resolved: &Resolved,
+        grant: Grant,
+        allowance: Allowance,
+        provider: &Arc<dyn CloudProvider>,
+    ) -> Result<Issued, BrokerError> {
+        let issuance = AllowedIssuance {
+            asked,
+            resolved,
+            grant: &grant,
+            allowance: &allowance,
+            issuance_id: Uuid::new_v4(),
+        };
+        let facts = issuance_facts(&issuance);
+        let subject_token = self.issuer.mint(&SubjectTokenRequest {
+            facts: &facts,
+            provider: provider.subject_claims(&grant.target, &facts),
+        })?;
+        self.recorder
+            .record(&[
+                Event::Allowed(&issuance),
+                Event::IssuanceIntent {
+                    issuance: &issuance,
+                    subject_token_id: subject_token.jti,
+                },
+            ])
+            .await?;
+
+        let result = provider
+            .exchange(ExchangeRequest {
+                subject_token: subject_token.token,
+                target: grant.target.clone(),
+                duration: grant.duration,
+                session_policy: grant.session_policy.clone(),
+                facts,
+            })
+            .await;
+        let credential = match result {
+            Ok(credential) => credential,
+            Err(error) => {
+                let failed = Event::IssuanceFailed {
+                    issuance: &issuance,
+                    error: &error,
+                };
+                if let Err(audit_error) = self.recorder.record(&[failed]).await {
+                    tracing::error!(request_id = %asked.context.request_id, issuance_id = %issuance.issuance_id,
+                        error = %audit_error, "could not record a failed issuance");
+                }
+                return Err(error.into());
+            }
+        };
+
+        let issued = Event::Issued {
+            issuance: &issuance,
+            credential_id: &credential.credential_id,
+            expires_at: credential.expires_at,
+        };
+        if let Err(error) = self.recorder.record(&[issued]).await {
+            // The credential exists at the cloud but is dropped here, unseen: without
+            // a committed record it must not reach the caller.
+            tracing::error!(request_id = %asked.context.request_id, issuance_id = %issuance.issuance_id,
+                credential_id = %credential.credential_id, %error,
+                "issued credential withheld: its audit record could not be committed");
+            return Err(error.into());
+        }
+        Ok(Issued {
+            issuance_id: issuance.issuance_id,
+            requester: resolved.principal.subject.clone(),
+            stack: resolved.stack.reference.clone(),
+            expires_at: credential.expires_at,
+            rule: grant.rule,
+            provider: grant.provider,
+            target: grant.target,
+            duration: grant.duration,
+            credential,
+        })
+    }
+}
+
+/// What the provider may put into the subject token and show the cloud.
+fn issuance_facts(issuance: &AllowedIssuance<'_>) -> IssuanceFacts {
+    let resolved = issuance.resolved;
+    let principal = &resolved.principal;
+    IssuanceFacts {
+        issuance_id: issuance.issuance_id.to_string(),
+        requester: principal.subject.to_string(),
+        requester_kind: principal.kind.as_str().to_owned(),
+        actor: principal.actor.clone(),
+        stack: resolved.stack.reference.to_string(),
+        component: resolved.component.as_ref().map(ToString::to_string),
+        component_name: resolved.component.as_ref().map(|c| c.name().to_owned()),
+        owner: resolved.owner.as_ref().map(ToString::to_string),
+        environment: resolved.environment.clone(),
+        rule: issuance.grant.rule.clone(),
+        session_tags: issuance.grant.session_tags.clone(),
+    }
+}

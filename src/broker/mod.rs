@@ -1,0 +1,474 @@
+//! The issuance pipeline, in parts:
+//!
+//! ```text
+//! authenticate ─► resolve + decide ─► (approvals?) ─► exchange ─► Issued
+//!   identity/      resolve.rs          approvals.rs    issuance.rs
+//! ```
+//!
+//! `resolve` reads the stack, ownership and groups from trusted sources and
+//! asks the pure policy; `approvals` runs the approval workflow; `issuance`
+//! mints, records and exchanges; `audit_reads` decides who may read the log.
+//! Every step is one typed event (`events`), which builds its audit record and
+//! feeds notifications and logs. This module wires the parts together and
+//! keeps the order that makes the broker fail closed.
+//!
+//! Every decision about an authenticated principal is audited, allow and deny
+//! alike; a request that fails authentication is logged but not audited,
+//! because it is tied to nobody and would let anyone fill the audit log.
+
+mod approvals;
+mod audit_reads;
+mod events;
+mod issuance;
+mod resolve;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use stackpass_provider::{CloudProvider, Credential, ProviderError, ProviderKind, Target};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use self::approvals::Approvals;
+use self::audit_reads::AuditReads;
+use self::events::{Allowance, Asked, Event, Recorder};
+use self::issuance::Exchange;
+use self::resolve::{Resolved, Resolver};
+use crate::approvals::{AccessRequest, AccessRequestId, ApprovalError, ApprovalStore, StoreError};
+use crate::audit::{AuditError, AuditPage, AuditQuery, AuditStore};
+use crate::catalog::{Catalog, CatalogError, EntityRef};
+use crate::identity::{IdentityError, Principal, Verifier};
+use crate::issuer::{Issuer, IssuerError};
+use crate::notify::Notifier;
+use crate::policy::{ApprovalRequirement, Decision, Denial, Grant, LivePolicy, Rule};
+use crate::registry::{LookupError, Providers};
+use crate::stacks::{StackRef, StackSource, StackSourceError};
+
+/// Facts about the HTTP request that belong in the audit log.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub client_addr: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialRequest {
+    pub stack: StackRef,
+    pub provider: ProviderKind,
+    /// Checked against the provider's limits, capped by the rule.
+    pub duration: Option<Duration>,
+    /// Why the requester needs access (shown to approvers).
+    pub reason: Option<String>,
+    /// Break-glass: issue now without approval, with this mandatory reason.
+    pub break_glass: Option<String>,
+}
+
+/// A credential whose issuance is committed to the audit log.
+#[derive(Debug)]
+pub struct Issued {
+    pub issuance_id: Uuid,
+    pub requester: EntityRef,
+    pub stack: StackRef,
+    pub rule: String,
+    pub provider: ProviderKind,
+    pub target: Target,
+    pub duration: Duration,
+    pub expires_at: OffsetDateTime,
+    pub credential: Credential,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Provider(#[from] LookupError),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("stack {0} is not known to this broker")]
+    UnknownStack(StackRef),
+    #[error("{}", .0.summary)]
+    Denied(Denial),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    StackSource(#[from] StackSourceError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    #[error(transparent)]
+    Cloud(#[from] ProviderError),
+    #[error("{0}")]
+    AuditForbidden(String),
+    #[error("rule {rule} grants this only with approval")]
+    ApprovalRequired {
+        rule: String,
+        approval: Box<ApprovalRequirement>,
+        pending: Option<AccessRequestId>,
+    },
+    #[error("no approval is needed for this; ask for credentials directly")]
+    ApprovalNotNeeded,
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    #[error(transparent)]
+    ApprovalStore(#[from] StoreError),
+    #[error("rule {0} does not allow break-glass; ask an approver instead")]
+    BreakGlassNotAllowed(String),
+}
+
+/// What a broker is built from: startup fills it from configuration, tests
+/// from fakes.
+pub struct BrokerParts {
+    pub verifier: Verifier,
+    pub catalog: Arc<dyn Catalog>,
+    pub stacks: Arc<dyn StackSource>,
+    pub rules: Vec<Rule>,
+    pub issuer: Issuer,
+    pub providers: Providers,
+    pub audit: Arc<dyn AuditStore>,
+    pub approvals: Arc<dyn ApprovalStore>,
+    pub notifier: Notifier,
+    /// Members of these groups may read the whole audit log.
+    pub auditor_groups: Vec<EntityRef>,
+    /// The stack tags that name the catalog component and the environment.
+    pub component_tag: String,
+    pub environment_tag: String,
+}
+
+pub struct Broker {
+    verifier: Verifier,
+    providers: Providers,
+    policy: Arc<LivePolicy>,
+    resolver: Resolver,
+    approvals: Approvals,
+    exchange: Exchange,
+    audit_reads: AuditReads,
+    recorder: Recorder,
+}
+
+impl Broker {
+    pub fn new(parts: BrokerParts) -> Self {
+        let policy = Arc::new(LivePolicy::new(parts.rules));
+        let recorder = Recorder::new(parts.audit.clone(), parts.notifier);
+        Broker {
+            verifier: parts.verifier,
+            providers: parts.providers,
+            resolver: Resolver {
+                stacks: parts.stacks,
+                catalog: parts.catalog.clone(),
+                policy: policy.clone(),
+                component_tag: parts.component_tag,
+                environment_tag: parts.environment_tag,
+            },
+            approvals: Approvals {
+                store: parts.approvals,
+                catalog: parts.catalog.clone(),
+                policy: policy.clone(),
+                recorder: recorder.clone(),
+            },
+            exchange: Exchange {
+                issuer: parts.issuer,
+                recorder: recorder.clone(),
+            },
+            audit_reads: AuditReads {
+                audit: parts.audit,
+                catalog: parts.catalog,
+                auditor_groups: parts.auditor_groups,
+            },
+            policy,
+            recorder,
+        }
+    }
+
+    pub async fn authenticate(
+        &self,
+        context: &RequestContext,
+        token: &SecretString,
+    ) -> Result<Principal, BrokerError> {
+        Ok(self.verifier.verify(token).await.inspect_err(|e| {
+            tracing::warn!(request_id = %context.request_id, client = ?context.client_addr, error = %e, "authentication failed");
+        })?)
+    }
+
+    /// The provider a request names, if this broker has it configured, and the
+    /// requested duration checked against that provider's limits.
+    fn check_request(
+        &self,
+        request: &CredentialRequest,
+    ) -> Result<&Arc<dyn CloudProvider>, BrokerError> {
+        let provider = self.providers.lookup(&request.provider)?;
+        let limits = provider.limits();
+        if let Some(duration) = request.duration {
+            if duration < limits.min_duration || duration > limits.max_duration {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "duration_seconds is {}; it must be between {} and {}",
+                    duration.as_secs(),
+                    limits.min_duration.as_secs(),
+                    limits.max_duration.as_secs()
+                )));
+            }
+        }
+        Ok(provider)
+    }
+
+    /// Resolves the request's facts; an unknown stack is audited and refused.
+    async fn resolve(&self, asked: &Asked<'_>, dry_run: bool) -> Result<Resolved, BrokerError> {
+        match self
+            .resolver
+            .resolve(asked.principal.clone(), &asked.request.stack)
+            .await?
+        {
+            Some(resolved) => Ok(resolved),
+            None => {
+                self.recorder
+                    .record(&[Event::UnknownStack { asked, dry_run }])
+                    .await?;
+                Err(BrokerError::UnknownStack(asked.request.stack.clone()))
+            }
+        }
+    }
+
+    /// Records a denial; the error to answer with (the denial, or the audit
+    /// failure that kept it from being recorded).
+    async fn refuse(&self, asked: &Asked<'_>, resolved: &Resolved, denial: Denial) -> BrokerError {
+        let denied = Event::Denied {
+            asked,
+            resolved,
+            denial: &denial,
+            dry_run: false,
+        };
+        match self.recorder.record(&[denied]).await {
+            Ok(()) => BrokerError::Denied(denial),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Issues a credential if the policy allows it (directly, through an
+    /// approval that still holds, or by break-glass), with every step audited.
+    pub async fn issue(
+        &self,
+        context: &RequestContext,
+        principal: Principal,
+        request: &CredentialRequest,
+    ) -> Result<Issued, BrokerError> {
+        let provider = self.check_request(request)?;
+        let asked = Asked {
+            context,
+            principal: &principal,
+            request,
+        };
+        let resolved = self.resolve(&asked, false).await?;
+        let (grant, allowance) = match self.resolver.decide(&resolved, request) {
+            Decision::Deny(denial) => return Err(self.refuse(&asked, &resolved, denial).await),
+            Decision::Allow(grant) => (grant, Allowance::Policy),
+            Decision::NeedsApproval { grant, approval } => {
+                self.allowance_for(&asked, &resolved, grant, approval)
+                    .await?
+            }
+        };
+        self.exchange
+            .run(&asked, &resolved, grant, allowance, provider)
+            .await
+    }
+
+    /// For a grant that needs approval: break-glass (capped) if asked for and
+    /// allowed, or an approval that still holds; otherwise the request is
+    /// refused, naming the pending access request if there is one.
+    async fn allowance_for(
+        &self,
+        asked: &Asked<'_>,
+        resolved: &Resolved,
+        mut grant: Grant,
+        approval: ApprovalRequirement,
+    ) -> Result<(Grant, Allowance), BrokerError> {
+        if let Some(reason) = &asked.request.break_glass {
+            let Some(cap) = approval.break_glass_max_duration else {
+                self.recorder
+                    .record(&[Event::BreakGlassRefused {
+                        asked,
+                        resolved,
+                        reason,
+                    }])
+                    .await?;
+                return Err(BrokerError::BreakGlassNotAllowed(grant.rule));
+            };
+            grant.duration = grant.duration.min(cap);
+            let allowance = Allowance::BreakGlass {
+                reason: reason.clone(),
+            };
+            return Ok((grant, allowance));
+        }
+        let request = asked.request;
+        if let Some(approved) = self
+            .approvals
+            .approved(asked.context, resolved, request, &grant, &approval)
+            .await?
+        {
+            let allowance = Allowance::Approved {
+                request: approved.id,
+                approvers: approved.approvers,
+            };
+            return Ok((grant, allowance));
+        }
+        let pending = self
+            .approvals
+            .open_pending(resolved, request, &grant)
+            .await?
+            .map(|p| p.id);
+        self.recorder
+            .record(&[Event::ApprovalRequired {
+                asked,
+                resolved,
+                grant: &grant,
+                approval: &approval,
+                pending,
+            }])
+            .await?;
+        Err(BrokerError::ApprovalRequired {
+            rule: grant.rule,
+            approval: Box::new(approval),
+            pending,
+        })
+    }
+
+    /// A dry run: the decision and its reasons for `request`, audited as a
+    /// `dry_run` record, with nothing minted or issued.
+    pub async fn explain(
+        &self,
+        context: &RequestContext,
+        principal: Principal,
+        request: &CredentialRequest,
+    ) -> Result<Decision, BrokerError> {
+        self.check_request(request)?;
+        let asked = Asked {
+            context,
+            principal: &principal,
+            request,
+        };
+        let resolved = self.resolve(&asked, true).await?;
+        let decision = self.resolver.decide(&resolved, request);
+        let event = match &decision {
+            Decision::Allow(grant) => Event::WouldAllow {
+                asked: &asked,
+                resolved: &resolved,
+                grant,
+            },
+            Decision::NeedsApproval { grant, approval } => Event::WouldNeedApproval {
+                asked: &asked,
+                resolved: &resolved,
+                grant,
+                approval,
+            },
+            Decision::Deny(denial) => Event::Denied {
+                asked: &asked,
+                resolved: &resolved,
+                denial,
+                dry_run: true,
+            },
+        };
+        self.recorder.record(&[event]).await?;
+        Ok(decision)
+    }
+
+    /// Creates an access request (or returns the requester's pending one) for a
+    /// request the policy grants only with approval. Audited and announced.
+    pub async fn request_access(
+        &self,
+        context: &RequestContext,
+        principal: Principal,
+        request: &CredentialRequest,
+    ) -> Result<AccessRequest, BrokerError> {
+        self.check_request(request)?;
+        let asked = Asked {
+            context,
+            principal: &principal,
+            request,
+        };
+        let resolved = self.resolve(&asked, false).await?;
+        match self.resolver.decide(&resolved, request) {
+            Decision::NeedsApproval { grant, approval } => {
+                self.approvals
+                    .pending_or_new(context, &resolved, request, &grant, &approval)
+                    .await
+            }
+            Decision::Allow(_) => Err(BrokerError::ApprovalNotNeeded),
+            Decision::Deny(denial) => Err(self.refuse(&asked, &resolved, denial).await),
+        }
+    }
+
+    /// Approves an access request as `principal` (never their own).
+    pub async fn approve_access_request(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+        id: &str,
+        note: Option<&str>,
+    ) -> Result<AccessRequest, BrokerError> {
+        self.approvals.approve(context, principal, id, note).await
+    }
+
+    pub async fn deny_access_request(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+        id: &str,
+        note: Option<&str>,
+    ) -> Result<AccessRequest, BrokerError> {
+        self.approvals.deny(context, principal, id, note).await
+    }
+
+    /// Pending requests `principal` may decide, and their own requests.
+    pub async fn list_access_requests(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<AccessRequest>, BrokerError> {
+        self.approvals.list(principal).await
+    }
+
+    pub async fn read_audit(
+        &self,
+        principal: &Principal,
+        query: &AuditQuery,
+    ) -> Result<AuditPage, BrokerError> {
+        self.audit_reads.read(principal, query).await
+    }
+
+    pub fn issuer(&self) -> &Issuer {
+        &self.exchange.issuer
+    }
+
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    /// Applies a reloaded policy (or records why it was refused); audited.
+    pub async fn reload_policy(
+        &self,
+        reason: &str,
+        loaded: Result<Vec<Rule>, Vec<String>>,
+    ) -> Result<(), AuditError> {
+        let result = match loaded {
+            Ok(rules) => {
+                let names = rules.iter().map(|r| r.name.clone()).collect();
+                self.policy.replace(rules);
+                Ok(names)
+            }
+            Err(problems) => Err(problems),
+        };
+        self.recorder
+            .record(&[Event::PolicyReloaded { reason, result }])
+            .await
+    }
+
+    /// Ready means: the audit store takes writes and the signing key signs.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.recorder
+            .audit()
+            .ping()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.exchange.issuer.self_test().map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,86 @@
+//! Resolve and decide: everything the policy needs about one request, read
+//! from trusted sources (the stack and its tags from the stack source, the
+//! component's owner and the requester's groups from the catalog), then the
+//! pure decision under the policy in force.
+
+use std::sync::Arc;
+
+use super::{BrokerError, CredentialRequest};
+use crate::catalog::{Catalog, EntityRef};
+use crate::identity::Principal;
+use crate::policy::{self, Decision, LivePolicy, PolicyInput};
+use crate::stacks::{Stack, StackRef, StackSource};
+
+/// One request's facts, resolved from trusted sources before the policy decides.
+#[derive(Debug)]
+pub(super) struct Resolved {
+    /// The requester, with their groups from the catalog.
+    pub principal: Principal,
+    pub stack: Stack,
+    pub component: Option<EntityRef>,
+    pub owner: Option<EntityRef>,
+    pub environment: Option<String>,
+}
+
+pub(super) struct Resolver {
+    pub stacks: Arc<dyn StackSource>,
+    pub catalog: Arc<dyn Catalog>,
+    pub policy: Arc<LivePolicy>,
+    /// The stack tags that name the catalog component and the environment.
+    pub component_tag: String,
+    pub environment_tag: String,
+}
+
+impl Resolver {
+    /// The facts about `stack` and `principal`, or `None` when the stack source
+    /// does not know the stack.
+    pub async fn resolve(
+        &self,
+        principal: Principal,
+        stack: &StackRef,
+    ) -> Result<Option<Resolved>, BrokerError> {
+        let Some(stack) = self.stacks.stack(stack).await? else {
+            return Ok(None);
+        };
+        let component = stack.tags.get(&self.component_tag).and_then(|value| {
+            EntityRef::parse(value, Some("component"), "default")
+                .inspect_err(|e| tracing::warn!(stack = %stack.reference, error = %e, "stack's component tag is not an entity reference"))
+                .ok()
+        });
+        let (owner, groups) = tokio::join!(
+            async {
+                match &component {
+                    Some(component) => self.catalog.owner_of(component).await,
+                    None => Ok(None),
+                }
+            },
+            self.catalog.groups_of(&principal.subject)
+        );
+        let environment = stack.tags.get(&self.environment_tag).cloned();
+        Ok(Some(Resolved {
+            principal: Principal {
+                groups: groups?,
+                ..principal
+            },
+            stack,
+            component,
+            owner: owner?,
+            environment,
+        }))
+    }
+
+    pub fn decide(&self, resolved: &Resolved, request: &CredentialRequest) -> Decision {
+        policy::decide(
+            &self.policy.current(),
+            &PolicyInput {
+                principal: &resolved.principal,
+                stack: &resolved.stack,
+                component: resolved.component.as_ref(),
+                owner: resolved.owner.as_ref(),
+                environment: resolved.environment.as_deref(),
+                provider: &request.provider,
+                requested_duration: request.duration,
+            },
+        )
+    }
+}
