@@ -4,19 +4,20 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{Problem, RequestId};
+use super::Problem;
 use crate::audit::{record_json, AuditQuery};
 use crate::broker::Broker;
+use crate::identity::Principal;
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -38,29 +39,21 @@ pub struct Params {
 
 pub async fn read(
     State(broker): State<Arc<Broker>>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
+    principal: Principal,
     params: Result<Query<Params>, QueryRejection>,
-) -> Response {
-    let context = super::request_context(&request_id, client);
-    let result = async {
-        let principal = super::authenticate(&broker, &context, &headers).await?;
-        let Query(params) = params.map_err(|e| Problem::invalid_request(e.body_text()))?;
-        let query = parse(params)?;
-        let page = broker.read_audit(&principal, &query).await?;
-        let body = serde_json::json!({
-            "records": page.records.iter().map(record_json).collect::<Vec<_>>(),
-            "next_cursor": page.next_after_seq.map(encode_cursor),
-        });
-        let mut response = Json(body).into_response();
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        Ok::<_, Problem>(response)
-    }
-    .await;
-    result.unwrap_or_else(|problem| problem.with_request_id(&request_id.0).into_response())
+) -> Result<Response, Problem> {
+    let Query(params) = params.map_err(|e| Problem::invalid_request(e.body_text()))?;
+    let query = parse(params)?;
+    let page = broker.read_audit(&principal, &query).await?;
+    let body = serde_json::json!({
+        "records": page.records.iter().map(record_json).collect::<Vec<_>>(),
+        "next_cursor": page.next_after_seq.map(encode_cursor),
+    });
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 fn parse(params: Params) -> Result<AuditQuery, Problem> {

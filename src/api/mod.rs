@@ -1,11 +1,14 @@
-//! The HTTP API (axum). Handlers stay thin: extract, call the broker, map errors
-//! through [`Problem`]. Cross-cutting concerns are tower layers around the router:
-//! request ids, tracing, body size limit, timeout, concurrency limit, panic catching.
+//! The HTTP API (axum). Handlers stay thin: extract (the caller and request
+//! context are extractors, `extract`), call the broker, map errors through
+//! [`Problem`]. Bodies are the `wire` types. Cross-cutting concerns are tower
+//! layers around the router: request ids, tracing, body size limit, timeout,
+//! concurrency limit, panic catching.
 
 mod approvals;
 mod audit;
 mod credentials;
 mod decisions;
+mod extract;
 mod problem;
 
 use std::net::SocketAddr;
@@ -17,44 +20,20 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use tower::ServiceBuilder;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use credentials::bearer_token;
 pub use problem::Problem;
 
-use axum::http::HeaderMap;
-
-use crate::broker::{Broker, BrokerError, RequestContext};
+use crate::broker::Broker;
 use crate::config::ServerConfig;
-use crate::identity::Principal;
-
-/// What the audit log records about where a request came from.
-fn request_context(request_id: &RequestId, client: SocketAddr) -> RequestContext {
-    RequestContext {
-        request_id: request_id.0.clone(),
-        client_addr: Some(client.ip().to_string()),
-    }
-}
-
-/// The caller behind the bearer token, or the 401 (503 if keys are unreachable).
-/// Every route authenticates before it looks at the request, so an anonymous
-/// caller learns nothing, not even request syntax.
-async fn authenticate(
-    broker: &Broker,
-    context: &RequestContext,
-    headers: &HeaderMap,
-) -> Result<Principal, Problem> {
-    let token = bearer_token(headers).map_err(|e| Problem::from(BrokerError::Identity(e)))?;
-    Ok(broker.authenticate(context, &token).await?)
-}
 
 /// The id of one HTTP request: echoed in `x-request-id`, in every problem body and
 /// in every audit record, so a user's report can be matched to the logs.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+struct RequestId(String);
 
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
     Router::new()
@@ -144,17 +123,19 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     }
     .instrument(span)
     .await;
+    // Problems from anywhere inside (handlers, extractors, timeouts, panics)
+    // carry the request id, so a user can quote it to an operator.
+    if let Some(problem) = response.extensions_mut().remove::<Problem>() {
+        response = problem.with_request_id(&id).render();
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
     response
 }
 
-async fn overloaded_or_timed_out(
-    Extension(id): Extension<RequestId>,
-    error: tower::BoxError,
-) -> Problem {
-    let problem = if error.is::<tower::timeout::error::Elapsed>() {
+async fn overloaded_or_timed_out(error: tower::BoxError) -> Problem {
+    if error.is::<tower::timeout::error::Elapsed>() {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
@@ -170,8 +151,7 @@ async fn overloaded_or_timed_out(
             "the broker is at its concurrency limit",
             "retry with backoff",
         )
-    };
-    problem.with_request_id(&id.0)
+    }
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -186,7 +166,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     .into_response()
 }
 
-async fn not_found(Extension(id): Extension<RequestId>) -> Problem {
+async fn not_found() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
         "not-found",
@@ -194,10 +174,9 @@ async fn not_found(Extension(id): Extension<RequestId>) -> Problem {
         "no such endpoint",
         "see the README for the API",
     )
-    .with_request_id(&id.0)
 }
 
-async fn method_not_allowed(Extension(id): Extension<RequestId>) -> Problem {
+async fn method_not_allowed() -> Problem {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
@@ -205,17 +184,13 @@ async fn method_not_allowed(Extension(id): Extension<RequestId>) -> Problem {
         "this endpoint does not accept that method",
         "see the README for the API",
     )
-    .with_request_id(&id.0)
 }
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(
-    State(broker): State<Arc<Broker>>,
-    Extension(id): Extension<RequestId>,
-) -> Response {
+async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
     match broker.ready().await {
         Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
         Err(reason) => {
@@ -227,7 +202,6 @@ async fn readyz(
                 "the audit store or the signing key is not usable",
                 "the operator should check the broker's logs",
             )
-            .with_request_id(&id.0)
             .into_response()
         }
     }

@@ -13,7 +13,7 @@ use crate::registry::LookupError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Problem {
     #[serde(rename = "type", serialize_with = "serialize_type")]
     pub kind: &'static str,
@@ -246,7 +246,16 @@ fn from_provider_error(error: &ProviderError) -> Problem {
 }
 
 impl IntoResponse for Problem {
+    /// Rendered now, and again by the request-id layer once it adds the id.
     fn into_response(self) -> Response {
+        let mut response = self.render();
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+impl Problem {
+    pub(super) fn render(&self) -> Response {
         let status = self.status;
         let unauthenticated = status == StatusCode::UNAUTHORIZED;
         let mut response = (status, axum::Json(self)).into_response();
