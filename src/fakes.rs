@@ -1,32 +1,65 @@
-//! In-process fakes for unit tests: a cloud that accepts any target, so policy
-//! and broker logic can be tested without a provider crate or the network.
+//! In-process fakes for unit tests: a cloud that accepts any target and counts
+//! its calls, and an audit store that can be told to stop writing, so policy and
+//! broker logic can be tested without a provider crate, the network or a full
+//! disk.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use stackpass_provider::{
     CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, ProviderError, ProviderKind,
     SubjectClaims, Target,
 };
 
+use crate::audit::{AuditError, AuditPage, AuditQuery, AuditRecord, AuditStore};
+
 /// A cloud named `kind` with STS-like limits that takes any target without
 /// spaces, session policies that are JSON objects and any session tag.
+#[derive(Default)]
 pub struct FakeCloud {
-    pub kind: ProviderKind,
+    pub kind: Option<ProviderKind>,
+    /// Refuse every exchange, as a cloud whose trust policy does not match.
+    pub refuse: AtomicBool,
+    pub calls: AtomicUsize,
+    /// The subject tokens it was given, to check their claims.
+    pub tokens: Mutex<Vec<SecretString>>,
 }
 
 impl FakeCloud {
     pub fn named(kind: &'static str) -> Arc<dyn CloudProvider> {
+        Self::shared(kind)
+    }
+
+    pub fn shared(kind: &'static str) -> Arc<FakeCloud> {
         Arc::new(FakeCloud {
-            kind: ProviderKind::from_static(kind),
+            kind: Some(ProviderKind::from_static(kind)),
+            ..FakeCloud::default()
         })
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The claims of the last subject token it was given.
+    pub fn last_claims(&self) -> serde_json::Value {
+        use base64::Engine;
+        let tokens = self.tokens.lock().unwrap();
+        let token = tokens.last().expect("no exchange yet");
+        let payload = token.expose_secret().split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
     }
 }
 
 #[async_trait::async_trait]
 impl CloudProvider for FakeCloud {
     fn kind(&self) -> ProviderKind {
-        self.kind.clone()
+        self.kind.clone().expect("a fake cloud has a name")
     }
 
     fn limits(&self) -> Limits {
@@ -66,15 +99,69 @@ impl CloudProvider for FakeCloud {
 
     fn subject_claims(&self, _target: &Target, _facts: &IssuanceFacts) -> SubjectClaims {
         SubjectClaims {
-            audience: format!("{}-audience", self.kind),
+            audience: format!("{}-audience", self.kind()),
             claims: serde_json::Map::new(),
         }
     }
 
     async fn exchange(&self, request: ExchangeRequest) -> Result<Credential, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.tokens.lock().unwrap().push(request.subject_token);
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(ProviderError::Rejected {
+                provider: self.kind(),
+                code: "InvalidIdentityToken".into(),
+                message: "no provider for this issuer".into(),
+            });
+        }
         Ok(Credential::new(
             format!("fake-{}", request.facts.issuance_id),
             time::OffsetDateTime::now_utc() + request.duration,
-        ))
+        )
+        .secret("token", SecretString::from("fake-secret".to_owned())))
+    }
+}
+
+/// An audit store over a real one that refuses appends once `allowed` more
+/// have gone through, as a full disk would.
+pub struct FailingAudit {
+    pub inner: Arc<dyn AuditStore>,
+    pub allowed: Mutex<Option<usize>>,
+}
+
+impl FailingAudit {
+    pub fn over(inner: Arc<dyn AuditStore>) -> Arc<FailingAudit> {
+        Arc::new(FailingAudit {
+            inner,
+            allowed: Mutex::new(None),
+        })
+    }
+
+    /// Let `appends` more appends through, then fail every one after.
+    pub fn fail_after(&self, appends: usize) {
+        *self.allowed.lock().unwrap() = Some(appends);
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditStore for FailingAudit {
+    async fn append(&self, records: Vec<AuditRecord>) -> Result<(), AuditError> {
+        {
+            let mut allowed = self.allowed.lock().unwrap();
+            match allowed.as_mut() {
+                Some(0) => return Err(AuditError::Write("disk full".into())),
+                Some(n) => *n -= 1,
+                None => {}
+            }
+        }
+        self.inner.append(records).await
+    }
+
+    async fn ping(&self) -> Result<(), AuditError> {
+        self.inner.ping().await
+    }
+
+    async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {
+        self.inner.query(query).await
     }
 }

@@ -21,6 +21,8 @@ mod audit_reads;
 mod events;
 mod issuance;
 mod resolve;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,522 @@
+//! The broker against in-process parts: the static catalog and stack registry,
+//! a real SQLite audit and approvals store in a temp dir, a fake cloud that
+//! counts its calls, and an audit store that can be made to stop writing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stackpass_provider::{CloudProvider, ProviderKind};
+
+use super::*;
+use crate::approvals::{ApprovalError, SqlApprovalStore};
+use crate::audit::{AuditQuery, SqlAuditStore, StoredRecord};
+use crate::catalog::StaticCatalog;
+use crate::database::Database;
+use crate::fakes::{FailingAudit, FakeCloud};
+use crate::identity::PrincipalKind;
+use crate::issuer::SigningKey;
+use crate::policy::{load_rules, ValidationContext};
+use crate::stacks::StaticStackRegistry;
+
+const CATALOG: &str = r#"
+[[components]]
+ref = "component:default/payments"
+owner = "group:default/team-payments"
+
+[[users]]
+ref = "user:default/jane"
+member_of = ["group:default/team-payments"]
+[[users]]
+ref = "user:default/alex"
+member_of = ["group:default/team-payments"]
+[[users]]
+ref = "user:default/bob"
+member_of = ["group:default/team-search"]
+[[users]]
+ref = "user:default/sam"
+member_of = ["group:default/security"]
+"#;
+
+const STACKS: &str = r#"
+[[stacks]]
+ref = "pulumi:acme/payments/dev"
+tags = { "backstage.io/component" = "payments", environment = "dev", aws-account = "111111111111" }
+[[stacks]]
+ref = "pulumi:acme/payments/prod"
+tags = { "backstage.io/component" = "payments", environment = "prod", aws-account = "999999999999" }
+[[stacks]]
+ref = "pulumi:acme/payments/staging"
+tags = { "backstage.io/component" = "payments", environment = "staging", aws-account = "222222222222" }
+"#;
+
+const POLICY: &str = r#"
+[[rules]]
+name = "owners-deploy-dev"
+provider = "aws"
+tags = { environment = ["dev"], aws-account = ["*"] }
+role = "arn:aws:iam::{tags.aws-account}:role/{component}-deployer"
+
+[[rules]]
+name = "owners-deploy-prod"
+provider = "aws"
+tags = { environment = ["prod"], aws-account = ["*"] }
+role = "arn:aws:iam::{tags.aws-account}:role/{component}-prod-deployer"
+approval = { approvers = ["group:default/team-payments"] }
+break_glass = { max_duration = "15m" }
+
+[[rules]]
+name = "owners-deploy-staging"
+provider = "aws"
+tags = { environment = ["staging"], aws-account = ["*"] }
+role = "arn:aws:iam::{tags.aws-account}:role/{component}-deployer"
+approval = { approvers = ["group:default/team-payments"] }
+"#;
+
+struct World {
+    broker: Broker,
+    cloud: Arc<FakeCloud>,
+    audit: Arc<FailingAudit>,
+    _dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(
+        &format!("sqlite://{}", dir.path().join("audit.db").display()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let audit = FailingAudit::over(Arc::new(SqlAuditStore::new(db.clone())));
+    let cloud = FakeCloud::shared("aws");
+    let providers = Providers::from_providers([cloud.clone() as Arc<dyn CloudProvider>]);
+    let policy_file = dir.path().join("policy.toml");
+    std::fs::write(&policy_file, POLICY).unwrap();
+    let rules = load_rules(
+        &[],
+        &[policy_file],
+        &ValidationContext {
+            environment_tag: "environment".into(),
+            providers: providers.clone(),
+        },
+    )
+    .unwrap();
+    let key = SigningKey::load_or_generate(&dir.path().join("key.pem")).unwrap();
+    let broker = Broker::new(BrokerParts {
+        verifier: Verifier::new(Vec::new(), 8192),
+        catalog: Arc::new(StaticCatalog::parse(CATALOG).unwrap()),
+        stacks: Arc::new(StaticStackRegistry::parse(STACKS).unwrap()),
+        rules,
+        issuer: Issuer::new(
+            key,
+            "https://stackpass.test".into(),
+            Duration::from_secs(300),
+            vec![],
+        ),
+        providers,
+        audit: audit.clone(),
+        approvals: Arc::new(SqlApprovalStore::new(db)),
+        notifier: Notifier::new(None),
+        auditor_groups: vec![EntityRef::parse_strict("group:default/security").unwrap()],
+        component_tag: "backstage.io/component".into(),
+        environment_tag: "environment".into(),
+    });
+    World {
+        broker,
+        cloud,
+        audit,
+        _dir: dir,
+    }
+}
+
+fn context() -> RequestContext {
+    RequestContext {
+        request_id: "req-1".into(),
+        client_addr: Some("127.0.0.1".into()),
+    }
+}
+
+fn person(subject: &str) -> Principal {
+    Principal {
+        issuer: "https://backstage.test/api/auth".into(),
+        issuer_name: "backstage".into(),
+        subject: EntityRef::parse_strict(subject).unwrap(),
+        kind: PrincipalKind::Human,
+        actor: None,
+        groups: Vec::new(),
+    }
+}
+
+fn ask(stack: &str) -> CredentialRequest {
+    CredentialRequest {
+        stack: StackRef::parse(stack).unwrap(),
+        provider: ProviderKind::from_static("aws"),
+        duration: None,
+        reason: None,
+        break_glass: None,
+    }
+}
+
+impl World {
+    async fn issue(&self, who: &str, request: &CredentialRequest) -> Result<Issued, BrokerError> {
+        self.broker.issue(&context(), person(who), request).await
+    }
+
+    async fn rows(&self) -> Vec<StoredRecord> {
+        let query = AuditQuery {
+            limit: 1000,
+            ..AuditQuery::default()
+        };
+        self.audit.query(&query).await.unwrap().records
+    }
+
+    async fn events(&self) -> Vec<(String, String)> {
+        self.rows()
+            .await
+            .into_iter()
+            .map(|r| (r.event, r.outcome))
+            .collect()
+    }
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(e, o)| (e.to_string(), o.to_string()))
+        .collect()
+}
+
+fn detail(record: &StoredRecord) -> serde_json::Value {
+    serde_json::from_str(record.detail.as_deref().unwrap_or("null")).unwrap()
+}
+
+#[tokio::test]
+async fn an_owner_is_issued_only_after_decision_intent_and_outcome_are_recorded() {
+    let w = world().await;
+    let issued = w
+        .issue("user:default/jane", &ask("pulumi:acme/payments/dev"))
+        .await
+        .unwrap();
+    assert_eq!(
+        issued.target.as_str(),
+        "arn:aws:iam::111111111111:role/payments-deployer"
+    );
+    assert_eq!(
+        issued.duration,
+        Duration::from_secs(900),
+        "the provider's default"
+    );
+    let rows = w.rows().await;
+    assert_eq!(
+        w.events().await,
+        pairs(&[
+            ("decision", "allowed"),
+            ("issuance_intent", "pending"),
+            ("issuance_outcome", "issued")
+        ])
+    );
+    for row in &rows {
+        assert_eq!(row.issuance_id, Some(issued.issuance_id.to_string()));
+        assert_eq!(row.role.as_deref(), Some(issued.target.as_str()));
+        assert_eq!(row.owner.as_deref(), Some("group:default/team-payments"));
+        assert_eq!(row.requester.as_deref(), Some("user:default/jane"));
+    }
+    assert_eq!(
+        rows[2].credential_id.as_deref(),
+        Some(issued.credential.credential_id.as_str())
+    );
+    // The subject token the cloud saw is the one the intent names.
+    let claims = w.cloud.last_claims();
+    assert_eq!(detail(&rows[1])["subject_token_id"], claims["jti"]);
+    assert_eq!(claims["aud"], "aws-audience");
+    assert_eq!(claims["sub"], "stack:pulumi:acme/payments/dev");
+    assert_eq!(claims["stackpass"]["owner"], "group:default/team-payments");
+}
+
+#[tokio::test]
+async fn a_denial_is_recorded_with_its_reasons_and_the_cloud_is_never_called() {
+    let w = world().await;
+    let denied = w
+        .issue("user:default/bob", &ask("pulumi:acme/payments/dev"))
+        .await;
+    assert!(matches!(denied, Err(BrokerError::Denied(_))), "{denied:?}");
+    let rows = w.rows().await;
+    assert_eq!(w.events().await, pairs(&[("decision", "denied")]));
+    let reasons = detail(&rows[0])["rules"][0]["reasons"].to_string();
+    assert!(
+        reasons.contains("is not a member of group:default/team-payments"),
+        "{reasons}"
+    );
+    assert_eq!(w.cloud.calls(), 0);
+}
+
+#[tokio::test]
+async fn an_unknown_stack_is_refused_and_recorded_for_issuance_and_dry_runs() {
+    let w = world().await;
+    let request = ask("pulumi:acme/ghost/dev");
+    assert!(matches!(
+        w.issue("user:default/jane", &request).await,
+        Err(BrokerError::UnknownStack(_))
+    ));
+    assert!(matches!(
+        w.broker
+            .explain(&context(), person("user:default/jane"), &request)
+            .await,
+        Err(BrokerError::UnknownStack(_))
+    ));
+    assert_eq!(
+        w.events().await,
+        pairs(&[("decision", "unknown_stack"), ("dry_run", "unknown_stack")])
+    );
+}
+
+#[tokio::test]
+async fn without_a_committed_intent_the_cloud_is_never_called() {
+    let w = world().await;
+    w.audit.fail_after(0);
+    let result = w
+        .issue("user:default/jane", &ask("pulumi:acme/payments/dev"))
+        .await;
+    assert!(matches!(result, Err(BrokerError::Audit(_))), "{result:?}");
+    assert_eq!(w.cloud.calls(), 0);
+    assert!(w.rows().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_credential_whose_outcome_cannot_be_recorded_is_withheld() {
+    let w = world().await;
+    w.audit.fail_after(1);
+    let result = w
+        .issue("user:default/jane", &ask("pulumi:acme/payments/dev"))
+        .await;
+    assert!(matches!(result, Err(BrokerError::Audit(_))), "{result:?}");
+    assert_eq!(w.cloud.calls(), 1, "the cloud minted it");
+    assert_eq!(
+        w.events().await,
+        pairs(&[("decision", "allowed"), ("issuance_intent", "pending")])
+    );
+}
+
+#[tokio::test]
+async fn a_cloud_refusal_is_recorded_as_a_failed_outcome() {
+    let w = world().await;
+    w.cloud
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let result = w
+        .issue("user:default/jane", &ask("pulumi:acme/payments/dev"))
+        .await;
+    assert!(matches!(result, Err(BrokerError::Cloud(_))), "{result:?}");
+    let rows = w.rows().await;
+    assert_eq!(rows.last().unwrap().outcome, "failed");
+    assert!(detail(rows.last().unwrap())["error"]
+        .as_str()
+        .unwrap()
+        .contains("InvalidIdentityToken"));
+}
+
+#[tokio::test]
+async fn the_provider_and_duration_are_checked_before_anything_happens() {
+    let w = world().await;
+    let mut unknown = ask("pulumi:acme/payments/dev");
+    unknown.provider = ProviderKind::from_static("oracle");
+    assert!(matches!(
+        w.issue("user:default/jane", &unknown).await,
+        Err(BrokerError::Provider(
+            crate::registry::LookupError::Unknown(_)
+        ))
+    ));
+    let mut short = ask("pulumi:acme/payments/dev");
+    short.duration = Some(Duration::from_secs(60));
+    match w.issue("user:default/jane", &short).await {
+        Err(BrokerError::InvalidRequest(message)) => {
+            assert!(message.contains("between 900 and 43200"), "{message}")
+        }
+        other => panic!("expected an invalid request, got {other:?}"),
+    }
+    assert!(w.rows().await.is_empty());
+    assert_eq!(w.cloud.calls(), 0);
+}
+
+#[tokio::test]
+async fn approval_is_required_then_given_by_a_teammate_and_then_used() {
+    let w = world().await;
+    let prod = ask("pulumi:acme/payments/prod");
+    match w.issue("user:default/jane", &prod).await {
+        Err(BrokerError::ApprovalRequired { pending: None, .. }) => {}
+        other => panic!("expected approval required, got {other:?}"),
+    }
+    let created = w
+        .broker
+        .request_access(&context(), person("user:default/jane"), &prod)
+        .await
+        .unwrap();
+    let id = created.id.to_string();
+    let refused = |who: &'static str| {
+        let broker = &w.broker;
+        let id = id.clone();
+        async move {
+            broker
+                .approve_access_request(&context(), &person(who), &id, None)
+                .await
+        }
+    };
+    assert!(matches!(
+        refused("user:default/jane").await,
+        Err(BrokerError::Approval(ApprovalError::OwnRequest))
+    ));
+    assert!(matches!(
+        refused("user:default/bob").await,
+        Err(BrokerError::Approval(ApprovalError::NotAnApprover { .. }))
+    ));
+    let approved = w
+        .broker
+        .approve_access_request(&context(), &person("user:default/alex"), &id, Some("go"))
+        .await
+        .unwrap();
+    assert!(approved.window_ends_at.is_some());
+
+    let issued = w.issue("user:default/jane", &prod).await.unwrap();
+    let rows = w.rows().await;
+    let decision = rows.iter().rev().find(|r| r.event == "decision").unwrap();
+    assert_eq!(decision.outcome, "allowed");
+    assert_eq!(detail(decision)["access_request"], id);
+    assert_eq!(detail(decision)["approvers"][0], "user:default/alex");
+    assert_eq!(
+        issued.target.as_str(),
+        "arn:aws:iam::999999999999:role/payments-prod-deployer"
+    );
+    assert_eq!(
+        w.events().await[..3],
+        pairs(&[
+            ("decision", "approval_required"),
+            ("access_requested", "pending"),
+            ("approval", "approved")
+        ])
+    );
+}
+
+#[tokio::test]
+async fn break_glass_is_capped_and_flagged_and_refused_where_the_rule_does_not_allow_it() {
+    let w = world().await;
+    let mut prod = ask("pulumi:acme/payments/prod");
+    prod.duration = Some(Duration::from_secs(3600));
+    prod.break_glass = Some("prod is down".into());
+    let issued = w.issue("user:default/jane", &prod).await.unwrap();
+    assert_eq!(
+        issued.duration,
+        Duration::from_secs(900),
+        "capped by break_glass"
+    );
+    let rows = w.rows().await;
+    assert_eq!(rows[0].outcome, "break_glass");
+    assert_eq!(detail(&rows[0])["reason"], "prod is down");
+    assert_eq!(detail(&rows[1])["decision"], "break_glass");
+
+    let mut staging = ask("pulumi:acme/payments/staging");
+    staging.break_glass = Some("in a hurry".into());
+    assert!(matches!(
+        w.issue("user:default/jane", &staging).await,
+        Err(BrokerError::BreakGlassNotAllowed(_))
+    ));
+    let refused = w.rows().await.pop().unwrap();
+    assert_eq!(
+        (refused.event.as_str(), refused.outcome.as_str()),
+        ("decision", "denied")
+    );
+    assert_eq!(detail(&refused)["break_glass"], true);
+}
+
+#[tokio::test]
+async fn dry_runs_explain_and_are_recorded_as_dry_runs() {
+    let w = world().await;
+    let jane = || person("user:default/jane");
+    let allow = w
+        .broker
+        .explain(&context(), jane(), &ask("pulumi:acme/payments/dev"))
+        .await
+        .unwrap();
+    assert!(matches!(allow, Decision::Allow(_)));
+    w.broker
+        .explain(&context(), jane(), &ask("pulumi:acme/payments/prod"))
+        .await
+        .unwrap();
+    w.broker
+        .explain(
+            &context(),
+            person("user:default/bob"),
+            &ask("pulumi:acme/payments/dev"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        w.events().await,
+        pairs(&[
+            ("dry_run", "would_allow"),
+            ("dry_run", "would_need_approval"),
+            ("dry_run", "would_deny")
+        ])
+    );
+    assert_eq!(w.cloud.calls(), 0);
+}
+
+#[tokio::test]
+async fn only_auditors_read_everything_and_others_only_their_own_records() {
+    let w = world().await;
+    w.issue("user:default/jane", &ask("pulumi:acme/payments/dev"))
+        .await
+        .unwrap();
+    let all = AuditQuery {
+        limit: 100,
+        ..AuditQuery::default()
+    };
+    assert!(matches!(
+        w.broker.read_audit(&person("user:default/bob"), &all).await,
+        Err(BrokerError::AuditForbidden(_))
+    ));
+    let own = AuditQuery {
+        requester: Some("user:default/bob".into()),
+        ..all.clone()
+    };
+    assert!(w
+        .broker
+        .read_audit(&person("user:default/bob"), &own)
+        .await
+        .unwrap()
+        .records
+        .is_empty());
+    let everything = w
+        .broker
+        .read_audit(&person("user:default/sam"), &all)
+        .await
+        .unwrap();
+    assert_eq!(everything.records.len(), 3);
+}
+
+#[tokio::test]
+async fn a_reloaded_policy_applies_as_a_whole_and_a_rejected_one_is_recorded() {
+    let w = world().await;
+    w.broker
+        .reload_policy("test", Err(vec!["policy.toml:1: broken".into()]))
+        .await
+        .unwrap();
+    w.issue("user:default/jane", &ask("pulumi:acme/payments/dev"))
+        .await
+        .unwrap();
+    w.broker
+        .reload_policy("test", Ok(Vec::new()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        w.issue("user:default/jane", &ask("pulumi:acme/payments/dev"))
+            .await,
+        Err(BrokerError::Denied(_))
+    ));
+    let rows = w.rows().await;
+    let reloads: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.event == "policy_reloaded")
+        .map(|r| r.outcome.as_str())
+        .collect();
+    assert_eq!(reloads, ["rejected", "applied"]);
+}
