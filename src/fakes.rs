@@ -16,7 +16,8 @@ use stackpass_provider::{
 use crate::audit::{AuditError, AuditPage, AuditQuery, AuditRecord, AuditStore};
 
 /// A cloud named `kind` with STS-like limits that takes any target without
-/// spaces, session policies that are JSON objects and any session tag.
+/// spaces or `-bad-` in it, session policies that are JSON objects and any
+/// session tag.
 #[derive(Default)]
 pub struct FakeCloud {
     pub kind: Option<ProviderKind>,
@@ -79,7 +80,7 @@ impl CloudProvider for FakeCloud {
     }
 
     fn parse_target(&self, text: &str) -> Result<Target, String> {
-        if text.is_empty() || text.contains(char::is_whitespace) {
+        if text.is_empty() || text.contains(char::is_whitespace) || text.contains("-bad-") {
             Err(format!("{text:?} is not a target"))
         } else {
             Ok(Target::new(text, ()))

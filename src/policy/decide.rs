@@ -1,0 +1,210 @@
+//! The decision itself: rules tried in order, the first that matches decides,
+//! deny by default, and every miss explained without leaking what another
+//! rule would have granted. Pure: no I/O, no clock, no randomness.
+
+use std::collections::BTreeMap;
+
+use super::{
+    Decision, Denial, Effect, Grant, PolicyInput, RenderError, Rule, RuleMiss, Template, Variable,
+    SAFE_VALUE_CHARACTERS,
+};
+use crate::catalog::EntityRef;
+use crate::identity::Principal;
+
+pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
+    let mut misses = Vec::new();
+    for rule in rules {
+        match evaluate(rule, input) {
+            Ok(Some(grant)) => {
+                return match &rule.approval {
+                    Some(approval) => Decision::NeedsApproval {
+                        grant,
+                        approval: approval.clone(),
+                    },
+                    None => Decision::Allow(grant),
+                }
+            }
+            Ok(None) => {
+                return Decision::Deny(Denial {
+                    summary: format!(
+                        "rule {} denies {} credentials for {} to {}",
+                        rule.name, input.provider, input.stack.reference, input.principal.subject
+                    ),
+                    denied_by: Some(rule.name.clone()),
+                    rules: misses,
+                })
+            }
+            Err(reasons) => misses.push(RuleMiss {
+                rule: rule.name.clone(),
+                reasons,
+            }),
+        }
+    }
+    let summary = if rules
+        .iter()
+        .all(|r| r.provider != *input.provider || r.effect == Effect::Deny)
+    {
+        format!(
+            "no rule grants {} credentials on this broker",
+            input.provider
+        )
+    } else {
+        format!(
+            "no rule grants {} credentials for {} to {}",
+            input.provider, input.stack.reference, input.principal.subject
+        )
+    };
+    Decision::Deny(Denial {
+        summary,
+        denied_by: None,
+        rules: misses,
+    })
+}
+
+/// Checks one rule. `Ok(Some)` grants, `Ok(None)` is a matching deny rule, and a
+/// miss returns every reason, not just the first, so one denial tells the
+/// requester everything that has to change.
+fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Vec<String>> {
+    if rule.provider != *input.provider {
+        // Nothing else about a rule for another cloud is relevant to this request.
+        return Err(vec![format!(
+            "the rule is for {}, not {}",
+            rule.provider, input.provider
+        )]);
+    }
+    let mut reasons = Vec::new();
+    for (tag, allowed) in &rule.tags {
+        match input.stack.tags.get(tag) {
+            Some(value) if allowed.iter().any(|p| p.matches(value)) => {}
+            Some(value) => reasons.push(format!(
+                "the stack's tag {tag} is {value:?}; the rule needs one of {}",
+                allowed
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            None => reasons.push(format!("the stack has no {tag} tag")),
+        }
+    }
+    let principal = input.principal;
+    if !rule.requester_kinds.is_empty() && !rule.requester_kinds.contains(&principal.kind) {
+        reasons.push(format!(
+            "the rule is for {} requesters; this one is {}",
+            rule.requester_kinds
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(" or "),
+            principal.kind.as_str()
+        ));
+    }
+    if !rule.groups.is_empty() && !rule.groups.iter().any(|g| is_member(principal, g)) {
+        reasons.push(format!(
+            "{} is in none of the rule's groups ({})",
+            principal.subject,
+            rule.groups
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if rule.effect == Effect::Deny {
+        return if reasons.is_empty() {
+            Ok(None)
+        } else {
+            Err(reasons)
+        };
+    }
+    if rule.require_owner {
+        match (input.component, input.owner) {
+            (None, _) => reasons
+                .push("the stack's tags name no catalog component, so it has no owner".into()),
+            (Some(component), None) => {
+                reasons.push(format!("the catalog has no owner for {component}"))
+            }
+            (Some(component), Some(owner)) => {
+                if !is_member(principal, owner) {
+                    reasons.push(format!(
+                        "{} is not a member of {owner}, which owns {component}",
+                        principal.subject
+                    ));
+                }
+            }
+        }
+    }
+    let fill = |template: &Template, what: &str, reasons: &mut Vec<String>| match template
+        .render(|variable| lookup(variable, input))
+    {
+        Ok(value) => Some(value),
+        Err(RenderError::Missing(variable)) => {
+            reasons.push(format!(
+                "the {what} template needs {variable}, which this stack does not have"
+            ));
+            None
+        }
+        Err(RenderError::Unsafe(variable)) => {
+            reasons.push(format!(
+                "the value of {variable} cannot be used in the {what} (allowed: {SAFE_VALUE_CHARACTERS})"
+            ));
+            None
+        }
+    };
+    let target = rule.target.as_ref().and_then(|target| {
+        let rendered = fill(&target.template, "role", &mut reasons)?;
+        // The reason names neither the value nor the error: a denial must not
+        // reveal what the rule would have granted.
+        target
+            .provider
+            .parse_target(&rendered)
+            .inspect_err(|_| {
+                reasons.push(format!(
+                    "the role template does not give a valid {} target for this stack; check the stack's tags",
+                    rule.provider
+                ))
+            })
+            .ok()
+    });
+    let session_policy = rule
+        .session_policy
+        .as_ref()
+        .map(|t| fill(t, "session policy", &mut reasons));
+    let mut session_tags = BTreeMap::new();
+    for (key, template) in &rule.session_tags {
+        if let Some(value) = fill(template, "session tag", &mut reasons) {
+            session_tags.insert(key.clone(), value);
+        }
+    }
+    match target {
+        Some(target) if reasons.is_empty() => Ok(Some(Grant {
+            rule: rule.name.clone(),
+            provider: rule.provider.clone(),
+            target,
+            duration: input
+                .requested_duration
+                .unwrap_or(rule.default_duration)
+                .min(rule.max_duration),
+            max_duration: rule.max_duration,
+            session_policy: session_policy.flatten(),
+            session_tags,
+        })),
+        _ => Err(reasons),
+    }
+}
+
+fn is_member(principal: &Principal, group: &EntityRef) -> bool {
+    principal.subject == *group || principal.groups.contains(group)
+}
+
+fn lookup<'a>(variable: &Variable, input: &PolicyInput<'a>) -> Option<&'a str> {
+    match variable {
+        Variable::Tag(tag) => input.stack.tags.get(tag).map(String::as_str),
+        Variable::Component => input.component.map(EntityRef::name),
+        Variable::Owner => input.owner.map(EntityRef::name),
+        Variable::Environment => input.environment,
+        Variable::StackOrganization => Some(input.stack.reference.organization()),
+        Variable::StackProject => input.stack.reference.project(),
+        Variable::StackName => Some(input.stack.reference.name()),
+    }
+}
