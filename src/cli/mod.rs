@@ -2,12 +2,14 @@
 //! `keys generate`, `config check` and `audit list`. Each returns a [`CliError`]:
 //! one line saying what went wrong and one hint saying what to do.
 
+pub mod args;
 pub mod audit;
 mod creds;
 mod dev;
 
 use std::fmt;
 
+pub use args::read_token;
 pub use creds::{
     approvals, explain, fetch_credentials, output_format, read_token_file, ApprovalAction,
     CredsArgs,

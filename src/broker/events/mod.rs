@@ -1,0 +1,283 @@
+//! One typed event per step of the broker's work. Each event is turned into its
+//! audit record in `record` and nowhere else, and the same event drives the webhook
+//! notification and the log line, so the three can never disagree.
+//!
+//! [`Recorder::record`] commits the records of a step (in order, in one
+//! append) before anything is announced: a notification or an "issued" log
+//! line always describes something the audit log already holds.
+
+mod record;
+
+use std::sync::Arc;
+
+use serde_json::json;
+use stackpass_provider::ProviderError;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::resolve::Resolved;
+use super::{CredentialRequest, RequestContext};
+use crate::approvals::{AccessRequest, AccessRequestId};
+use crate::audit::{AuditError, AuditStore};
+use crate::catalog::EntityRef;
+use crate::identity::Principal;
+use crate::notify::Notifier;
+use crate::policy::{ApprovalRequirement, Denial, Grant};
+use crate::wire;
+
+/// Who asked for what, from where: what every record about one credential
+/// request says.
+pub(super) struct Asked<'a> {
+    pub context: &'a RequestContext,
+    pub principal: &'a Principal,
+    pub request: &'a CredentialRequest,
+}
+
+/// Why an issuance may go ahead.
+pub(super) enum Allowance {
+    /// A rule allows it outright.
+    Policy,
+    /// An approved access request whose approvals still hold.
+    Approved {
+        request: AccessRequestId,
+        approvers: Vec<EntityRef>,
+    },
+    /// Break-glass under a rule that allows it, with the requester's reason.
+    BreakGlass { reason: String },
+}
+
+/// An allowed issuance: the facts the decision, intent and outcome records share.
+pub(super) struct AllowedIssuance<'a> {
+    pub asked: &'a Asked<'a>,
+    pub resolved: &'a Resolved,
+    pub grant: &'a Grant,
+    pub allowance: &'a Allowance,
+    pub issuance_id: Uuid,
+}
+
+/// A step on an access request, recorded with who took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ApprovalStep {
+    /// One approval counted, more are needed.
+    Recorded,
+    Approved,
+    Denied,
+    Expired,
+    /// Approved once, but the approvals no longer hold under the current policy.
+    Invalidated,
+}
+
+pub(super) enum Event<'a> {
+    /// The stack source does not know the stack (`dry_run` for explanations).
+    UnknownStack { asked: &'a Asked<'a>, dry_run: bool },
+    Denied {
+        asked: &'a Asked<'a>,
+        resolved: &'a Resolved,
+        denial: &'a Denial,
+        dry_run: bool,
+    },
+    BreakGlassRefused {
+        asked: &'a Asked<'a>,
+        resolved: &'a Resolved,
+        reason: &'a str,
+    },
+    ApprovalRequired {
+        asked: &'a Asked<'a>,
+        resolved: &'a Resolved,
+        grant: &'a Grant,
+        approval: &'a ApprovalRequirement,
+        pending: Option<AccessRequestId>,
+    },
+    WouldAllow {
+        asked: &'a Asked<'a>,
+        resolved: &'a Resolved,
+        grant: &'a Grant,
+    },
+    WouldNeedApproval {
+        asked: &'a Asked<'a>,
+        resolved: &'a Resolved,
+        grant: &'a Grant,
+        approval: &'a ApprovalRequirement,
+    },
+    /// The decision of an issuance that goes ahead.
+    Allowed(&'a AllowedIssuance<'a>),
+    /// Committed before the cloud is called.
+    IssuanceIntent {
+        issuance: &'a AllowedIssuance<'a>,
+        subject_token_id: Uuid,
+    },
+    Issued {
+        issuance: &'a AllowedIssuance<'a>,
+        credential_id: &'a str,
+        expires_at: OffsetDateTime,
+    },
+    IssuanceFailed {
+        issuance: &'a AllowedIssuance<'a>,
+        error: &'a ProviderError,
+    },
+    AccessRequested {
+        context: &'a RequestContext,
+        request: &'a AccessRequest,
+        approval: &'a ApprovalRequirement,
+    },
+    ApprovalStep {
+        context: &'a RequestContext,
+        request: &'a AccessRequest,
+        by: &'a EntityRef,
+        step: ApprovalStep,
+        note: Option<&'a str>,
+    },
+    PolicyReloaded {
+        reason: &'a str,
+        /// The rule names that now apply, or the problems that kept them out.
+        result: Result<Vec<String>, Vec<String>>,
+    },
+}
+
+impl Event<'_> {
+    /// What people are told about this step, if anything: text for humans and
+    /// the facts for tools.
+    fn notification(&self) -> Option<(String, serde_json::Value)> {
+        match self {
+            Event::Allowed(issuance) => {
+                let Allowance::BreakGlass { reason } = issuance.allowance else {
+                    return None;
+                };
+                let requester = &issuance.resolved.principal.subject;
+                let stack = &issuance.resolved.stack.reference;
+                let role = &issuance.grant.target;
+                Some((
+                    format!(
+                        ":rotating_light: BREAK-GLASS: {requester} took {role} on {stack} for {} without approval. Reason: {reason}",
+                        humantime::format_duration(issuance.grant.duration)
+                    ),
+                    json!({ "event": "break_glass", "requester": requester, "stack": stack, "role": role.as_str(),
+                            "reason": reason, "request_id": issuance.asked.context.request_id }),
+                ))
+            }
+            Event::AccessRequested {
+                request, approval, ..
+            } => Some((
+                format!(
+                    "{} asks for {} on {} ({}). {} approval(s) needed from {}. Approve with `stackpass approvals approve {}`.",
+                    request.requester,
+                    request.role,
+                    request.stack,
+                    request.reason.as_deref().unwrap_or("no reason given"),
+                    approval.count,
+                    approval.approvers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    request.id
+                ),
+                json!({ "event": "access_requested", "access_request": wire::AccessRequest::from(*request) }),
+            )),
+            Event::ApprovalStep {
+                request,
+                by,
+                step: ApprovalStep::Denied,
+                ..
+            } => Some((
+                format!(
+                    "{by} denied {}'s request for {} on {}.",
+                    request.requester, request.role, request.stack
+                ),
+                json!({ "event": "access_denied", "access_request": request.id.to_string(), "by": by }),
+            )),
+            Event::ApprovalStep {
+                request,
+                by,
+                step: ApprovalStep::Approved,
+                ..
+            } => Some((
+                format!(
+                    "{by} approved {}'s request for {} on {}; credentials may be obtained until {}.",
+                    request.requester,
+                    request.role,
+                    request.stack,
+                    request
+                        .window_ends_at
+                        .map(crate::database::format_timestamp)
+                        .unwrap_or_default()
+                ),
+                json!({ "event": "access_approved", "access_request": request.id.to_string(), "by": by }),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The log line for this step, once it is recorded.
+    fn log(&self) {
+        let asked = |a: &Asked<'_>| (a.context.request_id.clone(), a.principal.subject.clone());
+        match self {
+            Event::Denied {
+                asked: a,
+                resolved,
+                dry_run: false,
+                ..
+            } => {
+                let (request_id, requester) = asked(a);
+                tracing::info!(%request_id, %requester, stack = %resolved.stack.reference, "denied");
+            }
+            Event::Allowed(issuance) => {
+                if let Allowance::BreakGlass { .. } = issuance.allowance {
+                    let (request_id, requester) = asked(issuance.asked);
+                    tracing::warn!(%request_id, %requester, stack = %issuance.resolved.stack.reference, "break-glass issuance");
+                }
+            }
+            Event::Issued {
+                issuance,
+                credential_id,
+                ..
+            } => {
+                let (request_id, requester) = asked(issuance.asked);
+                tracing::info!(%request_id, issuance_id = %issuance.issuance_id, %requester,
+                    stack = %issuance.resolved.stack.reference, rule = %issuance.grant.rule, %credential_id, "issued");
+            }
+            Event::IssuanceFailed { issuance, error } => {
+                tracing::warn!(request_id = %issuance.asked.context.request_id, issuance_id = %issuance.issuance_id,
+                    %error, "the cloud refused the exchange");
+            }
+            Event::PolicyReloaded {
+                reason,
+                result: Ok(rules),
+            } => tracing::info!(reason, rules = rules.len(), "policy reloaded"),
+            Event::PolicyReloaded {
+                reason,
+                result: Err(problems),
+            } => tracing::error!(reason, problems = %problems.join("; "),
+                "policy reload rejected; the previous policy stays in force"),
+            _ => {}
+        }
+    }
+}
+
+/// Feeds events to the audit log, then to people and the logs.
+#[derive(Clone)]
+pub(super) struct Recorder {
+    audit: Arc<dyn AuditStore>,
+    notifier: Notifier,
+}
+
+impl Recorder {
+    pub fn new(audit: Arc<dyn AuditStore>, notifier: Notifier) -> Self {
+        Recorder { audit, notifier }
+    }
+
+    /// Commits the events' records, in order, in one append; only then are
+    /// they announced and logged.
+    pub async fn record(&self, events: &[Event<'_>]) -> Result<(), AuditError> {
+        self.audit
+            .append(events.iter().map(Event::record).collect())
+            .await?;
+        for event in events {
+            if let Some((text, facts)) = event.notification() {
+                self.notifier.send(text, facts);
+            }
+            event.log();
+        }
+        Ok(())
+    }
+
+    pub fn audit(&self) -> &Arc<dyn AuditStore> {
+        &self.audit
+    }
+}

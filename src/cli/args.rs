@@ -1,0 +1,276 @@
+//! The command line as clap parses it: every subcommand, flag and default.
+//! `main.rs` dispatches; the commands' work lives in the sibling modules.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
+use super::{read_token_file, CliError, CredsArgs};
+use crate::config::DEFAULT_CONFIG_FILE;
+
+#[derive(Parser)]
+#[command(
+    name = "stackpass",
+    version,
+    about = "Short-lived cloud credentials for Pulumi and Terraform stacks, by Backstage identity"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the broker.
+    Serve {
+        #[arg(long, env = "STACKPASS_CONFIG", default_value = DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+        /// Overrides server.listen (use 127.0.0.1:0 for a random port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Ask a broker for credentials for a stack.
+    Creds {
+        #[command(flatten)]
+        request: RequestArgs,
+        /// json (the broker's answer), or a format of the provider's own
+        /// (aws: env, credential-process).
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Why you need access (shown to approvers when the rule needs approval).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Break-glass: issue now without approval, if the rule allows it; the
+        /// reason is mandatory, and the issuance is flagged and announced.
+        #[arg(long, value_name = "REASON")]
+        break_glass: Option<String>,
+    },
+    /// List, approve or deny access requests.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+        /// The broker's URL.
+        #[arg(
+            long,
+            global = true,
+            env = "STACKPASS_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        server: String,
+        /// A file holding your identity token (otherwise STACKPASS_TOKEN).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+    },
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Test and explain policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Development helpers for the quickstart.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a new ES256 signing key (PKCS#8 PEM, mode 0600). Never overwrites.
+    Generate {
+        #[arg(long, default_value = "stackpass-signing-key.pem")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration (and the files it names) without starting.
+    Check {
+        #[arg(long, env = "STACKPASS_CONFIG", default_value = DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ApprovalsCommand {
+    /// Ask for access to a stack whose rule needs approval.
+    Request {
+        #[arg(long)]
+        stack: String,
+        #[arg(long, default_value = "aws")]
+        provider: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Why you need access; approvers see it.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Requests you may decide, and your own.
+    List,
+    /// Approve a request (never your own).
+    Approve {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Deny a request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Run policy test files offline; exit 1 if any case fails.
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Ask a broker what it would decide for a request, and why (nothing is issued).
+    Explain {
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+}
+
+/// A credential request as `creds` and `policy explain` send it.
+#[derive(clap::Args)]
+pub struct RequestArgs {
+    #[arg(long)]
+    pub stack: String,
+    #[arg(long, default_value = "aws")]
+    pub provider: String,
+    /// How long the credentials should last, e.g. 15m or 1h (capped by policy).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// The broker's URL.
+    #[arg(long, env = "STACKPASS_URL", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// A file holding the identity token (otherwise STACKPASS_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl RequestArgs {
+    pub fn into_creds(self, format: &str) -> Result<CredsArgs, CliError> {
+        let token = read_token(self.token_file.as_deref())?;
+        Ok(CredsArgs {
+            server: self.server,
+            token,
+            stack: self.stack,
+            provider: self.provider,
+            duration: self.duration,
+            format: format.to_owned(),
+            reason: None,
+            break_glass: None,
+        })
+    }
+}
+
+/// The identity token: from `--token-file`, else `STACKPASS_TOKEN`.
+pub fn read_token(file: Option<&std::path::Path>) -> Result<SecretString, CliError> {
+    match file {
+        Some(path) => read_token_file(path),
+        None => match std::env::var("STACKPASS_TOKEN") {
+            Ok(token) if !token.trim().is_empty() => {
+                Ok(SecretString::from(token.trim().to_owned()))
+            }
+            _ => Err(CliError::new(
+                "no identity token",
+                "pass --token-file FILE or set STACKPASS_TOKEN to your Backstage identity token",
+            )),
+        },
+    }
+}
+
+#[derive(clap::Args)]
+pub struct AuditTarget {
+    #[arg(long, env = "STACKPASS_CONFIG", default_value = DEFAULT_CONFIG_FILE)]
+    pub config: PathBuf,
+    /// Audit store URL (sqlite://PATH or postgres://…); overrides the config's audit.url.
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; report the first broken link (exit 1) or a summary.
+    Verify {
+        #[command(flatten)]
+        target: AuditTarget,
+        /// Also check against a checkpoint printed earlier by `audit checkpoint`.
+        #[arg(long)]
+        from_checkpoint: Option<String>,
+    },
+    /// Print the chain's head, to keep somewhere the database's admins cannot edit.
+    Checkpoint {
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// Write records as JSON lines (for SIEM ingestion), in chain order.
+    Export {
+        #[command(flatten)]
+        target: AuditTarget,
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: ExportFormat,
+        /// Only records at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Delete records older than the retention period and seal the chain.
+    Prune {
+        #[command(flatten)]
+        target: AuditTarget,
+        /// Prune records recorded before this RFC 3339 time (default: now - audit.retention).
+        #[arg(long)]
+        before: Option<String>,
+    },
+    /// Print the most recent records as JSON lines, oldest first.
+    List {
+        #[command(flatten)]
+        target: AuditTarget,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Ndjson,
+}
+
+#[derive(Subcommand)]
+pub enum DevCommand {
+    /// Print an identity token from the configured development issuer.
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long, env = "STACKPASS_CONFIG", default_value = DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        lifetime: Duration,
+        /// Make it an agent's token acting for --user.
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}

@@ -1,0 +1,201 @@
+//! The plain sections of the configuration: server, issuer, notifications,
+//! catalog, stacks, policy and audit, with their defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+use crate::catalog::EntityRef;
+use crate::database::sqlite_path;
+use crate::policy::RuleConfig;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// A webhook that takes Slack-compatible JSON (`{"text": …}`). Slack webhook
+    /// URLs are secrets: prefer `STACKPASS_NOTIFICATIONS__WEBHOOK_URL`.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub webhook_url: Option<SecretString>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The broker's public URL: the `iss` of every subject token, so clouds must be
+    /// able to fetch `{public_url}/.well-known/openid-configuration`.
+    pub public_url: Option<Url>,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 16 * 1024,
+            max_concurrent_requests: 512,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerConfig {
+    /// PKCS#8 PEM file with stackpass's ES256 signing key.
+    pub signing_key: PathBuf,
+    /// Lifetime of the subject tokens stackpass mints; they are exchanged at once.
+    #[serde(with = "humantime_serde")]
+    pub token_lifetime: Duration,
+    /// Development only: create the signing key on first start.
+    pub create_key_if_missing: bool,
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        IssuerConfig {
+            signing_key: PathBuf::from("stackpass-signing-key.pem"),
+            token_lifetime: Duration::from_secs(300),
+            create_key_if_missing: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogKind {
+    Backstage,
+    Static,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    pub kind: CatalogKind,
+    /// Backstage base URL.
+    pub url: Option<Url>,
+    /// Static external-access token for the catalog API. Prefer `token_file` or the
+    /// `STACKPASS_CATALOG__TOKEN` variable to writing it into the file.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub token: Option<SecretString>,
+    pub token_file: Option<PathBuf>,
+    /// Static catalog file.
+    pub file: Option<PathBuf>,
+    #[serde(default = "default_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn optional_secret<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SecretString>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(SecretString::from))
+}
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_cache_capacity() -> u64 {
+    10_000
+}
+
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StacksKind {
+    Static,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StacksConfig {
+    pub kind: StacksKind,
+    pub file: Option<PathBuf>,
+    /// The stack tag whose value names the catalog component.
+    #[serde(default = "default_component_tag")]
+    pub component_tag: String,
+    /// The stack tag whose value names the environment.
+    #[serde(default = "default_environment_tag")]
+    pub environment_tag: String,
+}
+
+fn default_component_tag() -> String {
+    "backstage.io/component".into()
+}
+
+fn default_environment_tag() -> String {
+    "environment".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Rules written in the server config; tried before the files' rules.
+    pub rules: Vec<RuleConfig>,
+    /// Policy files, or directories of `*.toml` policy files, in order.
+    pub files: Vec<PathBuf>,
+    /// How often policy files are checked for changes (they also reload on SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            rules: Vec::new(),
+            files: Vec::new(),
+            reload_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `sqlite://PATH` (relative paths are relative to the config file) or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`. Prefer the
+    /// `STACKPASS_AUDIT__URL` variable for URLs that carry a password.
+    pub url: String,
+    /// How long a write waits for a lock or a connection before the request fails closed.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+    /// Members of these catalog groups may read the whole audit log; everyone
+    /// else may read only their own records.
+    pub auditor_groups: Vec<EntityRef>,
+    /// How long records are kept; `stackpass audit prune` removes older ones.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            url: "sqlite://stackpass.db".into(),
+            busy_timeout: Duration::from_secs(5),
+            auditor_groups: Vec::new(),
+            retention: None,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The SQLite file path, if the URL names one.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        sqlite_path(&self.url)
+    }
+}
