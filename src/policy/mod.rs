@@ -21,6 +21,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod written;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,11 +32,11 @@ use stackpass_provider::{CloudProvider, ProviderKind, Target};
 
 pub use decide::decide;
 pub use live::LivePolicy;
-pub use load::{
-    expand_paths, load_rules, PolicyError, PolicyProblem, RuleConfig, RuleSource, ValidationContext,
-};
+pub use load::{expand_paths, load_rules, PolicyError};
 pub use pattern::ValuePattern;
 pub use template::{RenderError, Template, TemplateError, Variable, SAFE_VALUE_CHARACTERS};
+pub use validate::{PolicyProblem, RuleSource, ValidationContext};
+pub use written::RuleConfig;
 
 use crate::catalog::EntityRef;
 use crate::identity::{Principal, PrincipalKind};

@@ -24,7 +24,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use stackpass_provider::ProviderKind;
 
-use super::load::{load_rules, ValidationContext};
+use super::load::load_rules;
+use super::validate::ValidationContext;
 use super::{decide, Decision, PolicyInput};
 use crate::catalog::EntityRef;
 use crate::identity::{Principal, PrincipalKind};

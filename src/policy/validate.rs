@@ -5,10 +5,43 @@
 //! because an earlier rule matches everything they would.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::time::Duration;
 
-use super::load::{PolicyProblem, RuleConfig, RuleSource, ValidationContext};
+use super::written::RuleConfig;
 use super::{Effect, Rule, TargetTemplate, Template, ValuePattern, Variable};
+use crate::registry::Providers;
+
+/// Where a rule was written: a file and line, or a key of the server config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleSource(pub String);
+
+impl fmt::Display for RuleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    pub source: String,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.source, self.message)
+    }
+}
+
+/// What validation needs to know about the deployment.
+#[derive(Clone)]
+pub struct ValidationContext {
+    pub environment_tag: String,
+    /// The providers rules may name; each checks its own rules' targets,
+    /// durations, session policies and session tags.
+    pub providers: Providers,
+}
 
 /// Validates written rules as a set and converts the valid ones.
 pub fn validate(
