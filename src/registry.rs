@@ -25,6 +25,13 @@ pub fn factory(kind: &str) -> Option<&'static dyn ProviderFactory> {
     factories().into_iter().find(|f| f.kind().as_str() == kind)
 }
 
+/// The provider the CLI asks for when none is named: the first in this build.
+pub fn default_provider() -> String {
+    factories()
+        .first()
+        .map_or_else(String::new, |f| f.kind().to_string())
+}
+
 /// The names of the providers in this build, for messages.
 pub fn known_kinds() -> String {
     let names: Vec<String> = factories().iter().map(|f| f.kind().to_string()).collect();

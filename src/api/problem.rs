@@ -67,7 +67,7 @@ impl Problem {
             "invalid-request",
             "Invalid request",
             detail,
-            "send {\"stack\": \"pulumi:ORG/PROJECT/STACK\", \"provider\": \"aws\", \"duration_seconds\": 900}",
+            "send {\"stack\": \"pulumi:ORG/PROJECT/STACK\", \"provider\": \"PROVIDER\"} and optionally \"duration_seconds\"",
         )
     }
 

@@ -10,6 +10,7 @@ use secrecy::SecretString;
 
 use super::{read_token_file, CliError, CredsArgs};
 use crate::config::DEFAULT_CONFIG_FILE;
+use crate::registry;
 
 #[derive(Parser)]
 #[command(
@@ -115,7 +116,8 @@ pub enum ApprovalsCommand {
     Request {
         #[arg(long)]
         stack: String,
-        #[arg(long, default_value = "aws")]
+        /// Default: the first provider this build has (aws in the default build).
+        #[arg(long, default_value_t = registry::default_provider())]
         provider: String,
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
@@ -158,7 +160,8 @@ pub enum PolicyCommand {
 pub struct RequestArgs {
     #[arg(long)]
     pub stack: String,
-    #[arg(long, default_value = "aws")]
+    /// Default: the first provider this build has (aws in the default build).
+    #[arg(long, default_value_t = registry::default_provider())]
     pub provider: String,
     /// How long the credentials should last, e.g. 15m or 1h (capped by policy).
     #[arg(long, value_parser = humantime::parse_duration)]
