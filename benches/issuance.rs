@@ -9,7 +9,9 @@
 //! Each run starts a fresh broker with a fresh audit store, warms it up, then
 //! fires the requests from one client at the given concurrency.
 
-#[path = "../tests/support/mod.rs"]
+// The integration tests' support; the benchmark uses only part of it.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/integration/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

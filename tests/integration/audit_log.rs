@@ -2,12 +2,11 @@
 //! checkpoints), retention pruning that keeps the chain verifiable, reading it over
 //! HTTP with access control, exporting it, and surviving a crash mid-burst.
 
-mod support;
-
 use serde_json::Value;
 use stackpass::audit::StoredRecord;
 use std::path::Path;
-use support::*;
+
+use crate::support::*;
 
 /// jane issues (3 records), bob is denied (1), jane issues again (3), jane asks
 /// for an unknown stack (1): 8 records.

@@ -1,12 +1,10 @@
 //! The CLI as users run it: `creds` feeding the real AWS CLI through
 //! `credential_process`, error output, `config check`, `keys generate`, `dev token`.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 // Blocking child processes below must not starve the doubles served on this runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,9 @@
 //! broker and the Backstage double make, and has the real broker verify a real
 //! Backstage user token and read the real catalog. See tests/backstage-real/.
 
-mod support;
-
 use std::process::Command;
+
+use crate::support;
 
 #[test]
 fn the_broker_works_against_a_real_backstage_backend() {

@@ -1,12 +1,11 @@
 //! Every way a token can be bad gets a 401, and none of them reaches the catalog,
 //! STS or the audit log.
 
-mod support;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
-use support::*;
+
+use crate::support::*;
 
 fn with_claims(claims: &Value, changes: Value) -> Value {
     let mut claims = claims.clone();

@@ -1,8 +1,8 @@
 //! The README's quickstart, run exactly as a newcomer would run it.
 
-mod support;
-
 use std::process::Command;
+
+use crate::support;
 
 #[test]
 fn the_quickstart_demo_passes() {

@@ -2,13 +2,12 @@
 //! without a restart (file change and SIGHUP), keeping the old policy when a new
 //! one is broken, and dry-run decisions over HTTP and the CLI.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 const PROD_RULE: &str = r#"
 [[rules]]

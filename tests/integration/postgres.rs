@@ -2,11 +2,9 @@
 //! instances sharing one chain, the database going away mid-run, and a crash.
 //! Each test gets its own database (see `PgDatabase`).
 
-mod support;
-
 use std::collections::HashSet;
 
-use support::*;
+use crate::support::*;
 
 async fn pg_broker(backstage: &BackstageDouble, sts: &StsRecorder, db: &PgDatabase) -> Broker {
     let mut options = BrokerOptions::new(backstage, &sts.url);

@@ -1,10 +1,9 @@
 //! Fail closed: no credential leaves the broker unless its audit record is
 //! committed. And no secret ever reaches the logs.
 
-mod support;
-
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 /// Makes the audit store refuse some inserts, as a full disk or a broken database
 /// would, by adding a trigger from outside the broker.

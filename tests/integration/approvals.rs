@@ -2,13 +2,12 @@
 //! a second person, the whole request → approve → issue → window-closes flow, the
 //! fail-closed edges, and break-glass flagged and announced.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::*;
+
+use crate::support::*;
 
 const PROD_WITH_APPROVAL: &str = r#"
 [[rules]]

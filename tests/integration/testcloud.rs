@@ -4,10 +4,9 @@
 //! targets checked when policy loads, its own duration limits, its own claim in
 //! the subject token, audited issuance, and its own CLI output format.
 
-mod support;
-
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 const TESTCLOUD: &str = r#"
 [providers.testcloud]

@@ -1,0 +1,22 @@
+//! The integration tests, one binary: each module below was its own test file,
+//! and all of them share the fixtures and doubles in [`support`]. They start the
+//! real `stackpass` binary, moto's STS emulator (from `.venv`), a real PostgreSQL
+//! server and a real Backstage backend, so run them through `scripts/test`, which
+//! installs those first. After that, `cargo test --all-features --test integration
+//! [filter]` runs them again, e.g. with the filter `issuance::` for one module
+//! (`--all-features` compiles in testcloud, the test-only provider).
+
+mod support;
+
+mod approvals;
+mod audit;
+mod audit_log;
+mod backstage_real;
+mod cli;
+mod identity;
+mod issuance;
+mod policy;
+mod postgres;
+mod quickstart;
+#[cfg(feature = "testcloud")]
+mod testcloud;

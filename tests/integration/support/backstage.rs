@@ -1,0 +1,280 @@
+//! [`BackstageDouble`]: Backstage's auth backend (OIDC discovery, JWKS, ES256
+//! user tokens) and catalog API (`/api/catalog/entities/by-name/...` with a static
+//! token), following Backstage's documented responses, with request counters; and
+//! the catalog entities it serves ([`group`], [`user`], [`component`],
+//! [`default_entities`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::process::spawn_router;
+use super::tokens::{now, sign_jwt, Signer, TestKey};
+
+pub const STATIC_CATALOG_TOKEN: &str = "catalog-static-token-3f9a7c1e5b";
+
+#[derive(Default)]
+pub struct Counters {
+    pub discovery: AtomicUsize,
+    pub jwks: AtomicUsize,
+    pub catalog: AtomicUsize,
+}
+
+struct BackstageState {
+    base_url: Mutex<String>,
+    keys: Mutex<Vec<TestKey>>,
+    entities: HashMap<(String, String, String), Value>,
+    counters: Arc<Counters>,
+}
+
+/// Backstage's auth backend and catalog, as the broker sees them over HTTP.
+pub struct BackstageDouble {
+    pub url: String,
+    pub key: TestKey,
+    state: Arc<BackstageState>,
+}
+
+impl BackstageDouble {
+    pub async fn start() -> BackstageDouble {
+        Self::start_with(default_entities()).await
+    }
+
+    pub async fn start_with(entities: Vec<Value>) -> BackstageDouble {
+        let key = TestKey::generate("53dedcff-a84a-4301-b1b5-b48fdb0acb5c");
+        let state = Arc::new(BackstageState {
+            base_url: Mutex::new(String::new()),
+            keys: Mutex::new(vec![key.clone()]),
+            entities: entities
+                .into_iter()
+                .map(|e| {
+                    let kind = e["kind"].as_str().unwrap().to_ascii_lowercase();
+                    let namespace = e["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("default")
+                        .to_ascii_lowercase();
+                    let name = e["metadata"]["name"].as_str().unwrap().to_ascii_lowercase();
+                    ((kind, namespace, name), e)
+                })
+                .collect(),
+            counters: Arc::new(Counters::default()),
+        });
+        let router = Router::new()
+            .route("/api/auth/.well-known/openid-configuration", get(discovery))
+            .route("/api/auth/.well-known/jwks.json", get(jwks))
+            .route(
+                "/api/catalog/entities/by-name/{kind}/{namespace}/{name}",
+                get(entity_by_name),
+            )
+            .with_state(state.clone());
+        let url = spawn_router(router).await;
+        *state.base_url.lock().unwrap() = url.clone();
+        BackstageDouble { url, key, state }
+    }
+
+    pub fn issuer(&self) -> String {
+        format!("{}/api/auth", self.url)
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.state.counters
+    }
+
+    pub fn catalog_hits(&self) -> usize {
+        self.counters().catalog.load(Ordering::SeqCst)
+    }
+
+    pub fn key_fetches(&self) -> usize {
+        self.counters().discovery.load(Ordering::SeqCst)
+            + self.counters().jwks.load(Ordering::SeqCst)
+    }
+
+    /// Publishes an additional key, as Backstage does when it rotates.
+    pub fn publish_key(&self, key: TestKey) {
+        self.state.keys.lock().unwrap().push(key);
+    }
+
+    /// Claims of a Backstage user identity token. Recent Backstage versions no
+    /// longer include `ent`; the broker must not need it.
+    pub fn user_claims(&self, subject: &str) -> Value {
+        let now = now();
+        json!({
+            "iss": self.issuer(),
+            "sub": subject,
+            "aud": "backstage",
+            "iat": now,
+            "exp": now + 3600,
+            "uip": "user-identity-proof-not-used-by-stackpass",
+        })
+    }
+
+    pub fn user_header(&self) -> Value {
+        json!({ "alg": "ES256", "kid": self.key.kid, "typ": "vnd.backstage.user" })
+    }
+
+    pub fn user_token(&self, subject: &str) -> String {
+        sign_jwt(
+            &self.user_header(),
+            &self.user_claims(subject),
+            Signer::Es256(&self.key),
+        )
+    }
+}
+
+async fn discovery(State(state): State<Arc<BackstageState>>) -> Json<Value> {
+    state.counters.discovery.fetch_add(1, Ordering::SeqCst);
+    let base = format!("{}/api/auth", state.base_url.lock().unwrap());
+    // Field for field what a real Backstage auth backend serves (see
+    // tests/backstage-real/README.md for the recording this follows).
+    Json(json!({
+        "issuer": base,
+        "token_endpoint": format!("{base}/v1/token"),
+        "userinfo_endpoint": format!("{base}/v1/userinfo"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "response_types_supported": ["code", "id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"],
+        "scopes_supported": ["openid"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "claims_supported": ["sub", "ent"],
+        "grant_types_supported": ["authorization_code"],
+        "authorization_endpoint": format!("{base}/v1/authorize"),
+        "code_challenge_methods_supported": ["S256", "plain"],
+    }))
+}
+
+async fn jwks(State(state): State<Arc<BackstageState>>) -> Json<Value> {
+    state.counters.jwks.fetch_add(1, Ordering::SeqCst);
+    let keys: Vec<Value> = state
+        .keys
+        .lock()
+        .unwrap()
+        .iter()
+        .map(TestKey::jwk)
+        .collect();
+    Json(json!({ "keys": keys }))
+}
+
+fn backstage_error(status: StatusCode, name: &str, message: &str, url: &str) -> Response {
+    (
+        status,
+        Json(json!({
+            "error": { "name": name, "message": message },
+            "request": { "method": "GET", "url": url },
+            "response": { "statusCode": status.as_u16() },
+        })),
+    )
+        .into_response()
+}
+
+async fn entity_by_name(
+    State(state): State<Arc<BackstageState>>,
+    UrlPath((kind, namespace, name)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    state.counters.catalog.fetch_add(1, Ordering::SeqCst);
+    // Backstage reports the URL relative to the catalog router.
+    let url = format!("/entities/by-name/{kind}/{namespace}/{name}");
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        None => {
+            return backstage_error(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationError",
+                "Missing credentials",
+                &url,
+            )
+        }
+        Some(value) if value != format!("Bearer {STATIC_CATALOG_TOKEN}") => {
+            return backstage_error(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationError",
+                "Illegal token",
+                &url,
+            )
+        }
+        Some(_) => {}
+    }
+    let key = (
+        kind.to_ascii_lowercase(),
+        namespace.to_ascii_lowercase(),
+        name.to_ascii_lowercase(),
+    );
+    match state.entities.get(&key) {
+        Some(entity) => Json(entity.clone()).into_response(),
+        None => backstage_error(
+            StatusCode::NOT_FOUND,
+            "NotFoundError",
+            &format!(
+                "No entity named '{name}' found, with kind '{kind}' in namespace '{namespace}'"
+            ),
+            &url,
+        ),
+    }
+}
+
+/// Relations as the catalog serves them: type and a full lower-case `targetRef`.
+fn relation(kind: &str, target: &str) -> Value {
+    json!({ "type": kind, "targetRef": target.to_ascii_lowercase() })
+}
+
+fn metadata(name: &str) -> Value {
+    json!({
+        "namespace": "default",
+        "name": name,
+        "uid": uuid::Uuid::new_v4().to_string(),
+        "etag": "f18cc47c103a8ab1210147aaf2e48eef683b7288",
+        "annotations": { "backstage.io/managed-by-location": "file:/catalog/catalog-info.yaml" },
+    })
+}
+
+pub fn group(name: &str, members: &[&str]) -> Value {
+    json!({
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "Group",
+        "metadata": metadata(name),
+        "spec": { "type": "team", "children": [] },
+        "relations": members.iter().map(|m| relation("hasMember", &format!("user:default/{m}"))).collect::<Vec<_>>(),
+    })
+}
+
+pub fn user(name: &str, groups: &[&str]) -> Value {
+    json!({
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "User",
+        "metadata": metadata(name),
+        "spec": { "profile": { "displayName": name }, "memberOf": groups },
+        "relations": groups.iter().map(|g| relation("memberOf", &format!("group:default/{g}"))).collect::<Vec<_>>(),
+    })
+}
+
+pub fn component(name: &str, owner: &str) -> Value {
+    json!({
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "Component",
+        "metadata": metadata(name),
+        "spec": { "type": "service", "lifecycle": "production", "owner": owner },
+        "relations": [relation("ownedBy", &format!("group:default/{owner}"))],
+    })
+}
+
+/// jane and alex are in team-payments (owns payments); bob is in team-search
+/// (owns search); sam is in security, the auditor group.
+pub fn default_entities() -> Vec<Value> {
+    vec![
+        group("team-payments", &["jane", "alex"]),
+        group("team-search", &["bob"]),
+        group("security", &["sam"]),
+        user("jane", &["team-payments"]),
+        user("alex", &["team-payments"]),
+        user("bob", &["team-search"]),
+        user("sam", &["security"]),
+        component("payments", "team-payments"),
+        component("search", "team-search"),
+    ]
+}

@@ -1,0 +1,35 @@
+//! Shared test support: the one home of fixtures and doubles, one file per double.
+//! Everything is re-exported here, so a test module needs one
+//! `use crate::support::*;`. `benches/issuance.rs` includes this module too.
+//!
+//! - [`tokens`]: [`TestKey`], an ES256 key as an identity provider holds it, and
+//!   [`sign_jwt`] for tokens no library would build.
+//! - [`backstage`]: [`BackstageDouble`], Backstage's auth backend and catalog API
+//!   with request counters, and the catalog entities it serves.
+//! - [`sts`]: [`Moto`], moto's real STS emulator, and [`StsRecorder`], which
+//!   records what the broker sent to STS and forwards it or answers by itself.
+//! - [`broker`]: [`Broker`], the real `stackpass` binary serving on a random port
+//!   with a config written to a temp dir, its stderr captured for log assertions;
+//!   [`TestResponse`]; and [`World`], the usual setup of all three.
+//! - [`postgres`]: [`PgDatabase`], a fresh database per test on a real server.
+//! - [`webhook`]: [`WebhookListener`], the notification webhook double.
+//! - [`audit`]: reading, crashing and verifying the audit log from outside.
+//! - [`process`]: paths, the `stackpass` CLI, free ports, local HTTP servers.
+
+pub mod audit;
+pub mod backstage;
+pub mod broker;
+pub mod postgres;
+pub mod process;
+pub mod sts;
+pub mod tokens;
+pub mod webhook;
+
+pub use audit::*;
+pub use backstage::*;
+pub use broker::*;
+pub use postgres::*;
+pub use process::*;
+pub use sts::*;
+pub use tokens::*;
+pub use webhook::*;

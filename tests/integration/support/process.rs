@@ -1,0 +1,85 @@
+//! Paths, child processes and local HTTP: where the workspace and the binaries
+//! are, the `stackpass` CLI without the caller's environment, free ports, waiting
+//! for a server to answer, and serving an axum router on a random port.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn stackpass_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_stackpass"))
+}
+
+pub(super) fn venv_binary(name: &str) -> PathBuf {
+    let path = workspace_root().join(".venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup-test-deps (or the README's test command) first",
+        path.display()
+    );
+    path
+}
+
+pub fn aws_cli() -> PathBuf {
+    venv_binary("aws")
+}
+
+/// The `stackpass` CLI, without the caller's STACKPASS_* environment.
+pub fn stackpass(args: &[&str]) -> Command {
+    let mut command = Command::new(stackpass_binary());
+    command
+        .args(args)
+        .env_remove("STACKPASS_TOKEN")
+        .env_remove("STACKPASS_URL")
+        .env_remove("STACKPASS_CONFIG");
+    command
+}
+
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub(super) async fn wait_for_http(url: &str, deadline: Duration) {
+    let start = Instant::now();
+    let client = reqwest::Client::new();
+    while start.elapsed() < deadline {
+        if client
+            .get(url)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} did not answer within {deadline:?}");
+}
+
+pub(super) async fn spawn_router(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    format!("http://{addr}")
+}
