@@ -196,24 +196,6 @@ async fn non_owner_is_denied_with_reasons_and_the_denial_is_audited() {
 }
 
 #[tokio::test]
-async fn production_stack_is_outside_the_nonprod_rule() {
-    let w = World::with_moto().await;
-    let token = w.backstage.user_token("user:default/jane");
-    let response = w
-        .broker
-        .request_credentials(
-            Some(&token),
-            credential_request("pulumi:acme/payments/prod"),
-        )
-        .await;
-    response.assert_problem(403, "denied");
-    assert!(response.body["rules"][0]["reasons"][0]
-        .as_str()
-        .unwrap()
-        .contains(r#"environment is "prod""#));
-}
-
-#[tokio::test]
 async fn component_missing_from_the_catalog_is_denied() {
     let w = World::with_moto().await;
     let token = w.backstage.user_token("user:default/jane");
