@@ -4,15 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::StoredRecord;
 use crate::database::format_timestamp;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditEvent {
     /// The policy's verdict on one request (allow or deny), or a refusal before it
     /// (unknown stack).
