@@ -137,6 +137,14 @@ pub struct AccessRequestList {
     pub access_requests: Vec<AccessRequest>,
 }
 
+/// The answer to `GET /v1/audit`: records as `audit export` writes them, and the
+/// cursor for the next page.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub records: Vec<serde_json::Value>,
+    pub next_cursor: Option<String>,
+}
+
 /// An RFC 9457 problem as the CLI reads it.
 #[derive(Debug, Deserialize)]
 pub struct ProblemBody {

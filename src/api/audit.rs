@@ -18,6 +18,7 @@ use super::Problem;
 use crate::audit::{record_json, AuditQuery};
 use crate::broker::Broker;
 use crate::identity::Principal;
+use crate::wire;
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -45,10 +46,10 @@ pub async fn read(
     let Query(params) = params.map_err(|e| Problem::invalid_request(e.body_text()))?;
     let query = parse(params)?;
     let page = broker.read_audit(&principal, &query).await?;
-    let body = serde_json::json!({
-        "records": page.records.iter().map(record_json).collect::<Vec<_>>(),
-        "next_cursor": page.next_after_seq.map(encode_cursor),
-    });
+    let body = wire::AuditPage {
+        records: page.records.iter().map(record_json).collect(),
+        next_cursor: page.next_after_seq.map(encode_cursor),
+    };
     let mut response = Json(body).into_response();
     response
         .headers_mut()
