@@ -8,7 +8,6 @@ use super::{Allowance, AllowedIssuance, ApprovalStep, Asked, Event};
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
 use crate::broker::resolve::Resolved;
 use crate::policy::{ApprovalRequirement, Denial};
-use crate::wire;
 
 impl Asked<'_> {
     fn record(&self, event: AuditEvent, outcome: Outcome) -> AuditRecord {
@@ -58,12 +57,31 @@ impl AllowedIssuance<'_> {
     }
 }
 
+// The audit detail has its own encoding, written out here rather than borrowed
+// from the HTTP bodies: it is hashed into the chain, so it must not change when
+// the API does.
+
 fn approval_json(approval: &ApprovalRequirement) -> serde_json::Value {
-    serde_json::to_value(wire::Approval::from(approval)).expect("approvals serialize")
+    let duration = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    json!({
+        "count": approval.count,
+        "approvers": approval.approvers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "window": duration(approval.window),
+        "request_ttl": duration(approval.request_ttl),
+        "break_glass_max_duration": approval.break_glass_max_duration.map(duration),
+    })
 }
 
 fn denial_json(denial: &Denial) -> serde_json::Value {
-    serde_json::to_value(wire::Denial::from(denial)).expect("denials serialize")
+    json!({
+        "summary": denial.summary,
+        "denied_by": denial.denied_by,
+        "rules": denial
+            .rules
+            .iter()
+            .map(|miss| json!({ "rule": miss.rule, "reasons": miss.reasons }))
+            .collect::<Vec<_>>(),
+    })
 }
 
 impl Event<'_> {
