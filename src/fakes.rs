@@ -102,6 +102,7 @@ impl CloudProvider for FakeCloud {
         SubjectClaims {
             audience: format!("{}-audience", self.kind()),
             claims: serde_json::Map::new(),
+            ..SubjectClaims::default()
         }
     }
 

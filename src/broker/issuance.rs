@@ -43,6 +43,8 @@ impl Exchange {
         let subject_token = self.issuer.mint(&SubjectTokenRequest {
             facts: &facts,
             provider: provider.subject_claims(&grant.target, &facts),
+            algorithm: provider.signing_algorithm(),
+            lifetime: None,
         })?;
         self.recorder
             .record(&[

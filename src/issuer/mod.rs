@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Serialize;
-use stackpass_provider::{IssuanceFacts, SubjectClaims};
+use stackpass_provider::{IssuanceFacts, SigningAlgorithm, SubjectClaims};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -24,6 +24,8 @@ const RESERVED_CLAIMS: [&str; 8] = ["iss", "sub", "aud", "iat", "nbf", "exp", "j
 pub enum IssuerError {
     #[error("could not sign the subject token: {0}")]
     Signing(String),
+    #[error("no {0} signing key is loaded; create one with `stackpass keys generate`")]
+    NoKey(SigningAlgorithm),
     #[error("the provider asked for claim {0:?}, which the broker sets itself")]
     ReservedClaim(String),
 }
@@ -41,6 +43,11 @@ pub struct Issuer {
 pub struct SubjectTokenRequest<'a> {
     pub facts: &'a IssuanceFacts,
     pub provider: SubjectClaims,
+    pub algorithm: SigningAlgorithm,
+    /// `None`: the issuer's exchange lifetime (`issuer.token_lifetime`), for a
+    /// token the broker exchanges at once. Federation mode hands the token out,
+    /// so it lives as long as the grant.
+    pub lifetime: Option<Duration>,
 }
 
 pub struct SubjectToken {
@@ -128,13 +135,20 @@ impl Issuer {
         {
             return Err(IssuerError::ReservedClaim(reserved.clone()));
         }
+        if request.algorithm != SigningAlgorithm::Es256 {
+            return Err(IssuerError::NoKey(request.algorithm));
+        }
         let now = OffsetDateTime::now_utc();
-        let expires_at = now + self.token_lifetime;
+        let expires_at = now + request.lifetime.unwrap_or(self.token_lifetime);
         let jti = Uuid::new_v4();
         let facts = request.facts;
         let claims = SubjectClaimsOut {
             iss: &self.issuer_url,
-            sub: format!("stack:{}", facts.stack),
+            sub: request
+                .provider
+                .subject
+                .clone()
+                .unwrap_or_else(|| format!("stack:{}", facts.stack)),
             aud: &request.provider.audience,
             iat: now.unix_timestamp(),
             nbf: now.unix_timestamp(),

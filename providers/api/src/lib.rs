@@ -25,6 +25,17 @@ pub use credential::{Credential, CredentialField, ReceivedCredential};
 pub use kind::{InvalidProviderKind, ProviderKind};
 pub use target::{pattern_parts, PatternPart, Target};
 
+/// Field names every federation-mode credential carries, set by the broker.
+pub mod federation {
+    /// The subject token (secret).
+    pub const SUBJECT_TOKEN: &str = "subject_token";
+    /// Its `aud`.
+    pub const AUDIENCE: &str = "audience";
+    /// `urn:ietf:params:oauth:token-type:jwt`.
+    pub const TOKEN_TYPE: &str = "token_type";
+    pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+}
+
 /// Durations a provider can issue. Rules are checked against them when policy
 /// loads; requests when they arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,12 +71,43 @@ pub struct IssuanceFacts {
     pub session_tags: std::collections::BTreeMap<String, String>,
 }
 
+/// The algorithms stackpass signs subject tokens with. Each relying party
+/// verifies with the one its cloud accepts (Entra: RS256 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum SigningAlgorithm {
+    #[default]
+    Es256,
+    Rs256,
+}
+
+impl SigningAlgorithm {
+    pub const ALL: [SigningAlgorithm; 2] = [SigningAlgorithm::Es256, SigningAlgorithm::Rs256];
+
+    /// The JOSE name (`ES256`, `RS256`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::Es256 => "ES256",
+            SigningAlgorithm::Rs256 => "RS256",
+        }
+    }
+}
+
+impl std::fmt::Display for SigningAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a provider wants in the subject token stackpass mints for one exchange.
 #[derive(Debug, Clone, Default)]
 pub struct SubjectClaims {
     /// The `aud`: one per relying party, so a token minted for one cloud (or one
     /// workload-identity pool) is useless at another.
     pub audience: String,
+    /// The `sub`, when the cloud needs one it can match (Entra matches it
+    /// exactly against a federated credential; Google maps at most 127 bytes of
+    /// it). `None`: the broker's own `stack:{stack ref}`.
+    pub subject: Option<String>,
     /// Extra claims, named so they cannot collide with the broker's own
     /// (`iss`, `sub`, `aud`, `iat`, `nbf`, `exp`, `jti`, `stackpass`).
     pub claims: serde_json::Map<String, serde_json::Value>,
@@ -138,6 +180,11 @@ pub trait CloudProvider: Send + Sync {
         Err(format!("{} takes no session tags", self.kind()))
     }
 
+    /// The algorithm this cloud verifies subject tokens with.
+    fn signing_algorithm(&self) -> SigningAlgorithm {
+        SigningAlgorithm::Es256
+    }
+
     /// Claim names this provider adds, for the discovery document.
     fn claims_supported(&self) -> &'static [&'static str] {
         &[]
@@ -147,6 +194,14 @@ pub trait CloudProvider: Send + Sync {
     fn subject_claims(&self, target: &Target, facts: &IssuanceFacts) -> SubjectClaims;
 
     async fn exchange(&self, request: ExchangeRequest) -> Result<Credential, ProviderError>;
+
+    /// Federation mode: the caller gets the subject token itself and exchanges
+    /// it with its own tools. These are the non-secret facts those tools need
+    /// besides the token (an Azure tenant and client id, a GCP audience), as
+    /// credential fields in the order the provider lists them.
+    fn federation_fields(&self, _target: &Target) -> Vec<(&'static str, Option<String>)> {
+        Vec::new()
+    }
 }
 
 /// A problem with one key of a provider's config table, relative to the table

@@ -116,6 +116,7 @@ impl CloudProvider for AwsProvider {
         SubjectClaims {
             audience: self.audience.clone(),
             claims: claims::subject_claims(facts),
+            ..SubjectClaims::default()
         }
     }
 

@@ -159,6 +159,7 @@ impl CloudProvider for TestcloudProvider {
         SubjectClaims {
             audience: self.audience.clone(),
             claims,
+            ..SubjectClaims::default()
         }
     }
 
