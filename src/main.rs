@@ -65,13 +65,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Creds {
             request,
             format,
+            mode,
             reason,
             break_glass,
         } => {
-            let mut args = request.into_creds(&format)?;
+            let printer = cli::Printer::new(&request.provider, &format, mode)?;
+            let mut args = request.into_creds()?;
             args.reason = reason;
             args.break_glass = break_glass;
-            println!("{}", cli::fetch_credentials(args).await?);
+            match cli::fetch_credentials(args, &printer).await {
+                Ok(text) => println!("{text}"),
+                Err(error) => {
+                    if let Some(text) = printer.failure(&error) {
+                        println!("{text}");
+                    }
+                    return Err(error.into());
+                }
+            }
             Ok(())
         }
         Command::Approvals {
@@ -92,9 +102,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     stack,
                     provider,
                     duration,
-                    format: "json".into(),
                     reason,
                     break_glass: None,
+                    mode: None,
                 }),
                 ApprovalsCommand::List => cli::ApprovalAction::List,
                 ApprovalsCommand::Approve { id, note } => cli::ApprovalAction::Approve { id, note },
@@ -117,7 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             PolicyCommand::Explain { request } => {
-                println!("{}", cli::explain(request.into_creds("json")?).await?);
+                println!("{}", cli::explain(request.into_creds()?).await?);
                 Ok(())
             }
         },

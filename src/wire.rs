@@ -27,6 +27,10 @@ pub struct CredentialRequest {
     /// Issue now under a break-glass rule, flagged and announced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<BreakGlass>,
+    /// `credentials` (default): the cloud's credential; `federation`: the
+    /// broker's subject token for the caller's tools to exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

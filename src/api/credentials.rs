@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
-use stackpass_provider::{CredentialField, ProviderKind};
+use stackpass_provider::{CredentialField, Mode, ProviderKind};
 use time::format_description::well_known::Rfc3339;
 
 use super::extract::JsonBody;
@@ -89,7 +89,16 @@ pub(super) fn credential_request(
             )));
         }
     }
+    let mode = match body.mode.as_deref() {
+        None => Mode::Credentials,
+        Some(text) => Mode::parse(text).ok_or_else(|| {
+            Problem::invalid_request(format!(
+                "mode {text:?} is not known: use \"credentials\" (the cloud's credential) or \"federation\" (a subject token your tools exchange)"
+            ))
+        })?,
+    };
     Ok(CredentialRequest {
+        mode,
         stack,
         provider,
         duration: body.duration_seconds.map(Duration::from_secs),

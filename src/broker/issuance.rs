@@ -9,7 +9,9 @@
 
 use std::sync::Arc;
 
-use stackpass_provider::{CloudProvider, ExchangeRequest, IssuanceFacts};
+use stackpass_provider::{
+    federation, CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Mode, SubjectClaims,
+};
 use uuid::Uuid;
 
 use super::events::{Allowance, AllowedIssuance, Asked, Event, Recorder};
@@ -40,9 +42,13 @@ impl Exchange {
             issuance_id: Uuid::new_v4(),
         };
         let facts = issuance_facts(&issuance);
+        let claims = provider.subject_claims(&grant.target, &facts);
+        if asked.request.mode == Mode::Federation {
+            return self.federate(&issuance, claims, provider).await;
+        }
         let subject_token = self.issuer.mint(&SubjectTokenRequest {
             facts: &facts,
-            provider: provider.subject_claims(&grant.target, &facts),
+            provider: claims,
             algorithm: provider.signing_algorithm(),
             lifetime: None,
         })?;
@@ -93,17 +99,61 @@ impl Exchange {
                 "issued credential withheld: its audit record could not be committed");
             return Err(error.into());
         }
-        Ok(Issued {
-            issuance_id: issuance.issuance_id,
-            requester: resolved.principal.subject.clone(),
-            stack: resolved.stack.reference.clone(),
-            expires_at: credential.expires_at,
-            rule: grant.rule,
-            provider: grant.provider,
-            target: grant.target,
-            duration: grant.duration,
-            credential,
-        })
+        Ok(issued_credential(&issuance, credential))
+    }
+
+    /// Federation mode: the subject token is the credential. It lives as long as
+    /// the grant, so the caller's tools can exchange it when they need to; the
+    /// cloud still decides what it is good for (audience, subject).
+    async fn federate(
+        &self,
+        issuance: &AllowedIssuance<'_>,
+        claims: SubjectClaims,
+        provider: &Arc<dyn CloudProvider>,
+    ) -> Result<Issued, BrokerError> {
+        let audience = claims.audience.clone();
+        let token = self.issuer.mint(&SubjectTokenRequest {
+            facts: &issuance_facts(issuance),
+            provider: claims,
+            algorithm: provider.signing_algorithm(),
+            lifetime: Some(issuance.grant.duration),
+        })?;
+        self.recorder
+            .record(&[
+                Event::Allowed(issuance),
+                Event::Federated {
+                    issuance,
+                    subject_token_id: token.jti,
+                    audience: &audience,
+                    expires_at: token.expires_at,
+                },
+            ])
+            .await?;
+        let mut credential = Credential::new(token.jti.to_string(), token.expires_at)
+            .public(federation::TOKEN_TYPE, Some(federation::JWT_TOKEN_TYPE.into()))
+            .public(federation::AUDIENCE, Some(audience));
+        for (name, value) in provider.federation_fields(&issuance.grant.target) {
+            credential = credential.public(name, value);
+        }
+        Ok(issued_credential(
+            issuance,
+            credential.secret(federation::SUBJECT_TOKEN, token.token),
+        ))
+    }
+}
+
+fn issued_credential(issuance: &AllowedIssuance<'_>, credential: Credential) -> Issued {
+    let grant = issuance.grant;
+    Issued {
+        issuance_id: issuance.issuance_id,
+        requester: issuance.resolved.principal.subject.clone(),
+        stack: issuance.resolved.stack.reference.clone(),
+        expires_at: credential.expires_at,
+        rule: grant.rule.clone(),
+        provider: grant.provider.clone(),
+        target: grant.target.clone(),
+        duration: grant.duration,
+        credential,
     }
 }
 

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use stackpass_provider::{CloudProvider, Credential, ProviderError, ProviderKind, Target};
+use stackpass_provider::{CloudProvider, Credential, Mode, ProviderError, ProviderKind, Target};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -64,6 +64,9 @@ pub struct CredentialRequest {
     pub reason: Option<String>,
     /// Break-glass: issue now without approval, with this mandatory reason.
     pub break_glass: Option<String>,
+    /// A cloud credential, or the broker's subject token for the caller to
+    /// exchange itself. Decided, capped and audited the same way.
+    pub mode: Mode,
 }
 
 /// A credential whose issuance is committed to the audit log.

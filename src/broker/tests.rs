@@ -154,6 +154,7 @@ fn ask(stack: &str) -> CredentialRequest {
         duration: None,
         reason: None,
         break_glass: None,
+        mode: Mode::Credentials,
     }
 }
 

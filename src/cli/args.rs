@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
+use stackpass_provider::Mode;
 
 use super::{read_token_file, CliError, CredsArgs};
 use crate::config::DEFAULT_CONFIG_FILE;
@@ -38,9 +39,14 @@ pub enum Command {
         #[command(flatten)]
         request: RequestArgs,
         /// json (the broker's answer), or a format of the provider's own
-        /// (aws: env, credential-process).
+        /// (aws: env, credential-process; gcp: env, gcp-executable; azure: env,
+        /// azure-oidc).
         #[arg(long, default_value = "json")]
         format: String,
+        /// credentials (the cloud's credential) or federation (a subject token
+        /// your tools exchange themselves). Default: what --format needs.
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<Mode>,
         /// Why you need access (shown to approvers when the rule needs approval).
         #[arg(long)]
         reason: Option<String>,
@@ -175,7 +181,7 @@ pub struct RequestArgs {
 }
 
 impl RequestArgs {
-    pub fn into_creds(self, format: &str) -> Result<CredsArgs, CliError> {
+    pub fn into_creds(self) -> Result<CredsArgs, CliError> {
         let token = read_token(self.token_file.as_deref())?;
         Ok(CredsArgs {
             server: self.server,
@@ -183,9 +189,9 @@ impl RequestArgs {
             stack: self.stack,
             provider: self.provider,
             duration: self.duration,
-            format: format.to_owned(),
             reason: None,
             break_glass: None,
+            mode: None,
         })
     }
 }
@@ -276,4 +282,8 @@ pub enum DevCommand {
         #[arg(long)]
         actor: Option<String>,
     },
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    Mode::parse(text).ok_or_else(|| "use credentials or federation".to_owned())
 }

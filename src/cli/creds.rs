@@ -1,11 +1,11 @@
-//! `stackpass creds`: asks a broker for credentials and prints them as JSON, shell
-//! `export` lines, or the exact AWS `credential_process` format.
+//! `stackpass creds`: asks a broker for credentials (or, in federation mode, a
+//! subject token) and prints them as JSON or in a provider's own format.
 
 use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use stackpass_provider::{ProviderFactory, ReceivedCredential};
+use stackpass_provider::{Mode, ProviderFactory, ReceivedCredential};
 
 use super::CliError;
 use crate::{registry, wire};
@@ -16,12 +16,12 @@ pub struct CredsArgs {
     pub stack: String,
     pub provider: String,
     pub duration: Option<Duration>,
-    /// `json`, or one of the provider's own formats (AWS: `env`, `credential-process`).
-    pub format: String,
     /// Why access is needed (shown to approvers).
     pub reason: Option<String>,
     /// Break-glass reason: issue now under a break-glass rule.
     pub break_glass: Option<String>,
+    /// `None`: what the format needs (credentials for `json`).
+    pub mode: Option<Mode>,
 }
 
 /// Reads the bearer token from a file (trimmed), for `--token-file`.
@@ -92,6 +92,7 @@ fn request_body(args: &CredsArgs) -> wire::CredentialRequest {
             .break_glass
             .clone()
             .map(|reason| wire::BreakGlass { reason }),
+        mode: args.mode.map(|mode| mode.as_str().to_owned()),
     }
 }
 
@@ -224,33 +225,62 @@ pub async fn explain(args: CredsArgs) -> Result<String, CliError> {
     })
 }
 
-/// The provider that prints `format`, or `None` for plain JSON. Checked before
-/// anything is requested, so a typo never costs an issuance.
-pub fn output_format(
-    provider: &str,
-    format: &str,
-) -> Result<Option<&'static dyn ProviderFactory>, CliError> {
-    if format == "json" {
-        return Ok(None);
+/// How the CLI prints the answer: plain JSON, or a provider's own format.
+pub struct Printer {
+    factory: Option<&'static dyn ProviderFactory>,
+    format: String,
+    mode: Mode,
+}
+
+impl Printer {
+    /// Checks `format` (and `mode`, if given) before anything is requested, so a
+    /// typo never costs an issuance. A provider format decides the mode.
+    pub fn new(provider: &str, format: &str, mode: Option<Mode>) -> Result<Printer, CliError> {
+        if format == "json" {
+            return Ok(Printer {
+                factory: None,
+                format: format.to_owned(),
+                mode: mode.unwrap_or_default(),
+            });
+        }
+        let factory = registry::factory(provider).ok_or_else(|| {
+            CliError::new(
+                format!(
+                    "this stackpass build has no {provider} provider, so it can only print json"
+                ),
+                "use --format json",
+            )
+        })?;
+        let formats = factory.output_formats();
+        let Some(found) = formats.iter().find(|f| f.name == format) else {
+            let names: Vec<&str> = formats.iter().map(|f| f.name).collect();
+            return Err(CliError::new(
+                format!("{provider} credentials cannot be printed as {format}"),
+                format!("use --format json, {}", names.join(", ")),
+            ));
+        };
+        if let Some(mode) = mode.filter(|mode| *mode != found.mode) {
+            return Err(CliError::new(
+                format!("--format {format} prints {} mode, not {mode}", found.mode),
+                format!("drop --mode, or use --format json with --mode {mode}"),
+            ));
+        }
+        Ok(Printer {
+            factory: Some(factory),
+            format: format.to_owned(),
+            mode: found.mode,
+        })
     }
-    let factory = registry::factory(provider).ok_or_else(|| {
-        CliError::new(
-            format!("this stackpass build has no {provider} provider, so it can only print json"),
-            "use --format json",
-        )
-    })?;
-    if !factory.output_formats().contains(&format) {
-        return Err(CliError::new(
-            format!("{provider} credentials cannot be printed as {format}"),
-            format!("use --format json, {}", factory.output_formats().join(", ")),
-        ));
+
+    /// What the format's reader expects on stdout when there is no credential.
+    pub fn failure(&self, error: &CliError) -> Option<String> {
+        self.factory?.render_failure(&self.format, &error.message)
     }
-    Ok(Some(factory))
 }
 
 /// Fetches credentials and returns the text to print on stdout.
-pub async fn fetch_credentials(args: CredsArgs) -> Result<String, CliError> {
-    let printer = output_format(&args.provider, &args.format)?;
+pub async fn fetch_credentials(mut args: CredsArgs, printer: &Printer) -> Result<String, CliError> {
+    args.mode = Some(printer.mode);
     let text = call(
         &args.server,
         &args.token,
@@ -259,7 +289,7 @@ pub async fn fetch_credentials(args: CredsArgs) -> Result<String, CliError> {
     )
     .await?;
     let issued: wire::IssuedCredential = parse(&text, "a credential")?;
-    let Some(printer) = printer else {
+    let Some(factory) = printer.factory else {
         return Ok(text);
     };
     let received = ReceivedCredential {
@@ -277,8 +307,8 @@ pub async fn fetch_credentials(args: CredsArgs) -> Result<String, CliError> {
             })
             .collect(),
     };
-    printer
-        .render(&args.format, &received)
+    factory
+        .render(&printer.format, &received)
         .map_err(|e| CliError::new(e, "use --format json"))
 }
 

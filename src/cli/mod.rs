@@ -11,8 +11,7 @@ use std::fmt;
 
 pub use args::read_token;
 pub use creds::{
-    approvals, explain, fetch_credentials, output_format, read_token_file, ApprovalAction,
-    CredsArgs,
+    approvals, explain, fetch_credentials, read_token_file, ApprovalAction, CredsArgs, Printer,
 };
 pub use dev::{dev_token, DevTokenArgs};
 

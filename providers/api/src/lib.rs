@@ -25,6 +25,64 @@ pub use credential::{Credential, CredentialField, ReceivedCredential};
 pub use kind::{InvalidProviderKind, ProviderKind};
 pub use target::{pattern_parts, PatternPart, Target};
 
+/// How a grant is handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The broker exchanges its subject token at the cloud and returns the
+    /// cloud's credential.
+    #[default]
+    Credentials,
+    /// The broker returns only its own subject token, minted for the cloud's
+    /// audience, for tools that exchange it themselves.
+    Federation,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Credentials => "credentials",
+            Mode::Federation => "federation",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Mode> {
+        match text {
+            "credentials" => Some(Mode::Credentials),
+            "federation" => Some(Mode::Federation),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A way the CLI prints a provider's credentials, and the mode it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputFormat {
+    pub name: &'static str,
+    pub mode: Mode,
+}
+
+impl OutputFormat {
+    pub const fn credentials(name: &'static str) -> Self {
+        OutputFormat {
+            name,
+            mode: Mode::Credentials,
+        }
+    }
+
+    pub const fn federation(name: &'static str) -> Self {
+        OutputFormat {
+            name,
+            mode: Mode::Federation,
+        }
+    }
+}
+
 /// Field names every federation-mode credential carries, set by the broker.
 pub mod federation {
     /// The subject token (secret).
@@ -243,10 +301,17 @@ pub trait ProviderFactory: Send + Sync {
     ) -> Result<Arc<dyn CloudProvider>, Vec<SettingProblem>>;
 
     /// Formats besides `json` the CLI can print this provider's credentials in.
-    fn output_formats(&self) -> &'static [&'static str];
+    fn output_formats(&self) -> &'static [OutputFormat];
 
     /// Prints a credential the broker returned in one of [`Self::output_formats`].
     fn render(&self, format: &str, credential: &ReceivedCredential) -> Result<String, String>;
+
+    /// What to print on stdout when no credential could be had, for formats
+    /// whose reader expects an answer even then (Google's executable-sourced
+    /// credentials read `success: false`). `None`: print nothing.
+    fn render_failure(&self, _format: &str, _message: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Deserializes a provider's config table, turning serde's error into a problem

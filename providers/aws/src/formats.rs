@@ -2,9 +2,12 @@
 //! every AWS SDK and tool reads, and the exact `credential_process` document.
 
 use secrecy::ExposeSecret;
-use stackpass_provider::ReceivedCredential;
+use stackpass_provider::{OutputFormat, ReceivedCredential};
 
-pub const FORMATS: &[&str] = &["env", "credential-process"];
+pub const FORMATS: &[OutputFormat] = &[
+    OutputFormat::credentials("env"),
+    OutputFormat::credentials("credential-process"),
+];
 
 pub fn render(format: &str, credential: &ReceivedCredential) -> Result<String, String> {
     let access_key_id = credential.field("access_key_id")?.expose_secret();
@@ -25,8 +28,7 @@ pub fn render(format: &str, credential: &ReceivedCredential) -> Result<String, S
         })
         .to_string()),
         other => Err(format!(
-            "aws credentials cannot be printed as {other}; use json, {}",
-            FORMATS.join(", ")
+            "aws credentials cannot be printed as {other}; use json, env or credential-process"
         )),
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use stackpass_provider::{
     CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, ProviderError,
-    ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem, SettingsContext,
+    OutputFormat, ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem, SettingsContext,
     SubjectClaims, Target,
 };
 
@@ -51,7 +51,7 @@ impl ProviderFactory for Aws {
         Ok(Arc::new(AwsProvider::new(&settings)))
     }
 
-    fn output_formats(&self) -> &'static [&'static str] {
+    fn output_formats(&self) -> &'static [OutputFormat] {
         formats::FORMATS
     }
 

@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use stackpass_provider::{
     parse_settings, pattern_parts, CloudProvider, Credential, ExchangeRequest, IssuanceFacts,
-    Limits, PatternPart, ProviderError, ProviderFactory, ProviderKind, ReceivedCredential,
+    Limits, OutputFormat, PatternPart, ProviderError, ProviderFactory, ProviderKind, ReceivedCredential,
     SettingProblem, SettingsContext, SubjectClaims, Target,
 };
 
@@ -77,8 +77,9 @@ impl ProviderFactory for Testcloud {
         }))
     }
 
-    fn output_formats(&self) -> &'static [&'static str] {
-        &["env"]
+    fn output_formats(&self) -> &'static [OutputFormat] {
+        const FORMATS: &[OutputFormat] = &[OutputFormat::credentials("env")];
+        FORMATS
     }
 
     fn render(&self, format: &str, credential: &ReceivedCredential) -> Result<String, String> {

@@ -111,6 +111,14 @@ pub(super) enum Event<'a> {
         credential_id: &'a str,
         expires_at: OffsetDateTime,
     },
+    /// Federation mode: the broker's own subject token was handed out (no
+    /// cloud call); committed with the decision.
+    Federated {
+        issuance: &'a AllowedIssuance<'a>,
+        subject_token_id: Uuid,
+        audience: &'a str,
+        expires_at: OffsetDateTime,
+    },
     IssuanceFailed {
         issuance: &'a AllowedIssuance<'a>,
         error: &'a ProviderError,

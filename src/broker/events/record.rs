@@ -209,6 +209,23 @@ impl Event<'_> {
                 record.expires_at = Some(*expires_at);
                 record
             }
+            Event::Federated {
+                issuance,
+                subject_token_id,
+                audience,
+                expires_at,
+            } => {
+                let mut record = issuance.record(AuditEvent::IssuanceOutcome, Outcome::Issued);
+                record.credential_id = Some(subject_token_id.to_string());
+                record.expires_at = Some(*expires_at);
+                record.detail = Some(json!({
+                    "mode": "federation",
+                    "subject_token_id": subject_token_id,
+                    "audience": audience,
+                    "decision": issuance.decision_outcome().as_str(),
+                }));
+                record
+            }
             Event::IssuanceFailed { issuance, error } => {
                 let mut record = issuance.record(AuditEvent::IssuanceOutcome, Outcome::Failed);
                 record.detail = Some(json!({ "error": error.to_string() }));
