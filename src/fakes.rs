@@ -114,6 +114,7 @@ impl CloudProvider for FakeCloud {
                 provider: self.kind(),
                 code: "InvalidIdentityToken".into(),
                 message: "no provider for this issuer".into(),
+                hint: "trust this broker's issuer".into(),
             });
         }
         Ok(Credential::new(

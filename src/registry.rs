@@ -16,6 +16,10 @@ pub fn factories() -> Vec<&'static dyn ProviderFactory> {
     let mut all: Vec<&'static dyn ProviderFactory> = Vec::new();
     #[cfg(feature = "aws")]
     all.push(&stackpass_aws::Aws);
+    #[cfg(feature = "gcp")]
+    all.push(&stackpass_gcp::Gcp);
+    #[cfg(feature = "azure")]
+    all.push(&stackpass_azure::Azure);
     #[cfg(feature = "testcloud")]
     all.push(&stackpass_testcloud::Testcloud);
     all

@@ -2,6 +2,8 @@
 //! Every problem carries a stable `type`, a `detail` saying what happened, a `hint`
 //! saying what to do, and the request id, so a user can quote it to an operator.
 
+use std::borrow::Cow;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -21,11 +23,15 @@ pub struct Problem {
     #[serde(serialize_with = "serialize_status")]
     pub status: StatusCode,
     pub detail: String,
-    pub hint: &'static str,
+    pub hint: Cow<'static, str>,
     pub request_id: String,
     /// For denials: each rule considered and why it did not match.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules: Option<Box<Vec<crate::wire::RuleMiss>>>,
+    /// For a cloud's refusal: the cloud's own error code (`InvalidIdentityToken`,
+    /// `invalid_grant`, `AADSTS700213`), for searching its documentation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_code: Option<String>,
 }
 
 /// Stable problem type URIs: `urn:stackpass:problem:{slug}`.
@@ -43,16 +49,17 @@ impl Problem {
         slug: &'static str,
         title: &'static str,
         detail: impl Into<String>,
-        hint: &'static str,
+        hint: impl Into<Cow<'static, str>>,
     ) -> Self {
         Problem {
             kind: slug,
             title,
             status,
             detail: detail.into(),
-            hint,
+            hint: hint.into(),
             request_id: String::new(),
             rules: None,
+            cloud_code: None,
         }
     }
 
@@ -221,13 +228,17 @@ fn from_identity_error(error: &IdentityError) -> Problem {
 
 fn from_provider_error(error: &ProviderError) -> Problem {
     match error {
-        ProviderError::Rejected { .. } => Problem::new(
-            StatusCode::BAD_GATEWAY,
-            "cloud-refused",
-            "Cloud refused the exchange",
-            error.to_string(),
-            "the role's trust policy must trust this broker's issuer, audience and subject; ask the platform team",
-        ),
+        ProviderError::Rejected { code, hint, .. } => {
+            let mut problem = Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "cloud-refused",
+                "Cloud refused the exchange",
+                error.to_string(),
+                hint.clone(),
+            );
+            problem.cloud_code = Some(code.clone());
+            problem
+        }
         ProviderError::InvalidResponse { .. } => Problem::new(
             StatusCode::BAD_GATEWAY,
             "cloud-invalid-response",

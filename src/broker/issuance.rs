@@ -10,8 +10,10 @@
 use std::sync::Arc;
 
 use stackpass_provider::{
-    federation, CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Mode, SubjectClaims,
+    federation, CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Mode, ProviderError,
+    SubjectClaims,
 };
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::events::{Allowance, AllowedIssuance, Asked, Event, Recorder};
@@ -34,6 +36,9 @@ impl Exchange {
         allowance: Allowance,
         provider: &Arc<dyn CloudProvider>,
     ) -> Result<Issued, BrokerError> {
+        provider
+            .check_delivery(&grant.target, asked.request.mode, grant.duration)
+            .map_err(BrokerError::InvalidRequest)?;
         let issuance = AllowedIssuance {
             asked,
             resolved,
@@ -62,6 +67,7 @@ impl Exchange {
             ])
             .await?;
 
+        let grant_ends = OffsetDateTime::now_utc() + grant.duration + EXPIRY_TOLERANCE;
         let result = provider
             .exchange(ExchangeRequest {
                 subject_token: subject_token.token,
@@ -70,7 +76,8 @@ impl Exchange {
                 session_policy: grant.session_policy.clone(),
                 facts,
             })
-            .await;
+            .await
+            .and_then(|credential| outlives_check(credential, grant_ends, provider));
         let credential = match result {
             Ok(credential) => credential,
             Err(error) => {
@@ -130,7 +137,10 @@ impl Exchange {
             ])
             .await?;
         let mut credential = Credential::new(token.jti.to_string(), token.expires_at)
-            .public(federation::TOKEN_TYPE, Some(federation::JWT_TOKEN_TYPE.into()))
+            .public(
+                federation::TOKEN_TYPE,
+                Some(federation::JWT_TOKEN_TYPE.into()),
+            )
             .public(federation::AUDIENCE, Some(audience));
         for (name, value) in provider.federation_fields(&issuance.grant.target) {
             credential = credential.public(name, value);
@@ -140,6 +150,29 @@ impl Exchange {
             credential.secret(federation::SUBJECT_TOKEN, token.token),
         ))
     }
+}
+
+/// Clock skew between the broker and the cloud that a credential's expiry may
+/// show without counting as longer than the grant.
+const EXPIRY_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A credential must not outlive its grant: if the cloud issued a longer one
+/// anyway, it is withheld and the failure audited.
+fn outlives_check(
+    credential: Credential,
+    grant_ends: OffsetDateTime,
+    provider: &Arc<dyn CloudProvider>,
+) -> Result<Credential, ProviderError> {
+    if credential.expires_at <= grant_ends {
+        return Ok(credential);
+    }
+    Err(ProviderError::InvalidResponse {
+        provider: provider.kind(),
+        message: format!(
+            "the cloud issued a credential that expires at {}, after the grant ends; it was withheld",
+            credential.expires_at
+        ),
+    })
 }
 
 fn issued_credential(issuance: &AllowedIssuance<'_>, credential: Credential) -> Issued {

@@ -23,7 +23,7 @@ use secrecy::SecretString;
 
 pub use credential::{Credential, CredentialField, ReceivedCredential};
 pub use kind::{InvalidProviderKind, ProviderKind};
-pub use target::{pattern_parts, PatternPart, Target};
+pub use target::{masked_pattern, pattern_parts, PatternPart, Target, HOLE};
 
 /// How a grant is handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -195,6 +195,8 @@ pub enum ProviderError {
         /// The cloud's own error code, e.g. `InvalidIdentityToken`.
         code: String,
         message: String,
+        /// Which trust setting to fix, in the cloud's own terms.
+        hint: String,
     },
     #[error("{provider} could not be reached: {message}")]
     Unavailable {
@@ -252,6 +254,18 @@ pub trait CloudProvider: Send + Sync {
     fn subject_claims(&self, target: &Target, facts: &IssuanceFacts) -> SubjectClaims;
 
     async fn exchange(&self, request: ExchangeRequest) -> Result<Credential, ProviderError>;
+
+    /// Checks that this provider can deliver a grant the policy allowed, in the
+    /// mode asked for, before anything is minted (a cloud that decides token
+    /// lifetimes itself cannot honour a shorter grant in credentials mode).
+    fn check_delivery(
+        &self,
+        _target: &Target,
+        _mode: Mode,
+        _duration: Duration,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Federation mode: the caller gets the subject token itself and exchanges
     /// it with its own tools. These are the non-secret facts those tools need

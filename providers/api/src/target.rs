@@ -88,6 +88,27 @@ pub fn pattern_parts(pattern: &str) -> Vec<PatternPart<'_>> {
     parts
 }
 
+/// Stands for a hole in [`masked_pattern`]'s output. Hole values are letters,
+/// digits and `+=,.@_-`, so a slot that accepts those accepts a hole.
+pub const HOLE: char = '\u{0}';
+
+/// The pattern with each `{…}` replaced by one [`HOLE`], so a provider checks
+/// a rule's target with the same code that parses a rendered one, treating
+/// [`HOLE`] as "some safe value".
+pub fn masked_pattern(pattern: &str) -> Result<String, String> {
+    let mut masked = String::with_capacity(pattern.len());
+    for part in pattern_parts(pattern) {
+        match part {
+            PatternPart::Literal(text) if text.contains(HOLE) => {
+                return Err("it contains a NUL character".into());
+            }
+            PatternPart::Literal(text) => masked.push_str(text),
+            PatternPart::Hole => masked.push(HOLE),
+        }
+    }
+    Ok(masked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

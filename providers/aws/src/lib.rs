@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stackpass_provider::{
-    CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, ProviderError,
-    OutputFormat, ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem, SettingsContext,
+    CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, OutputFormat, ProviderError,
+    ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem, SettingsContext,
     SubjectClaims, Target,
 };
 

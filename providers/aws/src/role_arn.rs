@@ -2,13 +2,9 @@
 //! Checked as a pattern when policy loads (with `{…}` holes for per-request
 //! values) and parsed fully per request.
 
-use stackpass_provider::{pattern_parts, PatternPart};
+use stackpass_provider::{masked_pattern, HOLE};
 
 pub const SYNTAX: &str = "arn:aws:iam::ACCOUNT:role/NAME";
-
-/// Stands for a hole while the pattern is checked; holes are filled with
-/// values of letters, digits and `+=,.@_-`, so they never contain `:` or `/`.
-const HOLE: char = '\u{0}';
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleArn {
@@ -42,16 +38,7 @@ impl RoleArn {
 /// allows them, and each hole must sit where its value cannot change the
 /// ARN's shape.
 pub fn check_pattern(pattern: &str) -> Result<(), String> {
-    let mut masked = String::with_capacity(pattern.len());
-    for part in pattern_parts(pattern) {
-        match part {
-            PatternPart::Literal(text) if text.contains(HOLE) => {
-                return Err(explain(pattern, "it contains a NUL character"));
-            }
-            PatternPart::Literal(text) => masked.push_str(text),
-            PatternPart::Hole => masked.push(HOLE),
-        }
-    }
+    let masked = masked_pattern(pattern).map_err(|why| explain(pattern, &why))?;
     check_shape(&masked).map_err(|why| explain(pattern, &why))
 }
 

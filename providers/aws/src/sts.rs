@@ -93,6 +93,18 @@ fn unavailable(message: impl Into<String>) -> ProviderError {
     }
 }
 
+/// Which trust setting an STS refusal points at.
+fn refusal_hint(code: &str) -> &'static str {
+    match code {
+        "InvalidIdentityToken" => "the IAM OIDC identity provider must be this broker's issuer URL with its audience (sts.amazonaws.com by default), and AWS must reach its /.well-known/jwks.json; `stackpass setup aws` prints both",
+        "AccessDenied" => "the role's trust policy must allow sts:AssumeRoleWithWebIdentity for this broker's OIDC provider, audience and subject (stack:…); `stackpass setup aws` prints one",
+        "ExpiredTokenException" => "the subject token expired before STS saw it; check the broker's clock and issuer.token_lifetime",
+        "ValidationError" => "the role session duration is longer than the role's MaxSessionDuration; raise it on the role or lower the rule's max_duration",
+        "MalformedPolicyDocument" | "PackedPolicyTooLarge" => "the rule's session policy or session tags are too large or malformed for STS",
+        _ => "the role's trust policy must trust this broker's issuer, audience and subject; `stackpass setup aws` prints one",
+    }
+}
+
 /// Splits SDK failures into "AWS said no" (the trust policy or role needs fixing)
 /// and "AWS could not be reached" (retry later). The token itself never appears in
 /// these messages: the SDK's errors carry only AWS's code and message.
@@ -119,10 +131,12 @@ where
             {
                 unavailable(format!("{code}: {message}"))
             } else {
+                let hint = refusal_hint(&code).to_owned();
                 ProviderError::Rejected {
                     provider: KIND,
                     code,
                     message,
+                    hint,
                 }
             }
         }

@@ -19,8 +19,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use stackpass_provider::{
     parse_settings, pattern_parts, CloudProvider, Credential, ExchangeRequest, IssuanceFacts,
-    Limits, OutputFormat, PatternPart, ProviderError, ProviderFactory, ProviderKind, ReceivedCredential,
-    SettingProblem, SettingsContext, SubjectClaims, Target,
+    Limits, OutputFormat, PatternPart, ProviderError, ProviderFactory, ProviderKind,
+    ReceivedCredential, SettingProblem, SettingsContext, SigningAlgorithm, SubjectClaims, Target,
 };
 
 pub const KIND: ProviderKind = ProviderKind::from_static("testcloud");
@@ -37,6 +37,10 @@ const LIMITS: Limits = Limits {
 struct Settings {
     #[serde(default = "default_audience")]
     audience: String,
+    /// `ES256` (default) or `RS256`, so tests can have the broker sign with
+    /// either of its algorithms.
+    #[serde(default)]
+    signing_algorithm: Option<String>,
 }
 
 fn default_audience() -> String {
@@ -72,8 +76,21 @@ impl ProviderFactory for Testcloud {
         if settings.audience.is_empty() {
             return Err(vec![SettingProblem::new("audience", "must not be empty")]);
         }
+        let signing_algorithm = match settings.signing_algorithm.as_deref() {
+            None => SigningAlgorithm::default(),
+            Some(text) => SigningAlgorithm::ALL
+                .into_iter()
+                .find(|a| a.as_str() == text)
+                .ok_or_else(|| {
+                    vec![SettingProblem::new(
+                        "signing_algorithm",
+                        format!("{text:?} is not ES256 or RS256"),
+                    )]
+                })?,
+        };
         Ok(Arc::new(TestcloudProvider {
             audience: settings.audience,
+            signing_algorithm,
         }))
     }
 
@@ -98,6 +115,7 @@ impl ProviderFactory for Testcloud {
 
 struct TestcloudProvider {
     audience: String,
+    signing_algorithm: SigningAlgorithm,
 }
 
 #[async_trait::async_trait]
@@ -148,6 +166,10 @@ impl CloudProvider for TestcloudProvider {
         }
     }
 
+    fn signing_algorithm(&self) -> SigningAlgorithm {
+        self.signing_algorithm
+    }
+
     fn claims_supported(&self) -> &'static [&'static str] {
         &[PROJECT_CLAIM]
     }
@@ -169,6 +191,7 @@ impl CloudProvider for TestcloudProvider {
             provider: KIND,
             code: "InvalidToken".into(),
             message: message.into(),
+            hint: "testcloud trusts only tokens for its configured audience".into(),
         };
         let project = request
             .target

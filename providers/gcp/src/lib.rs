@@ -1,0 +1,181 @@
+//! The GCP provider: workload identity federation, then (when the target names
+//! one) service-account impersonation.
+//!
+//! Everything GCP-specific lives in this crate: the `[providers.gcp]` table
+//! (`settings`), pool providers and service accounts as targets (`target`),
+//! the 127-byte subject Google maps (`subject`), the STS and IAM Credentials
+//! calls (`exchange`) and the `env` / `gcp-executable` output formats
+//! (`formats`).
+
+mod exchange;
+mod formats;
+mod settings;
+mod subject;
+mod target;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use stackpass_provider::{
+    CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, Mode, OutputFormat,
+    ProviderError, ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem,
+    SettingsContext, SubjectClaims, Target,
+};
+
+pub use settings::GcpSettings;
+pub use subject::{subject_for, MAX_SUBJECT_BYTES};
+pub use target::GcpTarget;
+
+pub const KIND: ProviderKind = ProviderKind::from_static("gcp");
+
+/// The registry's entry for GCP.
+pub struct Gcp;
+
+impl ProviderFactory for Gcp {
+    fn kind(&self) -> ProviderKind {
+        KIND
+    }
+
+    fn configure(
+        &self,
+        table: serde_json::Value,
+        context: &SettingsContext,
+    ) -> Result<Arc<dyn CloudProvider>, Vec<SettingProblem>> {
+        let settings = GcpSettings::parse(table, context)?;
+        Ok(Arc::new(GcpProvider {
+            exchanger: exchange::Exchanger::new(settings),
+        }))
+    }
+
+    fn output_formats(&self) -> &'static [OutputFormat] {
+        formats::FORMATS
+    }
+
+    fn render(&self, format: &str, credential: &ReceivedCredential) -> Result<String, String> {
+        formats::render(format, credential)
+    }
+
+    fn render_failure(&self, format: &str, message: &str) -> Option<String> {
+        formats::render_failure(format, message)
+    }
+}
+
+pub struct GcpProvider {
+    exchanger: exchange::Exchanger,
+}
+
+impl GcpProvider {
+    fn target<'a>(&self, target: &'a Target) -> Result<&'a GcpTarget, ProviderError> {
+        target
+            .parsed::<GcpTarget>()
+            .ok_or_else(|| ProviderError::InvalidResponse {
+                provider: KIND,
+                message: format!("{target} was not parsed as a GCP target"),
+            })
+    }
+}
+
+#[async_trait]
+impl CloudProvider for GcpProvider {
+    fn kind(&self) -> ProviderKind {
+        KIND
+    }
+
+    /// Impersonated tokens last from minutes up to the organisation's cap.
+    fn limits(&self) -> Limits {
+        let max_duration = self.exchanger.settings().max_lifetime;
+        Limits {
+            min_duration: Duration::from_secs(300),
+            max_duration,
+            default_duration: Duration::from_secs(900).min(max_duration),
+        }
+    }
+
+    fn target_syntax(&self) -> &'static str {
+        target::SYNTAX
+    }
+
+    fn check_target_pattern(&self, pattern: &str) -> Result<(), String> {
+        target::check_pattern(pattern)
+    }
+
+    fn parse_target(&self, text: &str) -> Result<Target, String> {
+        Ok(Target::new(text, GcpTarget::parse(text)?))
+    }
+
+    fn subject_claims(&self, target: &Target, facts: &IssuanceFacts) -> SubjectClaims {
+        SubjectClaims {
+            audience: target
+                .parsed::<GcpTarget>()
+                .map(GcpTarget::token_audience)
+                .unwrap_or_default(),
+            subject: Some(subject_for(&facts.stack)),
+            claims: serde_json::Map::new(),
+        }
+    }
+
+    fn check_delivery(
+        &self,
+        target: &Target,
+        mode: Mode,
+        _duration: Duration,
+    ) -> Result<(), String> {
+        let names_account = target
+            .parsed::<GcpTarget>()
+            .is_some_and(|t| t.service_account.is_some());
+        if mode == Mode::Credentials && !names_account {
+            return Err(format!(
+                "{target} names no service account, and Google STS alone decides a federated token's lifetime (an hour), so stackpass cannot cap it; add /serviceAccounts/EMAIL to the rule's target, or ask for mode federation"
+            ));
+        }
+        Ok(())
+    }
+
+    fn federation_fields(&self, target: &Target) -> Vec<(&'static str, Option<String>)> {
+        let Some(target) = target.parsed::<GcpTarget>() else {
+            return Vec::new();
+        };
+        let endpoint = &self.exchanger.settings().iam_credentials_endpoint;
+        vec![
+            ("sts_audience", Some(target.sts_audience())),
+            ("service_account", target.service_account.clone()),
+            (
+                "service_account_impersonation_url",
+                target.service_account.as_ref().map(|account| {
+                    format!(
+                        "{endpoint}/v1/projects/-/serviceAccounts/{account}:generateAccessToken"
+                    )
+                }),
+            ),
+        ]
+    }
+
+    async fn exchange(&self, request: ExchangeRequest) -> Result<Credential, ProviderError> {
+        let target = self.target(&request.target)?;
+        let federated = self
+            .exchanger
+            .federated_token(target, &request.subject_token)
+            .await?;
+        let Some(account) = &target.service_account else {
+            let principal = format!(
+                "principal://iam.googleapis.com/projects/{}/locations/global/workloadIdentityPools/{}/subject/{}",
+                target.project_number,
+                target.pool,
+                subject_for(&request.facts.stack)
+            );
+            return Ok(Credential::new(principal, federated.expires_at)
+                .secret("access_token", federated.access_token)
+                .public("token_type", Some("Bearer".into())));
+        };
+        let token = self
+            .exchanger
+            .impersonate(account, &federated.access_token, request.duration)
+            .await?;
+        Ok(Credential::new(account.clone(), token.expires_at)
+            .secret("access_token", token.access_token)
+            .public("token_type", Some("Bearer".into()))
+            .public("service_account", Some(account.clone()))
+            .public("project_id", target.project_id().map(str::to_owned)))
+    }
+}
