@@ -10,7 +10,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use stackpass_provider::{
     CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, ProviderError, ProviderKind,
-    SubjectClaims, Target,
+    SubjectClaims, Target, TrustContext,
 };
 
 use crate::audit::{AuditError, AuditPage, AuditQuery, AuditRecord, AuditStore};
@@ -96,6 +96,10 @@ impl CloudProvider for FakeCloud {
 
     fn check_session_tag_key(&self, _key: &str) -> Result<(), String> {
         Ok(())
+    }
+
+    fn trust_setup(&self, context: &TrustContext<'_>) -> String {
+        format!("trust {}", context.issuer_url)
     }
 
     fn subject_claims(&self, _target: &Target, _facts: &IssuanceFacts) -> SubjectClaims {

@@ -15,7 +15,8 @@ use stackpass::cli::args::{
 };
 use stackpass::cli::{self, read_token, CliError, CredsArgs, DevTokenArgs};
 use stackpass::config::Config;
-use stackpass::issuer::SigningKey;
+use stackpass::issuer::{KeyDir, KeyEntry, Manifest, SigningKey};
+use stackpass_provider::SigningAlgorithm;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -131,14 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::Keys {
-            command: KeysCommand::Generate { out },
-        } => {
-            let key = SigningKey::generate(&out)
-                .map_err(|e| CliError::new(e.to_string(), "choose another --out path"))?;
-            println!("wrote {} (kid {})", out.display(), key.kid());
-            Ok(())
-        }
+        Command::Keys { command } => keys(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => {
@@ -157,6 +151,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            Ok(())
+        }
+        Command::Setup { provider, config } => {
+            let loaded = load_config(&config)?;
+            println!("{}", cli::trust_setup(&loaded, &provider)?);
             Ok(())
         }
         Command::Audit { command } => audit(command).await,
@@ -183,6 +182,133 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// `stackpass keys …`: the key set on disk. Running brokers reload it by
+/// themselves (or at once on SIGHUP).
+fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    match command {
+        KeysCommand::Generate { out: Some(out), .. } => {
+            let key = SigningKey::generate(&out)
+                .map_err(|e| CliError::new(e.to_string(), "choose another --out path"))?;
+            println!("wrote {} (kid {})", out.display(), key.kid());
+            eprintln!("note: this is one ES256 key (issuer.signing_key); `stackpass keys generate --dir DIR` makes a key set with RS256 and rotation");
+        }
+        KeysCommand::Generate {
+            dir, import_es256, ..
+        } => {
+            let dir = KeyDir::new(dir.unwrap_or_else(|| DEFAULT_KEY_DIR.into()));
+            let import = import_es256
+                .map(|path| {
+                    SigningKey::load_file(&path, SigningAlgorithm::Es256).map_err(|e| {
+                        CliError::new(e.to_string(), "--import-es256 takes the ES256 key the broker signs with today (issuer.signing_key)")
+                    })
+                })
+                .transpose()?;
+            let manifest = dir.create(import, now).map_err(|e| {
+                CliError::new(
+                    e.to_string(),
+                    "choose another --dir, or rotate the existing key set",
+                )
+            })?;
+            println!("wrote a key set to {}", dir.path().display());
+            print_keys(&manifest, now);
+            eprintln!(
+                "next: set issuer.key_dir = \"{}\" (and remove issuer.signing_key)",
+                dir.path().display()
+            );
+        }
+        KeysCommand::Rotate {
+            target,
+            algorithm,
+            overlap,
+        } => {
+            let (dir, config) = key_target(&target)?;
+            let longest = config
+                .as_ref()
+                .map(stackpass::startup::longest_subject_token)
+                .transpose()
+                .map_err(|e| {
+                    CliError::new(e.to_string(), "fix the configuration key named above")
+                })?;
+            let overlap = stackpass::issuer::choose_overlap(overlap, longest)
+                .map_err(|e| CliError::plain(e.to_string()))?;
+            let rotation = dir
+                .rotate(algorithm.map(Into::into), overlap, now)
+                .map_err(|e| CliError::new(e.to_string(), "nothing was changed"))?;
+            println!(
+                "rotated {} (overlap {})",
+                dir.path().display(),
+                humantime::format_duration(overlap)
+            );
+            print_keys(&rotation.manifest, now);
+            for pruned in &rotation.pruned {
+                println!(
+                    "pruned {} {} (retired)",
+                    pruned.kid,
+                    pruned.algorithm.as_str()
+                );
+            }
+            eprintln!("running brokers sign with the new current keys within issuer.key_reload_interval (30s by default), or at once on SIGHUP");
+        }
+        KeysCommand::List { target } => {
+            let (dir, _) = key_target(&target)?;
+            let manifest = dir
+                .read_manifest()
+                .map_err(|e| CliError::new(e.to_string(), "pass --dir DIR or --config FILE"))?;
+            print_keys(&manifest, now);
+        }
+    }
+    Ok(())
+}
+
+/// `issuer.key_dir`'s default.
+const DEFAULT_KEY_DIR: &str = "stackpass-keys";
+
+/// The key set `--dir` names, else `--config`'s `issuer.key_dir`, else the
+/// default; and the config, if given.
+fn key_target(
+    target: &stackpass::cli::args::KeysTarget,
+) -> anyhow::Result<(KeyDir, Option<Config>)> {
+    let config = target.config.as_deref().map(load_config).transpose()?;
+    let dir = match (&target.dir, &config) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(config)) => config.issuer.key_dir.clone(),
+        (None, None) => DEFAULT_KEY_DIR.into(),
+    };
+    Ok((KeyDir::new(dir), config))
+}
+
+/// One line per key: kid, algorithm, state, retire_after. Public facts only.
+fn print_keys(manifest: &Manifest, now: time::OffsetDateTime) {
+    println!(
+        "{:<43}  {:<9}  {:<8}  RETIRE_AFTER",
+        "KID", "ALGORITHM", "STATE"
+    );
+    let mut keys: Vec<&KeyEntry> = manifest.keys.iter().collect();
+    keys.sort_by_key(|k| (k.algorithm, k.state.rank_for_listing()));
+    for key in keys {
+        let retire_after = match key.state.retire_after() {
+            Some(at) => {
+                let text = at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                if at <= now {
+                    format!("{text} (passed: pruned at the next rotation)")
+                } else {
+                    text
+                }
+            }
+            None => "-".into(),
+        };
+        println!(
+            "{:<43}  {:<9}  {:<8}  {retire_after}",
+            key.kid,
+            key.algorithm.as_str(),
+            key.state.name()
+        );
     }
 }
 

@@ -71,6 +71,13 @@ pub enum Command {
         #[arg(long, global = true)]
         token_file: Option<PathBuf>,
     },
+    /// Print what a cloud must be told to trust this broker (aws, gcp, azure),
+    /// filled in from the configuration and the targets its rules name.
+    Setup {
+        provider: String,
+        #[arg(long, env = "STACKPASS_CONFIG", default_value = DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+    },
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
@@ -100,11 +107,70 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Create a new ES256 signing key (PKCS#8 PEM, mode 0600). Never overwrites.
+    /// Create a key set: a current and a next key for ES256 and for RS256, each
+    /// a PKCS#8 PEM file (mode 0600) beside a keyset.json manifest. Refuses a
+    /// directory that already holds a key set. With --out, writes one ES256 key
+    /// instead (issuer.signing_key, the form from before key sets).
     Generate {
-        #[arg(long, default_value = "stackpass-signing-key.pem")]
-        out: PathBuf,
+        /// The key set directory, created mode 0700 [default: stackpass-keys].
+        #[arg(long, conflicts_with = "out")]
+        dir: Option<PathBuf>,
+        /// Make this existing ES256 key (e.g. issuer.signing_key) the current
+        /// ES256 key, so the kid clouds already trust stays.
+        #[arg(long, value_name = "FILE", conflicts_with = "out")]
+        import_es256: Option<PathBuf>,
+        /// Write a single ES256 key to FILE. Never overwrites.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
+    /// Rotate with overlap, per algorithm: next becomes current, current retires
+    /// (published until now + overlap), a new next key is made, retiring keys
+    /// past their time are pruned. Running brokers pick it up by themselves.
+    Rotate {
+        #[command(flatten)]
+        target: KeysTarget,
+        /// Rotate only this algorithm [default: every algorithm in the set].
+        #[arg(long, value_enum)]
+        algorithm: Option<KeyAlgorithm>,
+        /// How long the retiring key stays published [default: 24h]; never
+        /// shorter than the longest token the broker signs (1h, or what
+        /// --config's providers issue).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        overlap: Option<Duration>,
+    },
+    /// Print each key's kid, algorithm, state and retire_after (no secrets).
+    List {
+        #[command(flatten)]
+        target: KeysTarget,
+    },
+}
+
+/// The key set a `keys` command works on.
+#[derive(clap::Args)]
+pub struct KeysTarget {
+    /// The key set directory [default: --config's issuer.key_dir, else
+    /// stackpass-keys].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The broker's config: its issuer.key_dir, and the longest token it can
+    /// sign, which a rotation's overlap must cover.
+    #[arg(long, env = "STACKPASS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum KeyAlgorithm {
+    Es256,
+    Rs256,
+}
+
+impl From<KeyAlgorithm> for stackpass_provider::SigningAlgorithm {
+    fn from(algorithm: KeyAlgorithm) -> Self {
+        match algorithm {
+            KeyAlgorithm::Es256 => stackpass_provider::SigningAlgorithm::Es256,
+            KeyAlgorithm::Rs256 => stackpass_provider::SigningAlgorithm::Rs256,
+        }
+    }
 }
 
 #[derive(Subcommand)]

@@ -1,11 +1,12 @@
 //! The client-side and operator commands behind `stackpass creds`, `dev token`,
-//! `keys generate`, `config check` and `audit list`. Each returns a [`CliError`]:
+//! `keys`, `config check`, `setup` and `audit list`. Each returns a [`CliError`]:
 //! one line saying what went wrong and one hint saying what to do.
 
 pub mod args;
 pub mod audit;
 mod creds;
 mod dev;
+mod setup;
 
 use std::fmt;
 
@@ -14,6 +15,7 @@ pub use creds::{
     approvals, explain, fetch_credentials, read_token_file, ApprovalAction, CredsArgs, Printer,
 };
 pub use dev::{dev_token, DevTokenArgs};
+pub use setup::trust_setup;
 
 #[derive(Debug)]
 pub struct CliError {

@@ -171,6 +171,16 @@ pub struct SubjectClaims {
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
+/// What `stackpass setup` knows about this broker when a provider prints its
+/// cloud-side trust configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct TrustContext<'a> {
+    /// The broker's issuer URL (`iss`), exactly as it signs it.
+    pub issuer_url: &'a str,
+    /// The target templates this provider's rules name, as written.
+    pub targets: &'a [String],
+}
+
 /// Everything a provider needs to turn a subject token into a cloud credential.
 /// The broker has already authenticated, authorized and audited the intent.
 #[derive(Debug)]
@@ -254,6 +264,10 @@ pub trait CloudProvider: Send + Sync {
     fn subject_claims(&self, target: &Target, facts: &IssuanceFacts) -> SubjectClaims;
 
     async fn exchange(&self, request: ExchangeRequest) -> Result<Credential, ProviderError>;
+
+    /// What the cloud must be told to trust this broker, as commands and
+    /// documents its operators paste (`stackpass setup <kind>`).
+    fn trust_setup(&self, context: &TrustContext<'_>) -> String;
 
     /// Checks that this provider can deliver a grant the policy allowed, in the
     /// mode asked for, before anything is minted (a cloud that decides token

@@ -11,6 +11,7 @@ mod formats;
 mod role_arn;
 mod settings;
 mod sts;
+mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use async_trait::async_trait;
 use stackpass_provider::{
     CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, OutputFormat, ProviderError,
     ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem, SettingsContext,
-    SubjectClaims, Target,
+    SubjectClaims, Target, TrustContext,
 };
 
 pub use role_arn::RoleArn;
@@ -106,6 +107,10 @@ impl CloudProvider for AwsProvider {
 
     fn check_session_tag_key(&self, key: &str) -> Result<(), String> {
         claims::check_tag_key(key)
+    }
+
+    fn trust_setup(&self, context: &TrustContext<'_>) -> String {
+        trust::setup(context, &self.audience)
     }
 
     fn claims_supported(&self) -> &'static [&'static str] {

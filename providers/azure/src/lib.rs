@@ -12,6 +12,7 @@ mod exchange;
 mod formats;
 mod settings;
 mod target;
+mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use async_trait::async_trait;
 use stackpass_provider::{
     CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, Mode, OutputFormat,
     ProviderError, ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem,
-    SettingsContext, SigningAlgorithm, SubjectClaims, Target,
+    SettingsContext, SigningAlgorithm, SubjectClaims, Target, TrustContext,
 };
 
 pub use settings::AzureSettings;
@@ -95,6 +96,10 @@ impl CloudProvider for AzureProvider {
     /// Entra documents RS256 only for federated issuers.
     fn signing_algorithm(&self) -> SigningAlgorithm {
         SigningAlgorithm::Rs256
+    }
+
+    fn trust_setup(&self, context: &TrustContext<'_>) -> String {
+        trust::setup(context, &self.exchanger.settings().audience)
     }
 
     fn subject_claims(&self, target: &Target, _facts: &IssuanceFacts) -> SubjectClaims {

@@ -12,6 +12,7 @@ mod formats;
 mod settings;
 mod subject;
 mod target;
+mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use async_trait::async_trait;
 use stackpass_provider::{
     CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, Mode, OutputFormat,
     ProviderError, ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem,
-    SettingsContext, SubjectClaims, Target,
+    SettingsContext, SubjectClaims, Target, TrustContext,
 };
 
 pub use settings::GcpSettings;
@@ -102,6 +103,10 @@ impl CloudProvider for GcpProvider {
 
     fn parse_target(&self, text: &str) -> Result<Target, String> {
         Ok(Target::new(text, GcpTarget::parse(text)?))
+    }
+
+    fn trust_setup(&self, context: &TrustContext<'_>) -> String {
+        trust::setup(context, self.exchanger.settings())
     }
 
     fn subject_claims(&self, target: &Target, facts: &IssuanceFacts) -> SubjectClaims {

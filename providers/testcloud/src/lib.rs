@@ -21,6 +21,7 @@ use stackpass_provider::{
     parse_settings, pattern_parts, CloudProvider, Credential, ExchangeRequest, IssuanceFacts,
     Limits, OutputFormat, PatternPart, ProviderError, ProviderFactory, ProviderKind,
     ReceivedCredential, SettingProblem, SettingsContext, SigningAlgorithm, SubjectClaims, Target,
+    TrustContext,
 };
 
 pub const KIND: ProviderKind = ProviderKind::from_static("testcloud");
@@ -155,6 +156,15 @@ impl CloudProvider for TestcloudProvider {
                 "{pattern:?} is not a testcloud project; write project/NAME"
             ))
         }
+    }
+
+    fn trust_setup(&self, context: &TrustContext<'_>) -> String {
+        format!(
+            "testcloud trusts issuer {} for audience {} (projects: {})",
+            context.issuer_url,
+            self.audience,
+            context.targets.join(", ")
+        )
     }
 
     fn parse_target(&self, text: &str) -> Result<Target, String> {
