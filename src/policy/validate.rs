@@ -84,11 +84,14 @@ pub fn validate(
         }
         let target = match (config.effect, &config.role) {
             (Effect::Allow, None) => {
-                messages.push("allow rules need a role".into());
+                let syntax = provider.map_or("", |p| p.target_syntax());
+                messages.push(format!(
+                    "allow rules need a role (or target): what the grant becomes at the cloud, written {syntax}"
+                ));
                 None
             }
             (Effect::Deny, Some(_)) => {
-                messages.push("deny rules grant nothing, so they take no role".into());
+                messages.push("deny rules grant nothing, so they take no role (or target)".into());
                 None
             }
             (_, Some(role)) => Template::parse(role)

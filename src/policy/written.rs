@@ -29,7 +29,10 @@ pub struct RuleConfig {
     pub groups: Vec<EntityRef>,
     #[serde(default = "default_true")]
     pub require_owner: bool,
-    /// Role template, e.g. `arn:aws:iam::{tags.aws-account}:role/{component}-deployer`.
+    /// Target template in the provider's syntax, e.g. an AWS role
+    /// `arn:aws:iam::{tags.aws-account}:role/{component}-deployer`. Written
+    /// `role` or `target`.
+    #[serde(alias = "target")]
     pub role: Option<String>,
     #[serde(default = "default_max_duration", with = "humantime_serde")]
     pub max_duration: Duration,

@@ -109,6 +109,11 @@ impl CloudProvider for AwsProvider {
         claims::check_tag_key(key)
     }
 
+    /// For `AWS_ROLE_ARN` next to `AWS_WEB_IDENTITY_TOKEN_FILE`.
+    fn federation_fields(&self, target: &Target) -> Vec<(&'static str, Option<String>)> {
+        vec![("role_arn", Some(target.to_string()))]
+    }
+
     fn trust_setup(&self, context: &TrustContext<'_>) -> String {
         trust::setup(context, &self.audience)
     }
