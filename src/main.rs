@@ -413,6 +413,7 @@ async fn serve(config_path: &std::path::Path, listen: Option<SocketAddr>) -> any
         .map_err(|e| CliError::new(e.to_string(), "fix the configuration key named above"))?;
     let broker = Arc::new(broker);
     stackpass::startup::spawn_policy_reloader(broker.clone(), &config);
+    stackpass::startup::spawn_key_reloader(broker.clone(), &config);
     let router = stackpass::api::router(broker, &config.server);
     tracing::info!(issuer = %config.issuer_url(), "listening on http://{}", config.server.listen);
     stackpass::api::serve(listener, router)

@@ -3,8 +3,10 @@
 //! that can fail at start fails here, with the config key that caused it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::SecretString;
+use stackpass_provider::SigningAlgorithm;
 
 use crate::approvals::SqlApprovalStore;
 use crate::audit::SqlAuditStore;
@@ -17,7 +19,10 @@ use crate::database::{Database, DatabaseError};
 use crate::identity::{
     CatalogEntityMapping, FetchSettings, KeySource, RemoteJwks, StaticKeys, TrustedIssuer, Verifier,
 };
-use crate::issuer::{Issuer, SigningKey, SigningKeyError};
+use crate::issuer::{
+    Issuer, IssuerError, KeyDir, KeyRing, KeySetError, SigningKey, SigningKeyError,
+    SigningKeySource, MANIFEST,
+};
 use crate::notify::Notifier;
 use crate::policy::{expand_paths, load_rules, PolicyError, Rule, RuleConfig, ValidationContext};
 use crate::registry::Providers;
@@ -27,6 +32,16 @@ use crate::stacks::{StackSource, StackSourceError, StaticStackRegistry};
 pub enum StartupError {
     #[error("issuer.signing_key: {0}")]
     SigningKey(#[from] SigningKeyError),
+    #[error("issuer.key_dir: {0}")]
+    KeySet(#[from] KeySetError),
+    #[error("issuer: {0}")]
+    Issuer(IssuerError),
+    #[error("providers.{provider}: signs subject tokens with {algorithm}, but {missing}")]
+    MissingAlgorithm {
+        provider: String,
+        algorithm: SigningAlgorithm,
+        missing: String,
+    },
     #[error("identity.issuers[{index}].key_file: {error}")]
     DevelopmentKey {
         index: usize,
@@ -54,15 +69,22 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
             config.server.listen,
         ));
     }
-    let signing_key = if config.issuer.create_key_if_missing {
-        SigningKey::load_or_generate(&config.issuer.signing_key)?
-    } else {
-        SigningKey::load(&config.issuer.signing_key)?
-    };
+    let keys = key_source(config, true)?.expect("created when missing");
     let verifier = build_verifier(config)?;
     let catalog = build_catalog(config)?;
     let stacks = load_stacks(config)?;
     let providers = config.providers()?;
+    let issuer = Issuer::load(
+        keys,
+        config.issuer_url(),
+        config.issuer.token_lifetime,
+        providers
+            .iter()
+            .flat_map(|p| p.claims_supported().iter().copied())
+            .collect(),
+    )
+    .map_err(keys_error)?;
+    check_algorithms(config, &providers, &issuer.keys(), issuer.key_source())?;
     let rules = load_policy(config, &providers)?;
     // Access requests live beside the audit log: one database, one failure domain.
     let db = Database::open(&config.audit.url, config.audit.busy_timeout).await?;
@@ -71,15 +93,7 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         catalog,
         stacks,
         rules,
-        issuer: Issuer::new(
-            signing_key,
-            config.issuer_url(),
-            config.issuer.token_lifetime,
-            providers
-                .iter()
-                .flat_map(|p| p.claims_supported().iter().copied())
-                .collect(),
-        ),
+        issuer,
         providers,
         audit: Arc::new(SqlAuditStore::new(db.clone())),
         approvals: Arc::new(SqlApprovalStore::new(db)),
@@ -88,6 +102,121 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         component_tag: config.stacks.component_tag.clone(),
         environment_tag: config.stacks.environment_tag.clone(),
     }))
+}
+
+fn keys_error(error: IssuerError) -> StartupError {
+    match error {
+        IssuerError::KeySet(e) => StartupError::KeySet(e),
+        IssuerError::Key(e) => StartupError::SigningKey(e),
+        other => StartupError::Issuer(other),
+    }
+}
+
+/// Where the broker's signing keys come from:
+///
+/// - `issuer.signing_key` set (and not a development setup): that one ES256 key,
+///   as before key sets;
+/// - otherwise the key set in `issuer.key_dir`;
+/// - with neither, the former default key file `stackpass-signing-key.pem`
+///   beside the config, if it exists (configurations that never named their key).
+///
+/// `create_key_if_missing` (development) always uses a key set, creating it on
+/// first start (when `create`) and importing `signing_key` (created first if
+/// missing) or the former default file as its ES256 current key, so that key's
+/// kid survives. `None`: a development key set that does not exist yet and may
+/// not be created here (`config check`).
+fn key_source(config: &Config, create: bool) -> Result<Option<SigningKeySource>, StartupError> {
+    let issuer = &config.issuer;
+    let dir = KeyDir::new(&issuer.key_dir);
+    if issuer.create_key_if_missing {
+        if dir.exists() {
+            return Ok(Some(SigningKeySource::Dir(dir)));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let import = match &issuer.signing_key {
+            Some(path) => {
+                SigningKey::load_or_generate(path)?;
+                Some(SigningKey::load_file(path, SigningAlgorithm::Es256)?)
+            }
+            None if issuer.former_default_key.exists() => Some(SigningKey::load_file(
+                &issuer.former_default_key,
+                SigningAlgorithm::Es256,
+            )?),
+            None => None,
+        };
+        dir.create(import, time::OffsetDateTime::now_utc())?;
+        tracing::warn!(key_dir = %dir.path().display(), "created a development key set (create_key_if_missing)");
+        return Ok(Some(SigningKeySource::Dir(dir)));
+    }
+    if let Some(path) = &issuer.signing_key {
+        if dir.exists() {
+            tracing::warn!(signing_key = %path.display(), key_dir = %dir.path().display(),
+                "issuer.signing_key is set, so only that ES256 key is used and the key set in issuer.key_dir is not; remove issuer.signing_key to use the key set");
+        }
+        return Ok(Some(SigningKeySource::File(path.clone())));
+    }
+    if dir.exists() {
+        return Ok(Some(SigningKeySource::Dir(dir)));
+    }
+    if issuer.former_default_key.exists() {
+        tracing::warn!(signing_key = %issuer.former_default_key.display(),
+            "no key set in issuer.key_dir: using the former default signing key (ES256 only); move it into a key set with `stackpass keys generate --dir {} --import-es256 {}`",
+            dir.path().display(), issuer.former_default_key.display());
+        return Ok(Some(SigningKeySource::File(
+            issuer.former_default_key.clone(),
+        )));
+    }
+    Err(KeySetError::Missing {
+        dir: dir.path().display().to_string(),
+    }
+    .into())
+}
+
+/// Every configured provider's algorithm has a current key.
+fn check_algorithms(
+    config: &Config,
+    providers: &Providers,
+    ring: &KeyRing,
+    source: &SigningKeySource,
+) -> Result<(), StartupError> {
+    for provider in providers.iter() {
+        let algorithm = provider.signing_algorithm();
+        if ring.current(algorithm).is_some() {
+            continue;
+        }
+        let missing = match source {
+            SigningKeySource::File(path) => format!(
+                "the broker signs with one ES256 key ({}); move it into a key set that keeps its kid with `stackpass keys generate --dir {} --import-es256 {}`, then remove issuer.signing_key",
+                path.display(),
+                config.issuer.key_dir.display(),
+                path.display()
+            ),
+            SigningKeySource::Dir(dir) => format!(
+                "the key set in {} has no current {algorithm} key; restore its {MANIFEST} from a backup",
+                dir.path().display()
+            ),
+            SigningKeySource::Fixed => format!("no {algorithm} key is loaded"),
+        };
+        return Err(StartupError::MissingAlgorithm {
+            provider: provider.kind().to_string(),
+            algorithm,
+            missing,
+        });
+    }
+    Ok(())
+}
+
+/// The longest subject token this configuration can sign: the exchange
+/// lifetime, or a federation-mode token as long as the longest grant any
+/// configured provider issues. A retiring key must stay published that long.
+pub fn longest_subject_token(config: &Config) -> Result<Duration, StartupError> {
+    Ok(config
+        .providers()?
+        .iter()
+        .map(|p| p.limits().max_duration)
+        .fold(config.issuer.token_lifetime, Duration::max))
 }
 
 /// One trusted issuer per `[[identity.issuers]]`. Remote issuers fetch keys
@@ -200,17 +329,23 @@ fn build_catalog(config: &Config) -> Result<Arc<dyn Catalog>, StartupError> {
 }
 
 /// What `stackpass config check` verifies beyond the config file itself: the files
-/// it names load, the policy validates, the signing key is usable. No network, no
-/// writes. Returns the number of rules.
+/// it names load, the policy validates, the signing keys load and every
+/// provider's algorithm has one. No network, no writes. Returns the number of
+/// rules.
 pub fn check(config: &Config) -> Result<usize, StartupError> {
-    if !config.issuer.create_key_if_missing {
-        SigningKey::load(&config.issuer.signing_key)?;
+    let providers = config.providers()?;
+    if let Some(source) = key_source(config, false)? {
+        let ring = source
+            .load(time::OffsetDateTime::now_utc())
+            .map_err(keys_error)?
+            .expect("keys from disk");
+        check_algorithms(config, &providers, &ring, &source)?;
     }
     if config.catalog.kind == CatalogKind::Static {
         load_static_catalog(config)?;
     }
     load_stacks(config)?;
-    Ok(load_policy(config, &config.providers()?)?.len())
+    Ok(load_policy(config, &providers)?.len())
 }
 
 /// Watches the policy files: on SIGHUP, or when their contents change (checked
@@ -286,4 +421,57 @@ async fn reload(broker: &Broker, source: &PolicySource, reason: &str) {
     if let Err(e) = broker.reload_policy(reason, loaded).await {
         tracing::error!(error = %e, "could not audit a policy reload");
     }
+}
+
+/// Watches the signing keys: on SIGHUP, or when the key set's manifest changes
+/// (checked every `issuer.key_reload_interval`), reads them again. Keys that
+/// load replace the old ones whole; a set that does not load (or lost an
+/// algorithm) is logged and the loaded keys keep signing. Replicas sharing the
+/// directory converge on the same keys, with the same kids.
+pub fn spawn_key_reloader(broker: Arc<Broker>, config: &Config) {
+    if matches!(broker.issuer().key_source(), SigningKeySource::Fixed) {
+        return;
+    }
+    let interval = config.issuer.key_reload_interval;
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = broker.issuer().key_source().fingerprint();
+        loop {
+            #[cfg(unix)]
+            let hangup_received = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup_received = std::future::pending::<Option<()>>();
+            let reason = tokio::select! {
+                _ = hangup_received => "SIGHUP",
+                _ = ticker.tick() => {
+                    if broker.issuer().key_source().fingerprint() == seen {
+                        continue;
+                    }
+                    "the key set changed"
+                }
+            };
+            seen = broker.issuer().key_source().fingerprint();
+            let reloading = broker.clone();
+            let reloaded =
+                tokio::task::spawn_blocking(move || reloading.issuer().reload_keys()).await;
+            match reloaded {
+                Ok(Ok(Some(keys))) => {
+                    tracing::info!(reason, %keys, "signing keys reloaded");
+                }
+                Ok(Ok(None)) => tracing::debug!(reason, "signing keys unchanged"),
+                Ok(Err(error)) => tracing::error!(reason, %error,
+                    "signing keys not reloaded; the loaded keys stay in force"),
+                Err(error) => tracing::error!(reason, %error, "the signing key reload failed"),
+            }
+        }
+    });
 }

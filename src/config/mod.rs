@@ -189,7 +189,7 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        resolve(&mut self.issuer.signing_key);
+        self.issuer.resolve_paths(base);
         for issuer in &mut self.identity.issuers {
             if let Some(p) = issuer.key_file.as_mut() {
                 resolve(p)

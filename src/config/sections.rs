@@ -50,22 +50,60 @@ impl Default for ServerConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IssuerConfig {
-    /// PKCS#8 PEM file with stackpass's ES256 signing key.
-    pub signing_key: PathBuf,
+    /// The key set: a directory with `keyset.json` and one PEM file per key
+    /// (`stackpass keys generate --dir`), ES256 and RS256, rotated with
+    /// `stackpass keys rotate`.
+    pub key_dir: PathBuf,
+    /// Before key sets: one PKCS#8 PEM ES256 key file. Still honoured (it is then
+    /// the only key: ES256, no RS256); `stackpass keys generate --dir DIR
+    /// --import-es256 FILE` moves it into a key set, keeping its kid.
+    pub signing_key: Option<PathBuf>,
     /// Lifetime of the subject tokens stackpass mints; they are exchanged at once.
     #[serde(with = "humantime_serde")]
     pub token_lifetime: Duration,
-    /// Development only: create the signing key on first start.
+    /// Development only: create the key set (and `signing_key`, if set) on first
+    /// start.
     pub create_key_if_missing: bool,
+    /// How often the key set's manifest is checked for changes (keys also reload
+    /// on SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub key_reload_interval: Duration,
+    /// `stackpass-signing-key.pem` beside the config file: `signing_key`'s
+    /// default before key sets, still used when neither a key set nor
+    /// `signing_key` is there.
+    #[serde(skip)]
+    pub former_default_key: PathBuf,
 }
+
+/// `issuer.signing_key`'s default before key sets.
+const FORMER_DEFAULT_KEY: &str = "stackpass-signing-key.pem";
 
 impl Default for IssuerConfig {
     fn default() -> Self {
         IssuerConfig {
-            signing_key: PathBuf::from("stackpass-signing-key.pem"),
+            key_dir: PathBuf::from("stackpass-keys"),
+            signing_key: None,
             token_lifetime: Duration::from_secs(300),
             create_key_if_missing: false,
+            key_reload_interval: Duration::from_secs(30),
+            former_default_key: PathBuf::from(FORMER_DEFAULT_KEY),
         }
+    }
+}
+
+impl IssuerConfig {
+    /// Resolves relative key paths against the config file's directory.
+    pub(super) fn resolve_paths(&mut self, base: &std::path::Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.key_dir);
+        if let Some(p) = self.signing_key.as_mut() {
+            resolve(p);
+        }
+        self.former_default_key = base.join(FORMER_DEFAULT_KEY);
     }
 }
 

@@ -38,6 +38,13 @@ impl Config {
                 "must be between 1m and 1h; subject tokens are exchanged at once".into(),
             );
         }
+        let reload = self.issuer.key_reload_interval;
+        if reload < Duration::from_secs(1) || reload > Duration::from_secs(3600) {
+            problem(
+                "issuer.key_reload_interval".into(),
+                "must be between 1s and 1h; rotated keys must reach every replica well within the rotation's overlap".into(),
+            );
+        }
 
         if self.identity.issuers.is_empty() {
             problem(
