@@ -31,9 +31,17 @@ ref = "terraform:acme/search-dev"
 tags = { "backstage.io/component" = "search", environment = "dev", aws-account = "222222222222" }
 
 [[stacks]]
+ref = "pulumi:acme/payments-platform-infrastructure-and-networking/development-environment-for-the-payments-team-in-europe-west"
+tags = { "backstage.io/component" = "payments", environment = "dev", aws-account = "111111111111" }
+
+[[stacks]]
 ref = "pulumi:acme/ghost/dev"
 tags = { "backstage.io/component" = "ghost", environment = "dev", aws-account = "333333333333" }
 "#;
+
+/// A stack in [`STACKS_TOML`] whose reference is longer than Google's
+/// 127-byte subject limit.
+pub const LONG_STACK: &str = "pulumi:acme/payments-platform-infrastructure-and-networking/development-environment-for-the-payments-team-in-europe-west";
 
 pub struct BrokerOptions {
     pub backstage_url: String,

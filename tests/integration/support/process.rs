@@ -26,6 +26,11 @@ pub(super) fn venv_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The test venv's Python, with google-auth (and the other PyPI clients) installed.
+pub fn venv_python() -> PathBuf {
+    venv_binary("python")
+}
+
 pub fn aws_cli() -> PathBuf {
     venv_binary("aws")
 }
