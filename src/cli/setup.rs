@@ -11,6 +11,15 @@ use crate::config::Config;
 use crate::{registry, startup};
 
 pub fn trust_setup(config: &Config, kind: &str) -> Result<String, CliError> {
+    if config.server.public_url.is_none() {
+        return Err(CliError::new(
+            format!(
+                "server.public_url is not set, so the issuer would be {}, which no cloud can reach",
+                config.issuer_url()
+            ),
+            "set server.public_url (or STACKPASS_SERVER__PUBLIC_URL) to the HTTPS URL clouds fetch /.well-known/openid-configuration from",
+        ));
+    }
     let factory = registry::factory(kind).ok_or_else(|| {
         CliError::new(
             format!("this stackpass build has no {kind} provider"),
