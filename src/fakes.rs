@@ -23,6 +23,9 @@ pub struct FakeCloud {
     pub kind: Option<ProviderKind>,
     /// Refuse every exchange, as a cloud whose trust policy does not match.
     pub refuse: AtomicBool,
+    /// Issue credentials an hour longer than asked, as a cloud that decides
+    /// lifetimes itself would.
+    pub overissue: AtomicBool,
     pub calls: AtomicUsize,
     /// The subject tokens it was given, to check their claims.
     pub tokens: Mutex<Vec<SecretString>>,
@@ -121,9 +124,14 @@ impl CloudProvider for FakeCloud {
                 hint: "trust this broker's issuer".into(),
             });
         }
+        let extra = if self.overissue.load(Ordering::SeqCst) {
+            Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        };
         Ok(Credential::new(
             format!("fake-{}", request.facts.issuance_id),
-            time::OffsetDateTime::now_utc() + request.duration,
+            time::OffsetDateTime::now_utc() + request.duration + extra,
         )
         .secret("token", SecretString::from("fake-secret".to_owned())))
     }

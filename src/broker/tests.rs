@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use stackpass_provider::{CloudProvider, ProviderKind};
 
 use super::*;
@@ -314,6 +315,92 @@ async fn a_cloud_refusal_is_recorded_as_a_failed_outcome() {
         .as_str()
         .unwrap()
         .contains("InvalidIdentityToken"));
+}
+
+#[tokio::test]
+async fn a_credential_that_outlives_its_grant_is_withheld_and_recorded_as_failed() {
+    let w = world().await;
+    w.cloud
+        .overissue
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let result = w
+        .issue("user:default/jane", &ask("pulumi:acme/payments/dev"))
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(BrokerError::Cloud(ProviderError::InvalidResponse { .. }))
+        ),
+        "{result:?}"
+    );
+    let rows = w.rows().await;
+    assert_eq!(rows.last().unwrap().outcome, "failed");
+    assert!(detail(rows.last().unwrap())["error"]
+        .as_str()
+        .unwrap()
+        .contains("after the grant ends"));
+}
+
+#[tokio::test]
+async fn federation_mode_hands_out_the_subject_token_without_calling_the_cloud() {
+    let w = world().await;
+    let mut request = ask("pulumi:acme/payments/dev");
+    request.mode = Mode::Federation;
+    request.duration = Some(Duration::from_secs(1800));
+    let issued = w.issue("user:default/jane", &request).await.unwrap();
+    assert_eq!(
+        w.cloud.calls(),
+        0,
+        "the caller exchanges it, not the broker"
+    );
+    let fields: Vec<&str> = issued
+        .credential
+        .fields
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(fields, ["token_type", "audience", "subject_token"]);
+    let Some((_, stackpass_provider::CredentialField::Secret(token))) =
+        issued.credential.fields.last()
+    else {
+        panic!("the subject token is a secret field");
+    };
+    let claims: serde_json::Value = {
+        use base64::Engine;
+        let payload = token.expose_secret().split('.').nth(1).unwrap().to_owned();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(claims["aud"], "aws-audience");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        1800
+    );
+    assert_eq!(
+        issued.credential.credential_id,
+        claims["jti"].as_str().unwrap()
+    );
+
+    // One commit: the decision and the issuance, naming the token and its audience.
+    let rows = w.rows().await;
+    assert_eq!(
+        w.events().await,
+        pairs(&[("decision", "allowed"), ("issuance_outcome", "issued")])
+    );
+    let detail = detail(&rows[1]);
+    assert_eq!(detail["mode"], "federation");
+    assert_eq!(detail["audience"], "aws-audience");
+    assert_eq!(detail["subject_token_id"], claims["jti"]);
+    assert_eq!(rows[1].credential_id.as_deref(), claims["jti"].as_str());
+
+    // No record, no token.
+    w.audit.fail_after(0);
+    let result = w.issue("user:default/jane", &request).await;
+    assert!(matches!(result, Err(BrokerError::Audit(_))), "{result:?}");
 }
 
 #[tokio::test]
