@@ -15,6 +15,7 @@ mod backstage_real;
 mod cli;
 mod identity;
 mod issuance;
+mod keys;
 mod policy;
 mod postgres;
 mod quickstart;
