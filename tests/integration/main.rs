@@ -13,6 +13,7 @@ mod audit;
 mod audit_log;
 mod backstage_real;
 mod cli;
+mod doubles;
 mod identity;
 mod issuance;
 mod keys;

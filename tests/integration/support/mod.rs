@@ -13,12 +13,19 @@
 //!   [`TestResponse`]; and [`World`], the usual setup of all three.
 //! - [`postgres`]: [`PgDatabase`], a fresh database per test on a real server.
 //! - [`webhook`]: [`WebhookListener`], the notification webhook double.
+//! - [`google`]: [`GoogleDouble`], Google STS and IAM Credentials
+//!   (`generateAccessToken`), judging subject tokens as workload identity
+//!   federation does.
+//! - [`entra`]: [`EntraDouble`], the Microsoft Entra token endpoint for client
+//!   credentials with a federated assertion, with its AADSTS errors.
 //! - [`audit`]: reading, crashing and verifying the audit log from outside.
 //! - [`process`]: paths, the `stackpass` CLI, free ports, local HTTP servers.
 
 pub mod audit;
 pub mod backstage;
 pub mod broker;
+pub mod entra;
+pub mod google;
 pub mod postgres;
 pub mod process;
 pub mod sts;
@@ -28,6 +35,8 @@ pub mod webhook;
 pub use audit::*;
 pub use backstage::*;
 pub use broker::*;
+pub use entra::*;
+pub use google::*;
 pub use postgres::*;
 pub use process::*;
 pub use sts::*;
