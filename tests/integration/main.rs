@@ -11,14 +11,17 @@ mod support;
 mod approvals;
 mod audit;
 mod audit_log;
+mod azure;
 mod backstage_real;
 mod cli;
 mod doubles;
+mod gcp;
 mod identity;
 mod issuance;
 mod keys;
 mod policy;
 mod postgres;
 mod quickstart;
+mod setup;
 #[cfg(feature = "testcloud")]
 mod testcloud;
