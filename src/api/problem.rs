@@ -22,16 +22,17 @@ pub struct Problem {
     pub title: &'static str,
     #[serde(serialize_with = "serialize_status")]
     pub status: StatusCode,
-    pub detail: String,
+    /// Boxed, like `request_id` and `cloud_code`, to keep `Result<_, Problem>` small.
+    pub detail: Box<str>,
     pub hint: Cow<'static, str>,
-    pub request_id: String,
+    pub request_id: Box<str>,
     /// For denials: each rule considered and why it did not match.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules: Option<Box<Vec<crate::wire::RuleMiss>>>,
     /// For a cloud's refusal: the cloud's own error code (`InvalidIdentityToken`,
     /// `invalid_grant`, `AADSTS700213`), for searching its documentation.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cloud_code: Option<String>,
+    pub cloud_code: Option<Box<str>>,
 }
 
 /// Stable problem type URIs: `urn:stackpass:problem:{slug}`.
@@ -55,16 +56,16 @@ impl Problem {
             kind: slug,
             title,
             status,
-            detail: detail.into(),
+            detail: detail.into().into_boxed_str(),
             hint: hint.into(),
-            request_id: String::new(),
+            request_id: Box::default(),
             rules: None,
             cloud_code: None,
         }
     }
 
     pub fn with_request_id(mut self, request_id: &str) -> Self {
-        self.request_id = request_id.to_owned();
+        self.request_id = request_id.into();
         self
     }
 
@@ -236,7 +237,7 @@ fn from_provider_error(error: &ProviderError) -> Problem {
                 error.to_string(),
                 hint.clone(),
             );
-            problem.cloud_code = Some(code.clone());
+            problem.cloud_code = Some(code.as_str().into());
             problem
         }
         ProviderError::InvalidResponse { .. } => Problem::new(
