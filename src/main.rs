@@ -188,7 +188,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `stackpass keys …`: the key set on disk. Running brokers reload it by
 /// themselves (or at once on SIGHUP).
 fn keys(command: KeysCommand) -> anyhow::Result<()> {
-    let now = time::OffsetDateTime::now_utc();
+    // Whole seconds: the manifest's times are for people to read.
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 is a valid nanosecond");
     match command {
         KeysCommand::Generate { out: Some(out), .. } => {
             let key = SigningKey::generate(&out)

@@ -146,7 +146,10 @@ fn key_source(config: &Config, create: bool) -> Result<Option<SigningKeySource>,
             )?),
             None => None,
         };
-        dir.create(import, time::OffsetDateTime::now_utc())?;
+        let now = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("0 is a valid nanosecond");
+        dir.create(import, now)?;
         tracing::warn!(key_dir = %dir.path().display(), "created a development key set (create_key_if_missing)");
         return Ok(Some(SigningKeySource::Dir(dir)));
     }

@@ -67,11 +67,10 @@ pub enum KeySetError {
     Unwritable { path: String, message: String },
     #[error("{path} exists: another `stackpass keys` command is changing this key set; if none is running, delete {path}")]
     Locked { path: String },
-    #[error("an overlap of {overlap} is shorter than the longest token {signer} can sign ({minimum}): a retiring key must stay published until every token it signed has expired; use --overlap {suggested} or longer")]
+    #[error("an overlap of {overlap} is shorter than {limit}: a retiring key must stay published until every token it signed has expired; use --overlap {suggested} or longer")]
     OverlapTooShort {
         overlap: String,
-        signer: String,
-        minimum: String,
+        limit: String,
         suggested: String,
     },
     #[error("{0}")]
@@ -103,11 +102,16 @@ pub fn choose_overlap(
         Some(overlap) if overlap >= minimum => Ok(overlap),
         Some(overlap) => Err(KeySetError::OverlapTooShort {
             overlap: humantime::format_duration(overlap).to_string(),
-            signer: match longest_token {
-                Some(_) => "this configuration".into(),
-                None => "a broker (pass --config to use its own)".into(),
+            limit: match longest_token {
+                Some(_) => format!(
+                    "the longest token this configuration can sign ({})",
+                    humantime::format_duration(minimum)
+                ),
+                None => format!(
+                    "the longest issuer.token_lifetime ({}); federation-mode tokens can live longer, so pass --config FILE to check against the broker's providers",
+                    humantime::format_duration(minimum)
+                ),
             },
-            minimum: humantime::format_duration(minimum).to_string(),
             suggested: humantime::format_duration(suggested).to_string(),
         }),
     }
