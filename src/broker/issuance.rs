@@ -2,6 +2,9 @@
 //! decision and the intent, exchange the token at the cloud, commit the
 //! outcome, and only then hand the credential back.
 //!
+//! In federation mode the subject token is the credential: it is minted for
+//! the grant's duration and committed with the decision; no cloud is called.
+//!
 //! Invariant: a credential leaves this module only after its outcome record is
 //! committed. A failed intent write means no cloud call; a failed outcome write
 //! means the credential is dropped unseen (its intent record shows it was about
@@ -49,7 +52,7 @@ impl Exchange {
         let facts = issuance_facts(&issuance);
         let claims = provider.subject_claims(&grant.target, &facts);
         if asked.request.mode == Mode::Federation {
-            return self.federate(&issuance, claims, provider).await;
+            return self.federate(&issuance, &facts, claims, provider).await;
         }
         let subject_token = self.issuer.mint(&SubjectTokenRequest {
             facts: &facts,
@@ -115,12 +118,13 @@ impl Exchange {
     async fn federate(
         &self,
         issuance: &AllowedIssuance<'_>,
+        facts: &IssuanceFacts,
         claims: SubjectClaims,
         provider: &Arc<dyn CloudProvider>,
     ) -> Result<Issued, BrokerError> {
         let audience = claims.audience.clone();
         let token = self.issuer.mint(&SubjectTokenRequest {
-            facts: &issuance_facts(issuance),
+            facts,
             provider: claims,
             algorithm: provider.signing_algorithm(),
             lifetime: Some(issuance.grant.duration),
