@@ -28,10 +28,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use keyset::{
-    choose_overlap, rotate, KeyDir, KeyEntry, KeySetError, KeyState, Manifest, Rotation,
-    DEFAULT_OVERLAP, MANIFEST, MIN_OVERLAP,
+    choose_overlap, rotate, KeyDir, KeyEntry, KeySetError, Manifest, Rotation, DEFAULT_OVERLAP,
+    MANIFEST, MIN_OVERLAP,
 };
-pub use ring::{KeyRing, RingKey};
+pub use ring::{KeyRing, KeyState, RingKey};
 pub use signing_key::{SigningKey, SigningKeyError, RSA_BITS};
 
 /// Claims the broker sets itself; a provider may not set them.

@@ -7,7 +7,6 @@ use std::fmt;
 use stackpass_provider::SigningAlgorithm;
 use time::OffsetDateTime;
 
-use super::keyset::KeyState;
 use super::SigningKey;
 
 pub struct RingKey {
@@ -96,5 +95,47 @@ impl fmt::Display for KeyRing {
             write!(f, "{} {}", key.state.name(), key.key.kid())?;
         }
         Ok(())
+    }
+}
+
+/// Where a key is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Next,
+    Current,
+    Retiring { retire_after: OffsetDateTime },
+}
+
+impl KeyState {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyState::Next => "next",
+            KeyState::Current => "current",
+            KeyState::Retiring { .. } => "retiring",
+        }
+    }
+
+    /// Listing order: the signing key first, then the next, then retiring.
+    pub fn rank_for_listing(self) -> u8 {
+        match self {
+            KeyState::Current => 0,
+            KeyState::Next => 1,
+            KeyState::Retiring { .. } => 2,
+        }
+    }
+
+    /// Whether the JWKS carries a key in this state at `now`.
+    pub fn published_at(self, now: OffsetDateTime) -> bool {
+        match self {
+            KeyState::Next | KeyState::Current => true,
+            KeyState::Retiring { retire_after } => now < retire_after,
+        }
+    }
+
+    pub fn retire_after(self) -> Option<OffsetDateTime> {
+        match self {
+            KeyState::Retiring { retire_after } => Some(retire_after),
+            _ => None,
+        }
     }
 }
