@@ -466,14 +466,24 @@ pub fn spawn_key_reloader(broker: Arc<Broker>, config: &Config) {
             let reloading = broker.clone();
             let reloaded =
                 tokio::task::spawn_blocking(move || reloading.issuer().reload_keys()).await;
-            match reloaded {
-                Ok(Ok(Some(keys))) => {
-                    tracing::info!(reason, %keys, "signing keys reloaded");
+            let recorded = match reloaded {
+                Ok(Ok(Some(keys))) => broker.record_key_reload(reason, Ok(&keys)).await,
+                Ok(Ok(None)) => {
+                    tracing::debug!(reason, "signing keys unchanged");
+                    Ok(())
                 }
-                Ok(Ok(None)) => tracing::debug!(reason, "signing keys unchanged"),
-                Ok(Err(error)) => tracing::error!(reason, %error,
-                    "signing keys not reloaded; the loaded keys stay in force"),
-                Err(error) => tracing::error!(reason, %error, "the signing key reload failed"),
+                Ok(Err(error)) => {
+                    broker
+                        .record_key_reload(reason, Err(error.to_string()))
+                        .await
+                }
+                Err(error) => {
+                    tracing::error!(reason, %error, "the signing key reload failed");
+                    Ok(())
+                }
+            };
+            if let Err(error) = recorded {
+                tracing::error!(reason, %error, "could not record a signing key reload");
             }
         }
     });

@@ -25,6 +25,9 @@ pub enum AuditEvent {
     DryRun,
     /// Policy files were reloaded (`applied`) or a broken policy was refused (`rejected`).
     PolicyReloaded,
+    /// The signing key set changed on disk and was loaded (`applied`), or a
+    /// key set that does not load was refused (`rejected`).
+    KeysReloaded,
     /// An access request was created (`pending`).
     AccessRequested,
     /// A step on an access request: `approval_recorded`, `approved`, `denied`,
@@ -41,6 +44,7 @@ impl AuditEvent {
             AuditEvent::AuditPruned => "audit_pruned",
             AuditEvent::DryRun => "dry_run",
             AuditEvent::PolicyReloaded => "policy_reloaded",
+            AuditEvent::KeysReloaded => "keys_reloaded",
             AuditEvent::AccessRequested => "access_requested",
             AuditEvent::Approval => "approval",
         }
@@ -72,7 +76,7 @@ pub enum Outcome {
     Approved,
     Expired,
     Invalidated,
-    // policy_reloaded
+    // policy_reloaded, keys_reloaded
     Applied,
     Rejected,
     // audit_pruned

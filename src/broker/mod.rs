@@ -41,7 +41,7 @@ use crate::approvals::{AccessRequest, AccessRequestId, ApprovalError, ApprovalSt
 use crate::audit::{AuditError, AuditPage, AuditQuery, AuditStore};
 use crate::catalog::{Catalog, CatalogError, EntityRef};
 use crate::identity::{IdentityError, Principal, Verifier};
-use crate::issuer::{Issuer, IssuerError};
+use crate::issuer::{Issuer, IssuerError, KeyRing};
 use crate::notify::Notifier;
 use crate::policy::{ApprovalRequirement, Decision, Denial, Grant, LivePolicy, Rule};
 use crate::registry::{LookupError, Providers};
@@ -464,6 +464,18 @@ impl Broker {
         };
         self.recorder
             .record(&[Event::PolicyReloaded { reason, result }])
+            .await
+    }
+
+    /// Records a change of signing keys that startup's key reloader loaded
+    /// (`Ok`: the keys now in force) or refused (`Err`: why).
+    pub async fn record_key_reload(
+        &self,
+        reason: &str,
+        result: Result<&KeyRing, String>,
+    ) -> Result<(), AuditError> {
+        self.recorder
+            .record(&[Event::KeysReloaded { reason, result }])
             .await
     }
 

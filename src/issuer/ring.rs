@@ -26,6 +26,11 @@ impl KeyRing {
         KeyRing { keys }
     }
 
+    /// Every key, by algorithm: the signing one, the next, the retiring.
+    pub fn entries(&self) -> impl Iterator<Item = &RingKey> {
+        self.keys.iter()
+    }
+
     /// One key that signs for its algorithm (a single `issuer.signing_key`).
     pub fn single(key: SigningKey) -> Self {
         KeyRing::new(vec![RingKey {

@@ -396,6 +396,36 @@ async fn a_rotation_signs_with_the_next_key_after_sighup_and_keeps_the_old_one_p
     );
     assert_eq!(published(&broker).await, expected);
     std::fs::write(dir.join("keyset.json"), good).unwrap();
+
+    // Both reloads are in the audit log: the keys now in force (public facts
+    // only), and the refusal with its reason.
+    let reloads: Vec<Value> = broker
+        .audit_rows()
+        .await
+        .into_iter()
+        .filter(|r| r["event"] == "keys_reloaded")
+        .collect();
+    let outcomes: Vec<&str> = reloads
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["applied", "rejected"]);
+    let applied: Value = serde_json::from_str(reloads[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(applied["reason"], "SIGHUP");
+    let kids: Vec<&str> = applied["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&kid_of(&after, "RS256", "current").as_str()),
+        "{applied}"
+    );
+    assert!(
+        !reloads[0].to_string().contains("PRIVATE"),
+        "no key material"
+    );
 }
 
 // Blocking child processes below must not starve the doubles served on this runtime.

@@ -21,6 +21,7 @@ use crate::approvals::{AccessRequest, AccessRequestId};
 use crate::audit::{AuditError, AuditStore};
 use crate::catalog::EntityRef;
 use crate::identity::Principal;
+use crate::issuer::KeyRing;
 use crate::notify::Notifier;
 use crate::policy::{ApprovalRequirement, Denial, Grant};
 use crate::wire;
@@ -140,6 +141,11 @@ pub(super) enum Event<'a> {
         /// The rule names that now apply, or the problems that kept them out.
         result: Result<Vec<String>, Vec<String>>,
     },
+    KeysReloaded {
+        reason: &'a str,
+        /// The keys now in force, or why the new key set was refused.
+        result: Result<&'a KeyRing, String>,
+    },
 }
 
 impl Event<'_> {
@@ -248,6 +254,15 @@ impl Event<'_> {
                 reason,
                 result: Ok(rules),
             } => tracing::info!(reason, rules = rules.len(), "policy reloaded"),
+            Event::KeysReloaded {
+                reason,
+                result: Ok(keys),
+            } => tracing::info!(reason, %keys, "signing keys reloaded"),
+            Event::KeysReloaded {
+                reason,
+                result: Err(error),
+            } => tracing::error!(reason, %error,
+                "signing keys not reloaded; the loaded keys stay in force"),
             Event::PolicyReloaded {
                 reason,
                 result: Err(problems),

@@ -7,6 +7,8 @@ use uuid::Uuid;
 use super::{Allowance, AllowedIssuance, ApprovalStep, Asked, Event};
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
 use crate::broker::resolve::Resolved;
+use crate::database::format_timestamp;
+use crate::issuer::KeyRing;
 use crate::policy::{ApprovalRequirement, Denial};
 
 impl Asked<'_> {
@@ -70,6 +72,20 @@ fn approval_json(approval: &ApprovalRequirement) -> serde_json::Value {
         "request_ttl": duration(approval.request_ttl),
         "break_glass_max_duration": approval.break_glass_max_duration.map(duration),
     })
+}
+
+/// Public facts only: which key signs, which is next, which is retiring.
+fn keys_json(keys: &KeyRing) -> serde_json::Value {
+    keys.entries()
+        .map(|entry| {
+            json!({
+                "kid": entry.key.kid(),
+                "algorithm": entry.key.algorithm().as_str(),
+                "state": entry.state.name(),
+                "retire_after": entry.state.retire_after().map(format_timestamp),
+            })
+        })
+        .collect()
 }
 
 fn denial_json(denial: &Denial) -> serde_json::Value {
@@ -300,6 +316,25 @@ impl Event<'_> {
                     AuditEvent::PolicyReloaded,
                     outcome,
                     &format!("policy-reload-{}", Uuid::new_v4()),
+                );
+                record.detail = Some(detail);
+                record
+            }
+            Event::KeysReloaded { reason, result } => {
+                let (outcome, detail) = match result {
+                    Ok(keys) => (
+                        Outcome::Applied,
+                        json!({ "reason": reason, "keys": keys_json(keys) }),
+                    ),
+                    Err(error) => (
+                        Outcome::Rejected,
+                        json!({ "reason": reason, "error": error }),
+                    ),
+                };
+                let mut record = AuditRecord::new(
+                    AuditEvent::KeysReloaded,
+                    outcome,
+                    &format!("keys-reload-{}", Uuid::new_v4()),
                 );
                 record.detail = Some(detail);
                 record
