@@ -107,7 +107,7 @@ impl Providers {
     /// defaults is left out.
     pub fn offline() -> Providers {
         let context = SettingsContext {
-            request_timeout: std::time::Duration::from_secs(3600),
+            cloud_budget: std::time::Duration::from_secs(3600),
         };
         let by_kind = factories()
             .into_iter()

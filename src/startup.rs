@@ -101,6 +101,7 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         auditor_groups: config.audit.auditor_groups.clone(),
         component_tag: config.stacks.component_tag.clone(),
         environment_tag: config.stacks.environment_tag.clone(),
+        cloud_budget: config.cloud_budget(),
     }))
 }
 

@@ -140,7 +140,7 @@ async fn overloaded_or_timed_out(error: tower::BoxError) -> Problem {
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
             "Request timed out",
-            "the broker did not finish this request in time; nothing was issued",
+            "the broker did not finish this request in time; no credential was returned (one minted for it is recorded in the audit log as withheld)",
             "retry; if it persists, a dependency (catalog, cloud, audit store) is slow",
         )
     } else {

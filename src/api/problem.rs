@@ -191,6 +191,13 @@ impl Problem {
                 "retry shortly; if it persists, the operator should check the audit database",
             ),
             BrokerError::Cloud(e) => from_provider_error(e),
+            BrokerError::IssuanceInterrupted => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                error.to_string(),
+                "report the request id to the operator; no credential was returned",
+            ),
             BrokerError::Issuer(_) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

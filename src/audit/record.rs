@@ -19,6 +19,8 @@ pub enum AuditEvent {
     IssuanceIntent,
     /// Committed after the cloud answered, before the credential is returned.
     IssuanceOutcome,
+    /// A recorded credential never reached its caller (`withheld`).
+    IssuanceWithheld,
     /// Retention pruning removed older records and sealed the chain.
     AuditPruned,
     /// A dry-run decision (`POST /v1/decisions`): nothing was issued.
@@ -41,6 +43,7 @@ impl AuditEvent {
             AuditEvent::Decision => "decision",
             AuditEvent::IssuanceIntent => "issuance_intent",
             AuditEvent::IssuanceOutcome => "issuance_outcome",
+            AuditEvent::IssuanceWithheld => "issuance_withheld",
             AuditEvent::AuditPruned => "audit_pruned",
             AuditEvent::DryRun => "dry_run",
             AuditEvent::PolicyReloaded => "policy_reloaded",
@@ -67,6 +70,10 @@ pub enum Outcome {
     // issuance_outcome
     Issued,
     Failed,
+    /// The caller went away before the cloud was called.
+    Abandoned,
+    // issuance_withheld
+    Withheld,
     // dry_run
     WouldAllow,
     WouldNeedApproval,
@@ -94,6 +101,8 @@ impl Outcome {
             Outcome::Pending => "pending",
             Outcome::Issued => "issued",
             Outcome::Failed => "failed",
+            Outcome::Abandoned => "abandoned",
+            Outcome::Withheld => "withheld",
             Outcome::WouldAllow => "would_allow",
             Outcome::WouldNeedApproval => "would_need_approval",
             Outcome::WouldDeny => "would_deny",

@@ -9,25 +9,37 @@
 //! committed. A failed intent write means no cloud call; a failed outcome write
 //! means the credential is dropped unseen (its intent record shows it was about
 //! to be minted).
+//!
+//! The steps from the first commit to the hand-over run in a task of their own,
+//! so that a caller who hangs up, or a request that times out, cannot cut them
+//! short: every intent gets an outcome that tells the truth. If the caller is
+//! gone before the cloud is called, nothing is minted (`abandoned`); if it is
+//! gone once the credential exists, the credential is recorded and then
+//! `withheld`, so its key id is in the log either way.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use stackpass_provider::{
     federation, CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Mode, ProviderError,
-    SubjectClaims,
 };
 use time::OffsetDateTime;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::events::{Allowance, AllowedIssuance, Asked, Event, Recorder};
 use super::resolve::Resolved;
-use super::{BrokerError, Issued};
-use crate::issuer::{Issuer, SubjectTokenRequest};
+use super::{BrokerError, CredentialRequest, Issued, RequestContext};
+use crate::identity::Principal;
+use crate::issuer::{Issuer, SubjectToken, SubjectTokenRequest};
 use crate::policy::Grant;
 
 pub(super) struct Exchange {
     pub issuer: Issuer,
     pub recorder: Recorder,
+    /// The longest the broker waits for a cloud, whatever the provider's own
+    /// timeouts say: its share of the request timeout.
+    pub cloud_budget: Duration,
 }
 
 impl Exchange {
@@ -42,74 +54,183 @@ impl Exchange {
         provider
             .check_delivery(&grant.target, asked.request.mode, grant.duration)
             .map_err(BrokerError::InvalidRequest)?;
-        let issuance = AllowedIssuance {
-            asked,
-            resolved,
-            grant: &grant,
-            allowance: &allowance,
+        let job = Job {
+            context: asked.context.clone(),
+            principal: asked.principal.clone(),
+            request: asked.request.clone(),
+            resolved: resolved.clone(),
+            grant,
+            allowance,
             issuance_id: Uuid::new_v4(),
         };
-        let facts = issuance_facts(&issuance);
-        let claims = provider.subject_claims(&grant.target, &facts);
-        if asked.request.mode == Mode::Federation {
-            return self.federate(&issuance, &facts, claims, provider).await;
-        }
+        let (facts, claims) = job.with_issuance(|issuance| {
+            let facts = issuance_facts(issuance);
+            let claims = provider.subject_claims(&issuance.grant.target, &facts);
+            (facts, claims)
+        });
+        let federation = asked.request.mode == Mode::Federation;
+        let audience = claims.audience.clone();
         let subject_token = self.issuer.mint(&SubjectTokenRequest {
             facts: &facts,
             provider: claims,
             algorithm: provider.signing_algorithm(),
-            lifetime: None,
+            lifetime: federation.then_some(job.grant.duration),
         })?;
-        self.recorder
+
+        let (answer, answered) = oneshot::channel();
+        let handover = Handover { answer };
+        let recorder = self.recorder.clone();
+        let provider = provider.clone();
+        let cloud_budget = self.cloud_budget;
+        tokio::spawn(async move {
+            if federation {
+                job.federate(recorder, handover, subject_token, audience, &provider)
+                    .await;
+            } else {
+                job.exchange(
+                    recorder,
+                    handover,
+                    subject_token,
+                    facts,
+                    &provider,
+                    cloud_budget,
+                )
+                .await;
+            }
+        });
+        answered
+            .await
+            .map_err(|_| BrokerError::IssuanceInterrupted)?
+    }
+}
+
+/// Hands the result to the waiting request, if it is still waiting.
+struct Handover {
+    answer: oneshot::Sender<Result<Issued, BrokerError>>,
+}
+
+impl Handover {
+    fn caller_gone(&self) -> bool {
+        self.answer.is_closed()
+    }
+
+    fn fail(self, error: BrokerError) {
+        let _ = self.answer.send(Err(error));
+    }
+}
+
+/// One allowed issuance, owned, so that it can finish in its own task.
+struct Job {
+    context: RequestContext,
+    principal: Principal,
+    request: CredentialRequest,
+    resolved: Resolved,
+    grant: Grant,
+    allowance: Allowance,
+    issuance_id: Uuid,
+}
+
+impl Job {
+    fn asked(&self) -> Asked<'_> {
+        Asked {
+            context: &self.context,
+            principal: &self.principal,
+            request: &self.request,
+        }
+    }
+
+    fn issuance<'a>(&'a self, asked: &'a Asked<'a>) -> AllowedIssuance<'a> {
+        AllowedIssuance {
+            asked,
+            resolved: &self.resolved,
+            grant: &self.grant,
+            allowance: &self.allowance,
+            issuance_id: self.issuance_id,
+        }
+    }
+
+    fn with_issuance<T>(&self, f: impl FnOnce(&AllowedIssuance<'_>) -> T) -> T {
+        let asked = self.asked();
+        f(&self.issuance(&asked))
+    }
+
+    /// Credentials mode: intent, cloud exchange, outcome, hand-over.
+    async fn exchange(
+        &self,
+        recorder: Recorder,
+        handover: Handover,
+        subject_token: SubjectToken,
+        facts: IssuanceFacts,
+        provider: &Arc<dyn CloudProvider>,
+        cloud_budget: Duration,
+    ) {
+        let asked = self.asked();
+        let issuance = &self.issuance(&asked);
+        let intent = recorder
             .record(&[
-                Event::Allowed(&issuance),
+                Event::Allowed(issuance),
                 Event::IssuanceIntent {
-                    issuance: &issuance,
+                    issuance,
                     subject_token_id: subject_token.jti,
                 },
             ])
-            .await?;
+            .await;
+        if let Err(error) = intent {
+            return handover.fail(error.into());
+        }
+        if handover.caller_gone() {
+            let abandoned = recorder
+                .record(&[Event::IssuanceAbandoned { issuance }])
+                .await;
+            if let Err(error) = abandoned {
+                tracing::error!(request_id = %self.context.request_id, issuance_id = %self.issuance_id,
+                    %error, "could not record an abandoned issuance");
+            }
+            return;
+        }
 
-        let grant_ends = OffsetDateTime::now_utc() + grant.duration + EXPIRY_TOLERANCE;
-        let result = provider
-            .exchange(ExchangeRequest {
-                subject_token: subject_token.token,
-                target: grant.target.clone(),
-                duration: grant.duration,
-                session_policy: grant.session_policy.clone(),
-                facts,
-            })
+        let grant_ends = OffsetDateTime::now_utc() + self.grant.duration + EXPIRY_TOLERANCE;
+        let exchange = provider.exchange(ExchangeRequest {
+            subject_token: subject_token.token,
+            target: self.grant.target.clone(),
+            duration: self.grant.duration,
+            session_policy: self.grant.session_policy.clone(),
+            facts,
+        });
+        let result = tokio::time::timeout(cloud_budget, exchange)
             .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::Unavailable {
+                    provider: provider.kind(),
+                    message: format!(
+                        "no answer within the broker's {}s budget for the cloud call",
+                        cloud_budget.as_secs()
+                    ),
+                })
+            })
             .and_then(|credential| outlives_check(credential, grant_ends, provider));
         let credential = match result {
             Ok(credential) => credential,
             Err(error) => {
                 let failed = Event::IssuanceFailed {
-                    issuance: &issuance,
+                    issuance,
                     error: &error,
                 };
-                if let Err(audit_error) = self.recorder.record(&[failed]).await {
-                    tracing::error!(request_id = %asked.context.request_id, issuance_id = %issuance.issuance_id,
+                if let Err(audit_error) = recorder.record(&[failed]).await {
+                    tracing::error!(request_id = %self.context.request_id, issuance_id = %self.issuance_id,
                         error = %audit_error, "could not record a failed issuance");
                 }
-                return Err(error.into());
+                return handover.fail(error.into());
             }
         };
-
+        let credential_id = credential.credential_id.clone();
         let issued = Event::Issued {
-            issuance: &issuance,
-            credential_id: &credential.credential_id,
+            issuance,
+            credential_id: &credential_id,
             expires_at: credential.expires_at,
         };
-        if let Err(error) = self.recorder.record(&[issued]).await {
-            // The credential exists at the cloud but is dropped here, unseen: without
-            // a committed record it must not reach the caller.
-            tracing::error!(request_id = %asked.context.request_id, issuance_id = %issuance.issuance_id,
-                credential_id = %credential.credential_id, %error,
-                "issued credential withheld: its audit record could not be committed");
-            return Err(error.into());
-        }
-        Ok(issued_credential(&issuance, credential))
+        self.hand_over(issuance, &recorder, handover, vec![issued], credential)
+            .await;
     }
 
     /// Federation mode: the subject token is the credential. It lives as long as
@@ -117,42 +238,78 @@ impl Exchange {
     /// cloud still decides what it is good for (audience, subject).
     async fn federate(
         &self,
-        issuance: &AllowedIssuance<'_>,
-        facts: &IssuanceFacts,
-        claims: SubjectClaims,
+        recorder: Recorder,
+        handover: Handover,
+        token: SubjectToken,
+        audience: String,
         provider: &Arc<dyn CloudProvider>,
-    ) -> Result<Issued, BrokerError> {
-        let audience = claims.audience.clone();
-        let token = self.issuer.mint(&SubjectTokenRequest {
-            facts,
-            provider: claims,
-            algorithm: provider.signing_algorithm(),
-            lifetime: Some(issuance.grant.duration),
-        })?;
-        self.recorder
-            .record(&[
-                Event::Allowed(issuance),
-                Event::Federated {
-                    issuance,
-                    subject_token_id: token.jti,
-                    audience: &audience,
-                    expires_at: token.expires_at,
-                },
-            ])
-            .await?;
+    ) {
+        let asked = self.asked();
+        let issuance = &self.issuance(&asked);
         let mut credential = Credential::new(token.jti.to_string(), token.expires_at)
             .public(
                 federation::TOKEN_TYPE,
                 Some(federation::JWT_TOKEN_TYPE.into()),
             )
-            .public(federation::AUDIENCE, Some(audience));
-        for (name, value) in provider.federation_fields(&issuance.grant.target) {
+            .public(federation::AUDIENCE, Some(audience.clone()));
+        for (name, value) in provider.federation_fields(&self.grant.target) {
             credential = credential.public(name, value);
         }
-        Ok(issued_credential(
+        let credential = credential.secret(federation::SUBJECT_TOKEN, token.token);
+        // The decision and the outcome are one commit: nothing is minted at a cloud.
+        let outcome = vec![
+            Event::Allowed(issuance),
+            Event::Federated {
+                issuance,
+                subject_token_id: token.jti,
+                audience: &audience,
+                expires_at: token.expires_at,
+            },
+        ];
+        self.hand_over(issuance, &recorder, handover, outcome, credential)
+            .await;
+    }
+
+    /// Commits the outcome (and, if the caller is already gone, that the
+    /// credential was withheld), then hands the credential over; a caller that
+    /// leaves between the commit and the hand-over is recorded too.
+    async fn hand_over(
+        &self,
+        issuance: &AllowedIssuance<'_>,
+        recorder: &Recorder,
+        handover: Handover,
+        mut outcome: Vec<Event<'_>>,
+        credential: Credential,
+    ) {
+        let credential_id = credential.credential_id.clone();
+        let withheld = || Event::IssuanceWithheld {
             issuance,
-            credential.secret(federation::SUBJECT_TOKEN, token.token),
-        ))
+            credential_id: &credential_id,
+        };
+        let gone = handover.caller_gone();
+        if gone {
+            outcome.push(withheld());
+        }
+        if let Err(error) = recorder.record(&outcome).await {
+            // The credential exists but is dropped here, unseen: without a
+            // committed record it must not reach the caller.
+            tracing::error!(request_id = %self.context.request_id, issuance_id = %self.issuance_id,
+                %credential_id, %error,
+                "issued credential withheld: its audit record could not be committed");
+            return handover.fail(error.into());
+        }
+        if gone {
+            return;
+        }
+        if let Err(Ok(_unseen)) = handover
+            .answer
+            .send(Ok(issued_credential(issuance, credential)))
+        {
+            if let Err(error) = recorder.record(&[withheld()]).await {
+                tracing::error!(request_id = %self.context.request_id, issuance_id = %self.issuance_id,
+                    %credential_id, %error, "could not record a withheld credential");
+            }
+        }
     }
 }
 

@@ -121,6 +121,8 @@ pub enum BrokerError {
     ApprovalStore(#[from] StoreError),
     #[error("rule {0} does not allow break-glass; ask an approver instead")]
     BreakGlassNotAllowed(String),
+    #[error("the issuance stopped before it could answer; its audit records show how far it got")]
+    IssuanceInterrupted,
 }
 
 /// What a broker is built from: startup fills it from configuration, tests
@@ -140,6 +142,8 @@ pub struct BrokerParts {
     /// The stack tags that name the catalog component and the environment.
     pub component_tag: String,
     pub environment_tag: String,
+    /// The longest the broker waits for a cloud (see `Config::cloud_budget`).
+    pub cloud_budget: Duration,
 }
 
 pub struct Broker {
@@ -176,6 +180,7 @@ impl Broker {
             exchange: Exchange {
                 issuer: parts.issuer,
                 recorder: recorder.clone(),
+                cloud_budget: parts.cloud_budget,
             },
             audit_reads: AuditReads {
                 audit: parts.audit,

@@ -12,7 +12,7 @@ use crate::policy::{self, Decision, LivePolicy, PolicyInput};
 use crate::stacks::{Stack, StackRef, StackSource};
 
 /// One request's facts, resolved from trusted sources before the policy decides.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Resolved {
     /// The requester, with their groups from the catalog.
     pub principal: Principal,

@@ -121,6 +121,7 @@ async fn world() -> World {
         auditor_groups: vec![EntityRef::parse_strict("group:default/security").unwrap()],
         component_tag: "backstage.io/component".into(),
         environment_tag: "environment".into(),
+        cloud_budget: Duration::from_secs(5),
     });
     World {
         broker,

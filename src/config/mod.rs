@@ -14,6 +14,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
@@ -155,8 +156,21 @@ impl Config {
     /// What provider settings are checked against.
     pub fn settings_context(&self) -> SettingsContext {
         SettingsContext {
-            request_timeout: self.server.request_timeout,
+            cloud_budget: self.cloud_budget(),
         }
+    }
+
+    /// The cloud call's share of the request timeout. A request waits for the
+    /// issuer's keys, the catalog, the audit log (intent and outcome share one
+    /// busy timeout) and the cloud, one after the other; if their timeouts add
+    /// up to more than the request timeout, a slow-but-working dependency turns
+    /// every request into a timeout.
+    pub fn cloud_budget(&self) -> Duration {
+        self.server
+            .request_timeout
+            .saturating_sub(self.identity.fetch_timeout)
+            .saturating_sub(self.catalog.timeout)
+            .saturating_sub(self.audit.busy_timeout)
     }
 
     /// Builds the configured providers (validated at load, so this only fails

@@ -13,6 +13,7 @@ mod audit;
 mod audit_log;
 mod azure;
 mod backstage_real;
+mod cancellation;
 mod cli;
 mod doubles;
 mod gcp;

@@ -310,8 +310,10 @@ impl SettingProblem {
 /// Facts about the broker a provider's settings are checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct SettingsContext {
-    /// Every request is abandoned after this long, so a cloud call must be shorter.
-    pub request_timeout: Duration,
+    /// The cloud call's share of the request timeout: what is left of
+    /// `server.request_timeout` once identity, catalog and audit have theirs.
+    /// A provider's own timeout must fit in it.
+    pub cloud_budget: Duration,
 }
 
 /// Builds a provider from its config table, and prints its credentials in the

@@ -51,10 +51,10 @@ impl AwsSettings {
         if settings.max_attempts == 0 {
             problems.push(SettingProblem::new("max_attempts", "must be at least 1"));
         }
-        if settings.timeout >= context.request_timeout {
+        if settings.timeout > context.cloud_budget {
             problems.push(SettingProblem::new(
                 "timeout",
-                "must be shorter than server.request_timeout, or requests time out before STS answers",
+                format!("must fit in the cloud call's share of server.request_timeout ({}s: request_timeout minus identity.fetch_timeout, catalog.timeout and audit.busy_timeout); lower it or raise server.request_timeout", context.cloud_budget.as_secs()),
             ));
         }
         if settings.audience.is_empty() {
@@ -93,7 +93,7 @@ mod tests {
 
     fn context() -> SettingsContext {
         SettingsContext {
-            request_timeout: Duration::from_secs(30),
+            cloud_budget: Duration::from_secs(15),
         }
     }
 

@@ -2,10 +2,15 @@
 //! identity token alone, so stackpass needs no AWS credentials of its own: the
 //! client is built from explicit settings (no environment, no credential chain)
 //! and sends the request unsigned. Retries (standard mode) and timeouts are the
-//! SDK's own, configured here rather than hand-written.
+//! SDK's own, configured here rather than hand-written, with one restriction:
+//! a call whose answer was lost (timeout, broken connection) is never retried,
+//! because STS may have minted a credential for it, and a retry would mint a
+//! second one for the same audited intent. Only answers that say nothing was
+//! minted (throttling, 5xx) are retried.
 
 use aws_sdk_sts::config::http::HttpResponse;
-use aws_sdk_sts::config::retry::RetryConfig;
+use aws_sdk_sts::config::interceptors::InterceptorContext;
+use aws_sdk_sts::config::retry::{ClassifyRetry, RetryAction, RetryConfig};
 use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::{BehaviorVersion, Region};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
@@ -21,10 +26,10 @@ pub fn client(settings: &AwsSettings) -> aws_sdk_sts::Client {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(settings.region.clone()))
         .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+        .retry_classifier(NoRetryAfterLostAnswer)
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(settings.connect_timeout())
-                .operation_attempt_timeout(settings.timeout / settings.max_attempts.max(1))
                 .operation_timeout(settings.timeout)
                 .build(),
         );
@@ -32,6 +37,26 @@ pub fn client(settings: &AwsSettings) -> aws_sdk_sts::Client {
         config = config.endpoint_url(endpoint);
     }
     aws_sdk_sts::Client::from_conf(config.build())
+}
+
+/// Forbids a retry when STS may have processed the call but its answer never
+/// arrived; see the module doc.
+#[derive(Debug)]
+struct NoRetryAfterLostAnswer;
+
+impl ClassifyRetry for NoRetryAfterLostAnswer {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.output_or_error() {
+            Some(Err(error)) if error.is_timeout_error() || error.is_connector_error() => {
+                RetryAction::RetryForbidden
+            }
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "stackpass: no retry after a lost answer"
+    }
 }
 
 pub async fn assume_role(

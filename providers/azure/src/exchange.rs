@@ -194,7 +194,7 @@ mod tests {
         let settings = AzureSettings::parse(
             serde_json::json!({}),
             &stackpass_provider::SettingsContext {
-                request_timeout: Duration::from_secs(30),
+                cloud_budget: Duration::from_secs(15),
             },
         )
         .unwrap();

@@ -71,10 +71,10 @@ impl AzureSettings {
                 ),
             ));
         }
-        if settings.timeout >= context.request_timeout {
+        if settings.timeout > context.cloud_budget {
             problems.push(SettingProblem::new(
                 "timeout",
-                "must be shorter than server.request_timeout, or requests time out before Entra answers",
+                format!("must fit in the cloud call's share of server.request_timeout ({}s: request_timeout minus identity.fetch_timeout, catalog.timeout and audit.busy_timeout); lower it or raise server.request_timeout", context.cloud_budget.as_secs()),
             ));
         }
         if problems.is_empty() {
@@ -91,7 +91,7 @@ mod tests {
 
     fn context() -> SettingsContext {
         SettingsContext {
-            request_timeout: Duration::from_secs(30),
+            cloud_budget: Duration::from_secs(15),
         }
     }
 

@@ -97,10 +97,10 @@ impl GcpSettings {
                 "must be between 10m and 12h (above 1h only where the organisation policy iam.allowServiceAccountCredentialLifetimeExtension allows it)",
             ));
         }
-        if settings.timeout >= context.request_timeout {
+        if settings.timeout > context.cloud_budget {
             problems.push(SettingProblem::new(
                 "timeout",
-                "must be shorter than server.request_timeout, or requests time out before Google answers",
+                format!("must fit in the cloud call's share of server.request_timeout ({}s: request_timeout minus identity.fetch_timeout, catalog.timeout and audit.busy_timeout); lower it or raise server.request_timeout", context.cloud_budget.as_secs()),
             ));
         }
         if problems.is_empty() {
@@ -117,7 +117,7 @@ mod tests {
 
     fn context() -> SettingsContext {
         SettingsContext {
-            request_timeout: Duration::from_secs(30),
+            cloud_budget: Duration::from_secs(15),
         }
     }
 

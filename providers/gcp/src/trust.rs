@@ -107,7 +107,7 @@ mod tests {
         let settings = GcpSettings::parse(
             serde_json::json!({}),
             &SettingsContext {
-                request_timeout: std::time::Duration::from_secs(30),
+                cloud_budget: std::time::Duration::from_secs(15),
             },
         )
         .unwrap();

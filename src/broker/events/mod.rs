@@ -35,6 +35,7 @@ pub(super) struct Asked<'a> {
 }
 
 /// Why an issuance may go ahead.
+#[derive(Clone)]
 pub(super) enum Allowance {
     /// A rule allows it outright.
     Policy,
@@ -123,6 +124,15 @@ pub(super) enum Event<'a> {
     IssuanceFailed {
         issuance: &'a AllowedIssuance<'a>,
         error: &'a ProviderError,
+    },
+    /// The caller went away after the intent was committed and before the
+    /// cloud was called: nothing was minted.
+    IssuanceAbandoned { issuance: &'a AllowedIssuance<'a> },
+    /// A credential that was minted and recorded never reached the caller
+    /// (it hung up, or its request timed out); it was dropped unseen.
+    IssuanceWithheld {
+        issuance: &'a AllowedIssuance<'a>,
+        credential_id: &'a str,
     },
     AccessRequested {
         context: &'a RequestContext,
@@ -249,6 +259,17 @@ impl Event<'_> {
             Event::IssuanceFailed { issuance, error } => {
                 tracing::warn!(request_id = %issuance.asked.context.request_id, issuance_id = %issuance.issuance_id,
                     %error, "the cloud refused the exchange");
+            }
+            Event::IssuanceAbandoned { issuance } => {
+                tracing::info!(request_id = %issuance.asked.context.request_id, issuance_id = %issuance.issuance_id,
+                    "the caller went away before the cloud was called; nothing was minted");
+            }
+            Event::IssuanceWithheld {
+                issuance,
+                credential_id,
+            } => {
+                tracing::warn!(request_id = %issuance.asked.context.request_id, issuance_id = %issuance.issuance_id,
+                    %credential_id, "the caller went away; the issued credential was withheld");
             }
             Event::PolicyReloaded {
                 reason,

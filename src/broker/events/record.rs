@@ -247,6 +247,24 @@ impl Event<'_> {
                 record.detail = Some(json!({ "error": error.to_string() }));
                 record
             }
+            Event::IssuanceAbandoned { issuance } => {
+                let mut record = issuance.record(AuditEvent::IssuanceOutcome, Outcome::Abandoned);
+                record.detail = Some(json!({
+                    "reason": "the caller went away before the cloud was called; nothing was minted"
+                }));
+                record
+            }
+            Event::IssuanceWithheld {
+                issuance,
+                credential_id,
+            } => {
+                let mut record = issuance.record(AuditEvent::IssuanceWithheld, Outcome::Withheld);
+                record.credential_id = Some((*credential_id).to_owned());
+                record.detail = Some(json!({
+                    "reason": "the caller went away (hung up or timed out) before the credential was handed over; it was dropped unseen"
+                }));
+                record
+            }
             Event::AccessRequested {
                 context,
                 request,

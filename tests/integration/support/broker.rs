@@ -72,7 +72,7 @@ impl BrokerOptions {
             r#"
 [server]
 listen = "127.0.0.1:0"
-request_timeout = "20s"
+request_timeout = "30s"
 
 [issuer]
 signing_key = "signing-key.pem"

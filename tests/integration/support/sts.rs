@@ -84,11 +84,17 @@ pub enum StsBehaviour {
     /// Answer at once with a successful `AssumeRoleWithWebIdentity` response in
     /// STS's documented XML shape and fresh credentials: a fast STS for load.
     Succeed,
+    /// Like `Succeed`, but the answer takes this long. As at a real STS, the
+    /// credentials exist from the moment the call arrives (see
+    /// [`StsRecorder::minted`]), whether or not the caller waits for them.
+    Slow(Duration),
 }
 
 struct RecorderState {
     behaviour: StsBehaviour,
     calls: Mutex<Vec<StsCall>>,
+    /// Access key ids of the credentials this double minted.
+    minted: Mutex<Vec<String>>,
     client: reqwest::Client,
 }
 
@@ -104,6 +110,7 @@ impl StsRecorder {
         let state = Arc::new(RecorderState {
             behaviour,
             calls: Mutex::new(Vec::new()),
+            minted: Mutex::new(Vec::new()),
             client: reqwest::Client::new(),
         });
         let router = Router::new()
@@ -117,6 +124,12 @@ impl StsRecorder {
 
     pub fn calls(&self) -> Vec<StsCall> {
         self.state.calls.lock().unwrap().clone()
+    }
+
+    /// The access key ids of every credential this double minted (`Succeed`
+    /// and `Slow`), answered or not.
+    pub fn minted(&self) -> Vec<String> {
+        self.state.minted.lock().unwrap().clone()
     }
 }
 
@@ -149,7 +162,12 @@ async fn record_sts(
                 "Service is unavailable",
             );
         }
-        StsBehaviour::Succeed => return sts_success(&form),
+        StsBehaviour::Succeed => return sts_success(&state, &form),
+        StsBehaviour::Slow(delay) => {
+            let answer = sts_success(&state, &form);
+            tokio::time::sleep(*delay).await;
+            return answer;
+        }
     };
     let mut request = state
         .client
@@ -171,7 +189,7 @@ async fn record_sts(
     out
 }
 
-fn sts_success(form: &HashMap<String, String>) -> Response {
+fn sts_success(state: &RecorderState, form: &HashMap<String, String>) -> Response {
     use rand_core::RngCore;
     let random = |len: usize, alphabet: &[u8]| -> String {
         (0..len)
@@ -196,6 +214,8 @@ fn sts_success(form: &HashMap<String, String>) -> Response {
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
+    let access_key_id = format!("ASIA{}", random(16, upper));
+    state.minted.lock().unwrap().push(access_key_id.clone());
     let body = format!(
         r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleWithWebIdentityResult>
@@ -209,7 +229,7 @@ fn sts_success(form: &HashMap<String, String>) -> Response {
       <SessionToken>{token}</SessionToken>
       <SecretAccessKey>{secret}</SecretAccessKey>
       <Expiration>{expiration}</Expiration>
-      <AccessKeyId>ASIA{key}</AccessKeyId>
+      <AccessKeyId>{access_key_id}</AccessKeyId>
     </Credentials>
     <Provider>stackpass</Provider>
   </AssumeRoleWithWebIdentityResult>
@@ -220,7 +240,6 @@ fn sts_success(form: &HashMap<String, String>) -> Response {
         role_id = random(16, upper),
         token = random(356, secret),
         secret = random(40, secret),
-        key = random(16, upper),
         request_id = uuid::Uuid::new_v4(),
     );
     (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
