@@ -419,7 +419,11 @@ async fn serve(config_path: &std::path::Path, listen: Option<SocketAddr>) -> any
     stackpass::startup::spawn_key_reloader(broker.clone(), &config);
     let router = stackpass::api::router(broker, &config.server);
     tracing::info!(issuer = %config.issuer_url(), "listening on http://{}", config.server.listen);
-    stackpass::api::serve(listener, router)
+    let limits = stackpass::api::ConnectionLimits {
+        max_connections: config.server.max_connections,
+        header_read_timeout: config.server.header_read_timeout,
+    };
+    stackpass::api::serve(listener, router, limits)
         .await
         .context("serving HTTP")?;
     Ok(())

@@ -1,17 +1,21 @@
 //! The HTTP API (axum). Handlers stay thin: extract (the caller and request
 //! context are extractors, `extract`), call the broker, map errors through
 //! [`Problem`]. Bodies are the `wire` types. Cross-cutting concerns are tower
-//! layers around the router: request ids, tracing, body size limit, timeout,
-//! concurrency limit, panic catching.
+//! layers around the router: request ids, tracing, timeout, panic catching;
+//! the authenticated API (`/v1`) also passes `admission` (caller, then body)
+//! and the concurrency limit, which the discovery documents, the JWKS and the
+//! health checks stay out of, so that the clouds can always fetch the keys.
+//! `serve` owns the connections.
 
+mod admission;
 mod approvals;
 mod audit;
 mod credentials;
 mod decisions;
 mod extract;
 mod problem;
+mod serve;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::error_handling::HandleErrorLayer;
@@ -26,6 +30,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub use problem::Problem;
+pub use serve::{serve, ConnectionLimits};
 
 use crate::broker::Broker;
 use crate::config::ServerConfig;
@@ -36,7 +41,12 @@ use crate::config::ServerConfig;
 struct RequestId(String);
 
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
-    Router::new()
+    let admission = admission::Admission {
+        broker: broker.clone(),
+        max_body_bytes: config.max_body_bytes,
+        body_read_timeout: config.body_read_timeout,
+    };
+    let authenticated = Router::new()
         .route("/v1/credentials", post(credentials::issue))
         .route("/v1/audit", get(audit::read))
         .route("/v1/decisions", post(decisions::explain))
@@ -46,6 +56,15 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
         )
         .route("/v1/access-requests/{id}/approve", post(approvals::approve))
         .route("/v1/access-requests/{id}/deny", post(approvals::deny))
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(admission, admission::admit))
+                .layer(HandleErrorLayer::new(overloaded_or_timed_out))
+                .load_shed()
+                .concurrency_limit(config.max_concurrent_requests),
+        );
+    Router::new()
+        .merge(authenticated)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/openid-configuration", get(discovery))
@@ -60,43 +79,9 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
                     panic_response,
                 ))
                 .layer(HandleErrorLayer::new(overloaded_or_timed_out))
-                .load_shed()
-                .concurrency_limit(config.max_concurrent_requests)
                 .timeout(config.request_timeout),
         )
         .with_state(broker)
-}
-
-/// Serves until SIGINT or SIGTERM, then drains in-flight requests.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutting down");
 }
 
 /// Accepts a caller's `x-request-id` only if it is short and plain, so it cannot

@@ -59,7 +59,9 @@ pub trait AuditStore: Send + Sync {
     /// durably committed.
     async fn append(&self, records: Vec<AuditRecord>) -> Result<(), AuditError>;
 
-    /// Whether the store can currently take writes.
+    /// Whether an append would be committed now: a probe record passes every
+    /// check an append meets (chain lock, constraints, triggers) and is rolled
+    /// back, and a heartbeat write is committed.
     async fn ping(&self) -> Result<(), AuditError>;
 
     async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError>;

@@ -442,11 +442,47 @@ impl AuditStore for SqlAuditStore {
     }
 
     async fn ping(&self) -> Result<(), AuditError> {
-        // Taking the chain lock proves an append would get through now.
-        with_chain_lock!(&self.db, conn => {
-            let _ = chain_head!(conn);
-            Ok(())
-        })
+        let probe = AuditRecord::new(AuditEvent::Decision, Outcome::Allowed, "readiness-probe");
+        let heartbeat = "UPDATE audit_readiness SET checked_at = $1 WHERE id = 1";
+        let now = format_timestamp(OffsetDateTime::now_utc());
+        match &self.db {
+            Database::Sqlite(pool) => {
+                let mut conn = pool.acquire().await.map_err(write_error)?;
+                let probed: Result<(), AuditError> = async {
+                    sqlx::query("BEGIN IMMEDIATE")
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(write_error)?;
+                    append_locked!(&mut *conn, [&probe]);
+                    Ok(())
+                }
+                .await;
+                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    conn.close_on_drop();
+                }
+                probed?;
+                sqlx::query(heartbeat)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(write_error)?;
+            }
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(write_error)?;
+                sqlx::query("SELECT 1 FROM audit_chain WHERE id = 1 FOR UPDATE")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(write_error)?;
+                append_locked!(&mut *tx, [&probe]);
+                tx.rollback().await.map_err(write_error)?;
+                sqlx::query(heartbeat)
+                    .bind(now)
+                    .execute(pool)
+                    .await
+                    .map_err(write_error)?;
+            }
+        }
+        Ok(())
     }
 
     async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {

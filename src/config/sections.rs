@@ -32,7 +32,19 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Requests the broker works on at once (`/v1` only: the discovery
+    /// documents, the JWKS and the health checks are always answered).
     pub max_concurrent_requests: usize,
+    /// Open connections at once; more are closed on accept.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this; an idle
+    /// keep-alive connection is closed after it too.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A client must send a request's body within this, once its headers (and
+    /// token) were accepted.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +55,9 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 16 * 1024,
             max_concurrent_requests: 512,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }

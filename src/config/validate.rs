@@ -25,11 +25,26 @@ impl Config {
                 "must be an http(s) URL without query or fragment".into(),
             );
         }
-        if self.server.max_body_bytes == 0 || self.server.max_concurrent_requests == 0 {
+        if self.server.max_body_bytes == 0
+            || self.server.max_concurrent_requests == 0
+            || self.server.max_connections == 0
+        {
             problem(
                 "server".into(),
-                "max_body_bytes and max_concurrent_requests must be positive".into(),
+                "max_body_bytes, max_concurrent_requests and max_connections must be positive"
+                    .into(),
             );
+        }
+        for (key, timeout) in [
+            ("header_read_timeout", self.server.header_read_timeout),
+            ("body_read_timeout", self.server.body_read_timeout),
+        ] {
+            if timeout.is_zero() || timeout >= self.server.request_timeout {
+                problem(
+                    format!("server.{key}"),
+                    "must be positive and shorter than server.request_timeout".into(),
+                );
+            }
         }
         let lifetime = self.issuer.token_lifetime;
         if lifetime < Duration::from_secs(60) || lifetime > Duration::from_secs(3600) {

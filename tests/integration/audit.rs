@@ -177,3 +177,31 @@ async fn a_locked_audit_database_makes_the_broker_unready_and_fails_closed() {
         "ready again once the lock is released"
     );
 }
+
+#[tokio::test]
+async fn a_broker_whose_audit_store_cannot_commit_is_not_ready() {
+    let w = World::with_moto().await;
+    assert_eq!(w.broker.get("/readyz").await.status, 200);
+    break_audit_store(&w.broker, "1").await;
+    let token = w.backstage.user_token("user:default/jane");
+    w.broker
+        .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
+        .await
+        .assert_problem(503, "audit-unavailable");
+    // The load balancer must stop sending traffic here.
+    w.broker
+        .get("/readyz")
+        .await
+        .assert_problem(503, "not-ready");
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(w.broker.audit_path());
+    let mut conn = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::query("DROP TRIGGER refuse_writes")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(w.broker.get("/readyz").await.status, 200);
+    assert!(
+        w.broker.audit_rows().await.is_empty(),
+        "readiness probes leave no records in the chain"
+    );
+}

@@ -339,6 +339,11 @@ impl World {
         let backstage = BackstageDouble::start().await;
         let sts = StsRecorder::start(behaviour).await;
         let broker = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
+        World::from_parts(backstage, sts, broker)
+    }
+
+    /// A world whose broker the test started with its own options.
+    pub fn from_parts(backstage: BackstageDouble, sts: StsRecorder, broker: Broker) -> World {
         World {
             backstage,
             sts,
