@@ -7,6 +7,9 @@
 
 use std::fmt;
 
+/// The namespace an entity reference without one is in.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntityRef {
     kind: String,
@@ -88,7 +91,7 @@ impl EntityRef {
 
     /// Parses a fully qualified reference (`kind:namespace/name`, namespace optional).
     pub fn parse_strict(input: &str) -> Result<Self, EntityRefError> {
-        Self::parse(input, None, "default")
+        Self::parse(input, None, DEFAULT_NAMESPACE)
     }
 
     pub fn kind(&self) -> &str {

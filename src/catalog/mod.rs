@@ -10,7 +10,7 @@ mod entity_ref;
 mod static_file;
 
 pub use backstage::{BackstageCatalog, BackstageCatalogSettings};
-pub use entity_ref::{EntityRef, EntityRefError};
+pub use entity_ref::{EntityRef, EntityRefError, DEFAULT_NAMESPACE};
 pub use static_file::StaticCatalog;
 
 #[derive(Debug, Clone, thiserror::Error)]

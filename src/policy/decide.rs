@@ -8,13 +8,29 @@ use super::{
     Decision, Denial, Effect, Grant, PolicyInput, RenderError, Rule, RuleMiss, Template, Variable,
     SAFE_VALUE_CHARACTERS,
 };
-use crate::catalog::EntityRef;
+use crate::catalog::{EntityRef, DEFAULT_NAMESPACE};
 use crate::identity::Principal;
 
 pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
     let mut misses = Vec::new();
     for rule in rules {
         match evaluate(rule, input) {
+            Err(Miss::Broken(reasons)) => {
+                // The rule applies; a later, broader rule must not get the
+                // request because this one could not be filled in.
+                misses.push(RuleMiss {
+                    rule: rule.name.clone(),
+                    reasons,
+                });
+                return Decision::Deny(Denial {
+                    summary: format!(
+                        "rule {} applies to this request but cannot be filled in for {}; nothing later is tried",
+                        rule.name, input.stack.reference
+                    ),
+                    denied_by: Some(rule.name.clone()),
+                    rules: misses,
+                });
+            }
             Ok(Some(grant)) => {
                 return match &rule.approval {
                     Some(approval) => Decision::NeedsApproval {
@@ -34,7 +50,7 @@ pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
                     rules: misses,
                 })
             }
-            Err(reasons) => misses.push(RuleMiss {
+            Err(Miss::Conditions(reasons)) => misses.push(RuleMiss {
                 rule: rule.name.clone(),
                 reasons,
             }),
@@ -61,16 +77,25 @@ pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
     })
 }
 
+/// Why a rule did not grant.
+enum Miss {
+    /// The request does not meet the rule's conditions: try the next rule.
+    Conditions(Vec<String>),
+    /// The request meets the conditions, but the rule's templates cannot be
+    /// filled in for it: fail closed.
+    Broken(Vec<String>),
+}
+
 /// Checks one rule. `Ok(Some)` grants, `Ok(None)` is a matching deny rule, and a
 /// miss returns every reason, not just the first, so one denial tells the
 /// requester everything that has to change.
-fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Vec<String>> {
+fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Miss> {
     if rule.provider != *input.provider {
         // Nothing else about a rule for another cloud is relevant to this request.
-        return Err(vec![format!(
+        return Err(Miss::Conditions(vec![format!(
             "the rule is for {}, not {}",
             rule.provider, input.provider
-        )]);
+        )]));
     }
     let mut reasons = Vec::new();
     for (tag, allowed) in &rule.tags {
@@ -114,7 +139,7 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Vec<S
         return if reasons.is_empty() {
             Ok(None)
         } else {
-            Err(reasons)
+            Err(Miss::Conditions(reasons))
         };
     }
     if rule.require_owner {
@@ -134,14 +159,28 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Vec<S
             }
         }
     }
+    if !reasons.is_empty() {
+        return Err(Miss::Conditions(reasons));
+    }
     let fill = |template: &Template, what: &str, reasons: &mut Vec<String>| match template
         .render(|variable| lookup(variable, input))
     {
         Ok(value) => Some(value),
         Err(RenderError::Missing(variable)) => {
-            reasons.push(format!(
-                "the {what} template needs {variable}, which this stack does not have"
-            ));
+            let entity = match variable {
+                Variable::Component => input.component,
+                Variable::Owner => input.owner,
+                _ => None,
+            }
+            .filter(|e| e.namespace() != DEFAULT_NAMESPACE);
+            reasons.push(match entity {
+                Some(entity) => format!(
+                    "the {what} template uses {variable}, which names only entities in the default namespace, and {entity} is not; the rule must use {{component.namespace}}/{{component.name}} or {{owner.namespace}}/{{owner.name}}"
+                ),
+                None => format!(
+                    "the {what} template needs {variable}, which this stack does not have"
+                ),
+            });
             None
         }
         Err(RenderError::Unsafe(variable)) => {
@@ -189,7 +228,7 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Vec<S
             session_policy: session_policy.flatten(),
             session_tags,
         })),
-        _ => Err(reasons),
+        _ => Err(Miss::Broken(reasons)),
     }
 }
 
@@ -198,10 +237,16 @@ fn is_member(principal: &Principal, group: &EntityRef) -> bool {
 }
 
 fn lookup<'a>(variable: &Variable, input: &PolicyInput<'a>) -> Option<&'a str> {
+    let in_default_namespace =
+        |entity: &'a EntityRef| (entity.namespace() == DEFAULT_NAMESPACE).then(|| entity.name());
     match variable {
         Variable::Tag(tag) => input.stack.tags.get(tag).map(String::as_str),
-        Variable::Component => input.component.map(EntityRef::name),
-        Variable::Owner => input.owner.map(EntityRef::name),
+        Variable::Component => input.component.and_then(in_default_namespace),
+        Variable::Owner => input.owner.and_then(in_default_namespace),
+        Variable::ComponentName => input.component.map(EntityRef::name),
+        Variable::ComponentNamespace => input.component.map(EntityRef::namespace),
+        Variable::OwnerName => input.owner.map(EntityRef::name),
+        Variable::OwnerNamespace => input.owner.map(EntityRef::namespace),
         Variable::Environment => input.environment,
         Variable::StackOrganization => Some(input.stack.reference.organization()),
         Variable::StackProject => input.stack.reference.project(),

@@ -22,8 +22,15 @@ enum Part {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Variable {
     Tag(String),
+    /// The component's name; only in the default namespace, where the name
+    /// alone names it (elsewhere two components would share one role).
     Component,
     Owner,
+    /// Explicit parts, for catalogs with more than one namespace.
+    ComponentName,
+    ComponentNamespace,
+    OwnerName,
+    OwnerNamespace,
     Environment,
     StackOrganization,
     StackProject,
@@ -36,6 +43,10 @@ impl fmt::Display for Variable {
             Variable::Tag(tag) => write!(f, "{{tags.{tag}}}"),
             Variable::Component => f.write_str("{component}"),
             Variable::Owner => f.write_str("{owner}"),
+            Variable::ComponentName => f.write_str("{component.name}"),
+            Variable::ComponentNamespace => f.write_str("{component.namespace}"),
+            Variable::OwnerName => f.write_str("{owner.name}"),
+            Variable::OwnerNamespace => f.write_str("{owner.namespace}"),
             Variable::Environment => f.write_str("{environment}"),
             Variable::StackOrganization => f.write_str("{stack.organization}"),
             Variable::StackProject => f.write_str("{stack.project}"),
@@ -50,7 +61,7 @@ pub enum TemplateError {
     Unclosed { template: String },
     #[error("template {template:?} has a stray '}}'")]
     StrayBrace { template: String },
-    #[error("template {template:?} uses unknown variable {{{name}}}; use {{tags.NAME}}, {{component}}, {{owner}}, {{environment}}, {{stack.organization}}, {{stack.project}} or {{stack.name}}")]
+    #[error("template {template:?} uses unknown variable {{{name}}}; use {{tags.NAME}}, {{component}}, {{owner}}, {{component.name}}, {{component.namespace}}, {{owner.name}}, {{owner.namespace}}, {{environment}}, {{stack.organization}}, {{stack.project}} or {{stack.name}}")]
     UnknownVariable { template: String, name: String },
 }
 
@@ -183,6 +194,10 @@ fn parse_variable(name: &str) -> Option<Variable> {
     Some(match name {
         "component" => Variable::Component,
         "owner" => Variable::Owner,
+        "component.name" => Variable::ComponentName,
+        "component.namespace" => Variable::ComponentNamespace,
+        "owner.name" => Variable::OwnerName,
+        "owner.namespace" => Variable::OwnerNamespace,
         "environment" => Variable::Environment,
         "stack.organization" => Variable::StackOrganization,
         "stack.project" => Variable::StackProject,

@@ -241,7 +241,6 @@ fn rows() -> Vec<Row> {
                     "the stack has no aws-account tag",
                     "the stack has no environment tag",
                     "user:default/bob is not a member of group:default/team-payments, which owns component:default/payments",
-                    "the role template needs {tags.aws-account}, which this stack does not have",
                 ],
             },
         },
@@ -254,10 +253,7 @@ fn rows() -> Vec<Row> {
             },
             expect: Deny {
                 denied_by: None,
-                reasons: &[
-                    "the stack's tags name no catalog component, so it has no owner",
-                    "the role template needs {component}, which this stack does not have",
-                ],
+                reasons: &["the stack's tags name no catalog component, so it has no owner"],
             },
         },
         Row {
@@ -274,7 +270,7 @@ fn rows() -> Vec<Row> {
             rules: || vec![nonprod()],
             change: |c| c.tag("aws-account", Some("111111111111:role/admin#")),
             expect: Deny {
-                denied_by: None,
+                denied_by: Some("team-deploys-nonprod"),
                 reasons: &["the value of {tags.aws-account} cannot be used in the role (allowed: letters, digits and + = , . @ _ -)"],
             },
         },
@@ -283,8 +279,42 @@ fn rows() -> Vec<Row> {
             rules: || vec![nonprod()],
             change: |c| c.tag("aws-account", Some("x-bad-x")),
             expect: Deny {
-                denied_by: None,
+                denied_by: Some("team-deploys-nonprod"),
                 reasons: &["the role template does not give a valid aws target for this stack; check the stack's tags"],
+            },
+        },
+        Row {
+            name: "a rule that applies but cannot be filled in fails closed, not through to a broader rule",
+            rules: || vec![nonprod(), sre_read()],
+            change: |c| {
+                c.principal.groups.push(entity("group:default/sre"));
+                c.tag("aws-account", Some("x-bad-x"));
+            },
+            expect: Deny {
+                denied_by: Some("team-deploys-nonprod"),
+                reasons: &["the role template does not give a valid aws target for this stack; check the stack's tags"],
+            },
+        },
+        Row {
+            name: "{component} never drops a namespace: two namespaces' components do not share a role",
+            rules: || vec![nonprod()],
+            change: |c| c.component = Some(entity("component:b/payments")),
+            expect: Deny {
+                denied_by: Some("team-deploys-nonprod"),
+                reasons: &["the role template uses {component}, which names only entities in the default namespace, and component:b/payments is not; the rule must use {component.namespace}/{component.name} or {owner.namespace}/{owner.name}"],
+            },
+        },
+        Row {
+            name: "a rule for many namespaces names both parts",
+            rules: || vec![Rule {
+                target: target("arn:aws:iam::{tags.aws-account}:role/{component.namespace}-{component.name}-deployer"),
+                ..nonprod()
+            }],
+            change: |c| c.component = Some(entity("component:b/payments")),
+            expect: Allow {
+                rule: "team-deploys-nonprod",
+                target: "arn:aws:iam::111111111111:role/b-payments-deployer",
+                duration: 900,
             },
         },
         Row {

@@ -251,7 +251,12 @@ fn unguaranteed_variables(rule: &Rule, environment_tag: &str) -> Vec<String> {
             let guaranteed = match variable {
                 Variable::Tag(tag) => rule.tags.contains_key(tag),
                 Variable::Environment => rule.tags.contains_key(environment_tag),
-                Variable::Component | Variable::Owner => rule.require_owner,
+                Variable::Component
+                | Variable::Owner
+                | Variable::ComponentName
+                | Variable::ComponentNamespace
+                | Variable::OwnerName
+                | Variable::OwnerNamespace => rule.require_owner,
                 Variable::StackOrganization | Variable::StackName | Variable::StackProject => true,
             };
             if !guaranteed {
