@@ -24,7 +24,10 @@ use crate::issuer::{
     SigningKeySource, MANIFEST,
 };
 use crate::notify::Notifier;
-use crate::policy::{expand_paths, load_rules, PolicyError, Rule, RuleConfig, ValidationContext};
+use crate::policy::{
+    expand_paths, load_rules, load_rules_with_digest, PolicyError, Rule, RuleConfig,
+    ValidationContext,
+};
 use crate::registry::Providers;
 use crate::stacks::{StackSource, StackSourceError, StaticStackRegistry};
 
@@ -420,7 +423,7 @@ impl PolicySource {
 }
 
 async fn reload(broker: &Broker, source: &PolicySource, reason: &str) {
-    let loaded = load_rules(&source.rules, &source.files, &source.context)
+    let loaded = load_rules_with_digest(&source.rules, &source.files, &source.context)
         .map_err(|e| e.problems.iter().map(ToString::to_string).collect());
     if let Err(e) = broker.reload_policy(reason, loaded).await {
         tracing::error!(error = %e, "could not audit a policy reload");

@@ -43,7 +43,7 @@ use crate::catalog::{Catalog, CatalogError, EntityRef};
 use crate::identity::{IdentityError, Principal, Verifier};
 use crate::issuer::{Issuer, IssuerError, KeyRing};
 use crate::notify::Notifier;
-use crate::policy::{ApprovalRequirement, Decision, Denial, Grant, LivePolicy, Rule};
+use crate::policy::{ApprovalRequirement, Decision, Denial, Grant, LivePolicy, LoadedPolicy, Rule};
 use crate::registry::{LookupError, Providers};
 use crate::stacks::{StackRef, StackSource, StackSourceError};
 
@@ -453,23 +453,28 @@ impl Broker {
         &self.providers
     }
 
-    /// Applies a reloaded policy (or records why it was refused); audited.
+    /// Records a reloaded policy (with the digest of its text) or why it was
+    /// refused, and applies it only once that record is committed: no rule
+    /// decides anything the audit log cannot name.
     pub async fn reload_policy(
         &self,
         reason: &str,
-        loaded: Result<Vec<Rule>, Vec<String>>,
+        loaded: Result<LoadedPolicy, Vec<String>>,
     ) -> Result<(), AuditError> {
-        let result = match loaded {
-            Ok(rules) => {
-                let names = rules.iter().map(|r| r.name.clone()).collect();
-                self.policy.replace(rules);
-                Ok(names)
+        let (rules, result) = match loaded {
+            Ok(policy) => {
+                let names = policy.rules.iter().map(|r| r.name.clone()).collect();
+                (Some(policy.rules), Ok((names, policy.digest)))
             }
-            Err(problems) => Err(problems),
+            Err(problems) => (None, Err(problems)),
         };
         self.recorder
             .record(&[Event::PolicyReloaded { reason, result }])
-            .await
+            .await?;
+        if let Some(rules) = rules {
+            self.policy.replace(rules);
+        }
+        Ok(())
     }
 
     /// Records a change of signing keys that startup's key reloader loaded

@@ -16,7 +16,7 @@ use crate::database::Database;
 use crate::fakes::{FailingAudit, FakeCloud};
 use crate::identity::PrincipalKind;
 use crate::issuer::SigningKey;
-use crate::policy::{load_rules, ValidationContext};
+use crate::policy::{load_rules, LoadedPolicy, ValidationContext};
 use crate::stacks::StaticStackRegistry;
 
 const CATALOG: &str = r#"
@@ -593,7 +593,13 @@ async fn a_reloaded_policy_applies_as_a_whole_and_a_rejected_one_is_recorded() {
         .await
         .unwrap();
     w.broker
-        .reload_policy("test", Ok(Vec::new()))
+        .reload_policy(
+            "test",
+            Ok(LoadedPolicy {
+                rules: Vec::new(),
+                digest: "d1".into(),
+            }),
+        )
         .await
         .unwrap();
     assert!(matches!(
@@ -608,4 +614,31 @@ async fn a_reloaded_policy_applies_as_a_whole_and_a_rejected_one_is_recorded() {
         .map(|r| r.outcome.as_str())
         .collect();
     assert_eq!(reloads, ["rejected", "applied"]);
+    let applied = rows.iter().find(|r| r.outcome == "applied").unwrap();
+    assert!(applied
+        .detail
+        .as_deref()
+        .unwrap()
+        .contains(r#""policy_sha256":"d1""#));
+}
+
+#[tokio::test]
+async fn a_reload_whose_record_cannot_be_committed_is_not_applied() {
+    let w = world().await;
+    w.audit.fail_after(0);
+    let emptied = w
+        .broker
+        .reload_policy(
+            "test",
+            Ok(LoadedPolicy {
+                rules: Vec::new(),
+                digest: "d1".into(),
+            }),
+        )
+        .await;
+    assert!(emptied.is_err());
+    w.audit.fail_after(usize::MAX);
+    w.issue("user:default/jane", &ask("pulumi:acme/payments/dev"))
+        .await
+        .expect("the policy in force is still the recorded one");
 }

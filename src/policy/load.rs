@@ -70,6 +70,25 @@ pub fn load_rules(
     paths: &[PathBuf],
     context: &ValidationContext,
 ) -> Result<Vec<Rule>, PolicyError> {
+    load_rules_with_digest(config_rules, paths, context).map(|loaded| loaded.rules)
+}
+
+/// Rules, and the SHA-256 of exactly the text they were loaded from (the
+/// config's rules, each file's name and contents), so the audit log can say
+/// which policy decided.
+pub struct LoadedPolicy {
+    pub rules: Vec<Rule>,
+    pub digest: String,
+}
+
+pub fn load_rules_with_digest(
+    config_rules: &[RuleConfig],
+    paths: &[PathBuf],
+    context: &ValidationContext,
+) -> Result<LoadedPolicy, PolicyError> {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    digest.update(format!("{config_rules:?}").as_bytes());
     let mut written: Vec<(RuleSource, RuleConfig)> = config_rules
         .iter()
         .enumerate()
@@ -78,7 +97,12 @@ pub fn load_rules(
     let mut problems = Vec::new();
     for file in expand_paths(paths)? {
         let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
+            Ok(text) => {
+                digest.update(file.display().to_string().as_bytes());
+                digest.update((text.len() as u64).to_be_bytes());
+                digest.update(text.as_bytes());
+                text
+            }
             Err(e) => {
                 problems.push(PolicyProblem {
                     source: file.display().to_string(),
@@ -105,7 +129,10 @@ pub fn load_rules(
     }
     let rules = validate(&written, context, &mut problems);
     if problems.is_empty() {
-        Ok(rules)
+        Ok(LoadedPolicy {
+            rules,
+            digest: format!("{:x}", digest.finalize()),
+        })
     } else {
         Err(PolicyError { problems })
     }

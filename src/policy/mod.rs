@@ -32,7 +32,7 @@ use stackpass_provider::{CloudProvider, ProviderKind, Target};
 
 pub use decide::decide;
 pub use live::LivePolicy;
-pub use load::{expand_paths, load_rules, PolicyError};
+pub use load::{expand_paths, load_rules, load_rules_with_digest, LoadedPolicy, PolicyError};
 pub use pattern::ValuePattern;
 pub use template::{RenderError, Template, TemplateError, Variable, SAFE_VALUE_CHARACTERS};
 pub use validate::{PolicyProblem, RuleSource, ValidationContext};

@@ -148,8 +148,9 @@ pub(super) enum Event<'a> {
     },
     PolicyReloaded {
         reason: &'a str,
-        /// The rule names that now apply, or the problems that kept them out.
-        result: Result<Vec<String>, Vec<String>>,
+        /// The rule names that apply once this is recorded, with the digest
+        /// of the policy text, or the problems that kept them out.
+        result: Result<(Vec<String>, String), Vec<String>>,
     },
     KeysReloaded {
         reason: &'a str,
@@ -273,8 +274,10 @@ impl Event<'_> {
             }
             Event::PolicyReloaded {
                 reason,
-                result: Ok(rules),
-            } => tracing::info!(reason, rules = rules.len(), "policy reloaded"),
+                result: Ok((rules, digest)),
+            } => {
+                tracing::info!(reason, rules = rules.len(), policy_sha256 = %digest, "policy reloaded")
+            }
             Event::KeysReloaded {
                 reason,
                 result: Ok(keys),

@@ -321,9 +321,9 @@ impl Event<'_> {
             }
             Event::PolicyReloaded { reason, result } => {
                 let (outcome, detail) = match result {
-                    Ok(rules) => (
+                    Ok((rules, digest)) => (
                         Outcome::Applied,
-                        json!({ "reason": reason, "rules": rules }),
+                        json!({ "reason": reason, "rules": rules, "policy_sha256": digest }),
                     ),
                     Err(problems) => (
                         Outcome::Rejected,
