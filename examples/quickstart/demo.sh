@@ -98,7 +98,8 @@ if STACKPASS_TOKEN=$bob "$STACKPASS" creds --stack pulumi:acme/payments/dev 2>"$
 fi
 cat "$logs/bob.err"
 grep -q "Denied by policy (HTTP 403)" "$logs/bob.err" || fail "bob's refusal should be a policy denial"
-grep -q "is not a member of group:default/team-payments" "$logs/bob.err" || fail "the denial should say why"
+grep -q "no rule grants aws credentials for pulumi:acme/payments/dev to user:default/bob" "$logs/bob.err" || fail "the denial should say what was refused"
+grep -q "is not a member of group:default/team-payments" "$logs/bob.err" && fail "bob owns nothing here: the reasons (tags, owners) are for the owners, auditors and the audit log"
 
 step "The audit log: every decision and issuance of this run"
 rows=$("$STACKPASS" audit list --config "$config" --limit 1000000 | tail -n +"$((audit_rows_before + 1))")

@@ -106,7 +106,7 @@ impl Problem {
                     "denied",
                     "Denied by policy",
                     denial.summary.clone(),
-                    "each listed rule says why it did not match; ask the stack's owning team or the platform team for access",
+                    "the stack's owners and auditors see each rule's reasons here (everyone's are in the audit log under this request id); ask the stack's owning team or the platform team for access",
                 )
             },
             BrokerError::Catalog(e) => Problem::new(

@@ -148,6 +148,8 @@ pub struct BrokerParts {
 
 pub struct Broker {
     verifier: Verifier,
+    /// Members see every reason for a denial (see `shown`).
+    auditor_groups: Vec<EntityRef>,
     providers: Providers,
     policy: Arc<LivePolicy>,
     resolver: Resolver,
@@ -163,6 +165,7 @@ impl Broker {
         let recorder = Recorder::new(parts.audit.clone(), parts.notifier);
         Broker {
             verifier: parts.verifier,
+            auditor_groups: parts.auditor_groups.clone(),
             providers: parts.providers,
             resolver: Resolver {
                 stacks: parts.stacks,
@@ -240,8 +243,8 @@ impl Broker {
         }
     }
 
-    /// Records a denial; the error to answer with (the denial, or the audit
-    /// failure that kept it from being recorded).
+    /// Records a denial; the error to answer with (the denial as the caller
+    /// may see it, or the audit failure that kept it from being recorded).
     async fn refuse(&self, asked: &Asked<'_>, resolved: &Resolved, denial: Denial) -> BrokerError {
         let denied = Event::Denied {
             asked,
@@ -250,8 +253,32 @@ impl Broker {
             dry_run: false,
         };
         match self.recorder.record(&[denied]).await {
-            Ok(()) => BrokerError::Denied(denial),
+            Ok(()) => BrokerError::Denied(self.shown(asked, resolved, denial)),
             Err(e) => e.into(),
+        }
+    }
+
+    /// What a denial may tell its caller. Its reasons name the stack's tags,
+    /// its owner and the groups a rule lets in; they always go to the audit
+    /// log, but to the caller only if it owns the stack's component or is an
+    /// auditor. Anyone else learns that it was denied, so that probing stack
+    /// references reveals nothing about stacks one has no part in.
+    fn shown(&self, asked: &Asked<'_>, resolved: &Resolved, denial: Denial) -> Denial {
+        let principal = &resolved.principal;
+        let member =
+            |group: &EntityRef| principal.subject == *group || principal.groups.contains(group);
+        let owner = resolved.owner.as_ref().is_some_and(member);
+        let auditor = self.auditor_groups.iter().any(member);
+        if owner || auditor {
+            return denial;
+        }
+        Denial {
+            summary: format!(
+                "no rule grants {} credentials for {} to {}",
+                asked.request.provider, asked.request.stack, principal.subject
+            ),
+            denied_by: None,
+            rules: Vec::new(),
         }
     }
 
@@ -379,7 +406,10 @@ impl Broker {
             },
         };
         self.recorder.record(&[event]).await?;
-        Ok(decision)
+        Ok(match decision {
+            Decision::Deny(denial) => Decision::Deny(self.shown(&asked, &resolved, denial)),
+            other => other,
+        })
     }
 
     /// Creates an access request (or returns the requester's pending one) for a

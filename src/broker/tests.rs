@@ -242,15 +242,49 @@ async fn a_denial_is_recorded_with_its_reasons_and_the_cloud_is_never_called() {
     let denied = w
         .issue("user:default/bob", &ask("pulumi:acme/payments/dev"))
         .await;
-    assert!(matches!(denied, Err(BrokerError::Denied(_))), "{denied:?}");
+    // Bob owns nothing here: he learns he was denied, not the stack's tags,
+    // owners or the groups that would have been let in.
+    let Err(BrokerError::Denied(shown)) = denied else {
+        panic!("{denied:?}")
+    };
+    assert!(shown.rules.is_empty(), "{shown:?}");
+    assert_eq!(
+        shown.summary,
+        "no rule grants aws credentials for pulumi:acme/payments/dev to user:default/bob"
+    );
+    let dry_run = w
+        .broker
+        .explain(
+            &context(),
+            person("user:default/bob"),
+            &ask("pulumi:acme/payments/dev"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(dry_run, Decision::Deny(ref d) if d.rules.is_empty()),
+        "{dry_run:?}"
+    );
     let rows = w.rows().await;
-    assert_eq!(w.events().await, pairs(&[("decision", "denied")]));
+    assert_eq!(
+        w.events().await,
+        pairs(&[("decision", "denied"), ("dry_run", "would_deny")])
+    );
     let reasons = detail(&rows[0])["rules"][0]["reasons"].to_string();
     assert!(
         reasons.contains("is not a member of group:default/team-payments"),
         "{reasons}"
     );
     assert_eq!(w.cloud.calls(), 0);
+
+    // An auditor sees every reason.
+    let denied = w
+        .issue("user:default/sam", &ask("pulumi:acme/payments/dev"))
+        .await;
+    let Err(BrokerError::Denied(shown)) = denied else {
+        panic!("{denied:?}")
+    };
+    assert!(!shown.rules.is_empty(), "{shown:?}");
 }
 
 #[tokio::test]

@@ -149,7 +149,9 @@ async fn creds_errors_are_one_line_with_a_hint() {
         "{text}"
     );
     assert!(
-        text.contains("rule owners-deploy-nonprod: user:default/bob is not a member"),
+        text.contains(
+            "no rule grants aws credentials for pulumi:acme/payments/dev to user:default/bob"
+        ),
         "{text}"
     );
     assert!(text.contains("\nhint: "), "{text}");
