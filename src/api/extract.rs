@@ -7,18 +7,17 @@
 //! before it reads the request: an anonymous caller learns nothing, not even
 //! request syntax.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 
 use super::admission::Admitted;
-use super::{Problem, RequestId};
+use super::{Origin, Problem};
 use crate::broker::{Broker, BrokerError, RequestContext};
 use crate::identity::{IdentityError, Principal};
 
@@ -26,15 +25,11 @@ impl FromRequestParts<Arc<Broker>> for RequestContext {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &Arc<Broker>) -> Result<Self, Problem> {
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .map(|id| id.0.clone())
-            .unwrap_or_default();
-        let client = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        let origin = parts.extensions.get::<Origin>();
         Ok(RequestContext {
-            request_id,
-            client_addr: client.map(|c| c.0.ip().to_string()),
+            request_id: origin.map(|o| o.request_id.clone()).unwrap_or_default(),
+            client_request_id: origin.and_then(|o| o.client_request_id.clone()),
+            client_addr: origin.and_then(|o| o.client_addr).map(|a| a.to_string()),
         })
     }
 }

@@ -13,13 +13,15 @@ mod audit;
 mod credentials;
 mod decisions;
 mod extract;
+mod origin;
 mod problem;
 mod serve;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,16 +31,23 @@ use tower::ServiceBuilder;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use origin::TrustedProxies;
 pub use problem::Problem;
 pub use serve::{serve, ConnectionLimits};
 
 use crate::broker::Broker;
 use crate::config::ServerConfig;
 
-/// The id of one HTTP request: echoed in `x-request-id`, in every problem body and
-/// in every audit record, so a user's report can be matched to the logs.
+/// Where one HTTP request comes from. `request_id` is the broker's own id,
+/// echoed in `x-request-id`, in every problem body and in every audit record,
+/// so a user's report can be matched to the logs; the client's own id, if it
+/// sent one, is recorded beside it.
 #[derive(Debug, Clone)]
-struct RequestId(String);
+struct Origin {
+    request_id: String,
+    client_request_id: Option<String>,
+    client_addr: Option<std::net::IpAddr>,
+}
 
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
     let admission = admission::Admission {
@@ -74,7 +83,10 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(request_id))
+                .layer(middleware::from_fn_with_state(
+                    Arc::new(TrustedProxies::new(config.trusted_proxies.clone())),
+                    request_origin,
+                ))
                 .layer(tower_http::catch_panic::CatchPanicLayer::custom(
                     panic_response,
                 ))
@@ -84,23 +96,26 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
         .with_state(broker)
 }
 
-/// Accepts a caller's `x-request-id` only if it is short and plain, so it cannot
-/// forge log lines or bloat audit rows; otherwise mints a UUID.
-async fn request_id(mut request: Request, next: Next) -> Response {
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(|| Uuid::new_v4().to_string());
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+/// Settles where the request comes from (see `origin`) before anything else
+/// runs, and stamps the broker's request id on every answer.
+async fn request_origin(
+    State(proxies): State<Arc<TrustedProxies>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let id = Uuid::new_v4().to_string();
+    let client_request_id = origin::client_request_id(request.headers());
+    let client_addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|peer| proxies.client_addr(peer.0.ip(), request.headers()));
+    let span = tracing::info_span!("request", request_id = %id, client_request_id = client_request_id.as_deref(),
+        method = %request.method(), path = %request.uri().path());
+    request.extensions_mut().insert(Origin {
+        request_id: id.clone(),
+        client_request_id,
+        client_addr,
+    });
     let mut response = async move {
         let response = next.run(request).await;
         tracing::info!(status = response.status().as_u16(), "handled");

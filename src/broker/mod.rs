@@ -50,7 +50,10 @@ use crate::stacks::{StackRef, StackSource, StackSourceError};
 /// Facts about the HTTP request that belong in the audit log.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
+    /// The broker's own id for the request.
     pub request_id: String,
+    /// The id the client sent in `x-request-id`, if it was plain enough to keep.
+    pub client_request_id: Option<String>,
     pub client_addr: Option<String>,
 }
 

@@ -133,6 +133,7 @@ async fn world() -> World {
 
 fn context() -> RequestContext {
     RequestContext {
+        client_request_id: None,
         request_id: "req-1".into(),
         client_addr: Some("127.0.0.1".into()),
     }

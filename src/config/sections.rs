@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// token) were accepted.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Load balancers or ingress (CIDR blocks) whose `X-Forwarded-For` names
+    /// the client; from anyone else the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -339,15 +339,44 @@ async fn every_response_carries_a_request_id_and_probes_answer() {
     let missing = w.broker.get("/nope").await;
     missing.assert_problem(404, "not-found");
 
-    // A caller's plain request id is kept; a hostile one is replaced.
+    // The broker names every request itself; a caller's plain request id is
+    // recorded beside it (never instead of it: two callers could pick the
+    // same one), and a hostile one is dropped.
     let client = reqwest::Client::new();
-    let kept = client
-        .get(format!("{}/healthz", w.broker.url))
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(kept.headers()["x-request-id"], "abc-123");
+    let token = w.backstage.user_token("user:default/jane");
+    let mut broker_ids = Vec::new();
+    for _ in 0..2 {
+        let issued = client
+            .post(format!("{}/v1/credentials", w.broker.url))
+            .bearer_auth(&token)
+            .header("x-request-id", "abc-123")
+            .json(&credential_request("pulumi:acme/payments/dev"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(issued.status(), 200);
+        let id = issued.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        broker_ids.push(id);
+    }
+    assert_ne!(broker_ids[0], broker_ids[1]);
+    let rows = w.broker.audit_rows().await;
+    for row in &rows {
+        assert!(
+            broker_ids.iter().any(|id| row["request_id"] == *id),
+            "{row}"
+        );
+        assert!(
+            row["detail"]
+                .as_str()
+                .unwrap()
+                .contains(r#""client_request_id":"abc-123""#),
+            "{row}"
+        );
+    }
     let replaced = client
         .get(format!("{}/healthz", w.broker.url))
         .header("x-request-id", "evil\tinjected log line")

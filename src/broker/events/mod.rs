@@ -229,6 +229,29 @@ impl Event<'_> {
         }
     }
 
+    /// The HTTP request this step belongs to, if any.
+    fn context(&self) -> Option<&RequestContext> {
+        match self {
+            Event::UnknownStack { asked, .. }
+            | Event::Denied { asked, .. }
+            | Event::BreakGlassRefused { asked, .. }
+            | Event::ApprovalRequired { asked, .. }
+            | Event::WouldAllow { asked, .. }
+            | Event::WouldNeedApproval { asked, .. } => Some(asked.context),
+            Event::Allowed(issuance)
+            | Event::IssuanceIntent { issuance, .. }
+            | Event::Issued { issuance, .. }
+            | Event::Federated { issuance, .. }
+            | Event::IssuanceFailed { issuance, .. }
+            | Event::IssuanceAbandoned { issuance }
+            | Event::IssuanceWithheld { issuance, .. } => Some(issuance.asked.context),
+            Event::AccessRequested { context, .. } | Event::ApprovalStep { context, .. } => {
+                Some(context)
+            }
+            Event::PolicyReloaded { .. } | Event::KeysReloaded { .. } => None,
+        }
+    }
+
     /// The log line for this step, once it is recorded.
     fn log(&self) {
         let asked = |a: &Asked<'_>| (a.context.request_id.clone(), a.principal.subject.clone());

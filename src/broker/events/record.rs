@@ -101,8 +101,21 @@ fn denial_json(denial: &Denial) -> serde_json::Value {
 }
 
 impl Event<'_> {
-    /// The event's audit record: the one place records are built.
+    /// The event's audit record: the one place records are built. A client's
+    /// own request id goes into the detail, beside the broker's in `request_id`.
     pub fn record(&self) -> AuditRecord {
+        let mut record = self.build_record();
+        if let Some(client_id) = self.context().and_then(|c| c.client_request_id.as_deref()) {
+            let mut detail = record.detail.take().unwrap_or_else(|| json!({}));
+            if let Some(fields) = detail.as_object_mut() {
+                fields.insert("client_request_id".into(), client_id.into());
+            }
+            record.detail = Some(detail);
+        }
+        record
+    }
+
+    fn build_record(&self) -> AuditRecord {
         let dry_or = |dry_run: bool| {
             if dry_run {
                 AuditEvent::DryRun

@@ -1,0 +1,127 @@
+//! Where a request comes from, settled once per request: the broker's own
+//! request id (what the audit log and every answer carry), the id the client
+//! sent if it sent a plain one (kept beside it, never instead of it), and the
+//! client's address, read through `X-Forwarded-For` only when the connection
+//! comes from a configured trusted proxy.
+
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+
+/// The proxies (load balancers, ingress) whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(networks: Vec<IpNet>) -> Self {
+        TrustedProxies(networks)
+    }
+
+    fn trusts(&self, address: IpAddr) -> bool {
+        self.0.iter().any(|network| network.contains(&address))
+    }
+
+    /// The client's address: the peer, unless the peer is a trusted proxy, in
+    /// which case the nearest hop in `X-Forwarded-For` that is not itself a
+    /// trusted proxy. Hops further left were written by the client and could
+    /// say anything; an unparsable hop stops the walk at the last one believed.
+    pub fn client_addr(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .collect();
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(address) => {
+                    client = address;
+                    if !self.trusts(address) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        client
+    }
+}
+
+/// A client's `x-request-id`, if it is short and plain enough to keep: it
+/// cannot forge log lines or bloat audit rows.
+pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(forwarded: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in forwarded {
+            headers.append("x-forwarded-for", value.parse().unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let spoofed = headers(&["6.6.6.6"]);
+        // A direct client cannot name another address.
+        assert_eq!(
+            proxies.client_addr(ip("203.0.113.7"), &spoofed),
+            ip("203.0.113.7")
+        );
+        // Behind the proxy, the hop the proxy saw; what the client wrote to
+        // the left of it is ignored.
+        let chain = headers(&["6.6.6.6, 198.51.100.4", "10.1.2.3"]);
+        assert_eq!(
+            proxies.client_addr(ip("10.0.0.1"), &chain),
+            ip("198.51.100.4")
+        );
+        // Garbage stops the walk at the last believed hop.
+        let garbage = headers(&["198.51.100.4, not-an-ip"]);
+        assert_eq!(
+            proxies.client_addr(ip("10.0.0.1"), &garbage),
+            ip("10.0.0.1")
+        );
+        // No proxies configured: always the peer.
+        let none = TrustedProxies::default();
+        assert_eq!(none.client_addr(ip("10.0.0.1"), &chain), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn only_plain_short_client_request_ids_are_kept() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-request-id", value.parse().unwrap());
+            client_request_id(&headers)
+        };
+        assert_eq!(
+            with("ci-run-42.step_3").as_deref(),
+            Some("ci-run-42.step_3")
+        );
+        assert_eq!(with("a b"), None);
+        assert_eq!(with(&"x".repeat(65)), None);
+    }
+}
