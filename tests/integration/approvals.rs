@@ -552,6 +552,13 @@ async fn the_cli_requests_lists_and_approves() {
         "{}",
         stdout(&listed)
     );
+    // The approver sees what an approval covers: provider, mode, duration, grant.
+    assert!(
+        stdout(&listed).contains("via aws (credentials, 15m)")
+            && stdout(&listed).contains("grant "),
+        "{}",
+        stdout(&listed)
+    );
     let approved = run("user:default/alex", &["approve", &id, "--note", "ok"]);
     assert!(approved.status.success(), "{}", stderr(&approved));
     assert!(
