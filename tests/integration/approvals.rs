@@ -359,6 +359,17 @@ async fn an_expired_request_cannot_be_approved_and_denials_are_final() {
     )
     .await
     .assert_problem(409, "access-request-closed");
+    // The expiry and the refused attempt are both on the record.
+    let rows = w.broker.audit_rows().await;
+    assert!(rows
+        .iter()
+        .any(|r| r["event"] == "approval" && r["outcome"] == "expired"));
+    let refused = rows
+        .iter()
+        .find(|r| r["event"] == "approval" && r["outcome"] == "refused")
+        .unwrap();
+    assert_eq!(refused["requester"], "user:default/alex");
+    assert!(refused["detail"].as_str().unwrap().contains("has expired"));
 
     let fresh = w
         .call(

@@ -190,10 +190,11 @@ impl Event<'_> {
                 request, approval, ..
             } => Some((
                 format!(
-                    "{} asks for {} on {} ({}). {} approval(s) needed from {}. Approve with `stackpass approvals approve {}`.",
+                    "{} asks for {} on {}, once, for {} ({}). {} approval(s) needed from {}. Approve with `stackpass approvals approve {}`.",
                     request.requester,
                     request.role,
                     request.stack,
+                    humantime::format_duration(request.duration),
                     request.reason.as_deref().unwrap_or("no reason given"),
                     approval.count,
                     approval.approvers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -220,7 +221,7 @@ impl Event<'_> {
                 ..
             } => Some((
                 format!(
-                    "{by} approved {}'s request for {} on {}; credentials may be obtained until {}.",
+                    "{by} approved {}'s request for {} on {}; one issuance of it may be obtained until {}.",
                     request.requester,
                     request.role,
                     request.stack,
