@@ -13,7 +13,7 @@ use stackpass_provider::{
     SubjectClaims, Target, TrustContext,
 };
 
-use crate::audit::{AuditError, AuditPage, AuditQuery, AuditRecord, AuditStore};
+use crate::audit::{AuditError, AuditPage, AuditQuery, AuditRecord, AuditStore, Guarded};
 
 /// A cloud named `kind` with STS-like limits that takes any target without
 /// spaces or `-bad-` in it, session policies that are JSON objects and any
@@ -158,18 +158,34 @@ impl FailingAudit {
     }
 }
 
+impl FailingAudit {
+    fn take_one(&self) -> Result<(), AuditError> {
+        let mut allowed = self.allowed.lock().unwrap();
+        match allowed.as_mut() {
+            Some(0) => Err(AuditError::Write("disk full".into())),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl AuditStore for FailingAudit {
     async fn append(&self, records: Vec<AuditRecord>) -> Result<(), AuditError> {
-        {
-            let mut allowed = self.allowed.lock().unwrap();
-            match allowed.as_mut() {
-                Some(0) => return Err(AuditError::Write("disk full".into())),
-                Some(n) => *n -= 1,
-                None => {}
-            }
-        }
+        self.take_one()?;
         self.inner.append(records).await
+    }
+
+    async fn append_guarded(
+        &self,
+        change: Guarded,
+        records: Vec<AuditRecord>,
+    ) -> Result<bool, AuditError> {
+        self.take_one()?;
+        self.inner.append_guarded(change, records).await
     }
 
     async fn ping(&self) -> Result<(), AuditError> {

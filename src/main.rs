@@ -96,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     stack,
                     provider,
                     duration,
+                    mode,
                     reason,
                 } => cli::ApprovalAction::Request(CredsArgs {
                     server: server.clone(),
@@ -105,7 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     duration,
                     reason,
                     break_glass: None,
-                    mode: None,
+                    mode,
                 }),
                 ApprovalsCommand::List => cli::ApprovalAction::List,
                 ApprovalsCommand::Approve { id, note } => cli::ApprovalAction::Approve { id, note },

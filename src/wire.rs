@@ -129,6 +129,18 @@ pub struct AccessRequest {
     pub window_ends_at: Option<String>,
     pub note: Option<String>,
     pub approvers: Vec<String>,
+    /// What the approvers are shown and an approval covers, besides provider,
+    /// role and duration (an upper bound): the mode, the grant's facts and their
+    /// SHA-256. Absent for requests stored before approvals were bound.
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub grant: Option<serde_json::Value>,
+    #[serde(default)]
+    pub grant_digest: Option<String>,
+    /// When the one issuance an approval covers took it.
+    #[serde(default)]
+    pub used_at: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -238,6 +250,13 @@ impl From<&DomainAccessRequest> for AccessRequest {
             window_ends_at: r.window_ends_at.map(format_timestamp),
             note: r.note.clone(),
             approvers: r.approvers.iter().map(ToString::to_string).collect(),
+            mode: r.binding.as_ref().map(|b| b.mode.as_str().to_owned()),
+            grant: r
+                .binding
+                .as_ref()
+                .and_then(|b| serde_json::from_str(&b.facts).ok()),
+            grant_digest: r.binding.as_ref().map(|b| b.digest.clone()),
+            used_at: r.used_at.map(format_timestamp),
         }
     }
 }

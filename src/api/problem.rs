@@ -170,7 +170,8 @@ impl Problem {
                     NotPending { .. } | Expired(_) | AlreadyApproved(_) => {
                         (StatusCode::CONFLICT, "access-request-closed", "Access request cannot be decided")
                     }
-                    OwnRequest | NotAnApprover { .. } | RuleChanged(_) => {
+                    Contended(_) => (StatusCode::CONFLICT, "access-request-contended", "Access request changed meanwhile"),
+                    OwnRequest | NotAnApprover { .. } | RuleChanged(_) | NotAPerson { .. } => {
                         (StatusCode::FORBIDDEN, "approval-forbidden", "Not allowed to decide this request")
                     }
                 };
@@ -182,6 +183,13 @@ impl Problem {
                 "Break-glass not allowed",
                 error.to_string(),
                 "send the request without break_glass and ask an approver",
+            ),
+            BrokerError::BreakGlassNotAPerson => Problem::new(
+                StatusCode::FORBIDDEN,
+                "break-glass-forbidden",
+                "Break-glass is for people",
+                error.to_string(),
+                "a person must break glass with their own token, without an agent acting for them",
             ),
             BrokerError::ApprovalStore(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,

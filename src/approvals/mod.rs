@@ -5,23 +5,32 @@
 //! approval counts; `store` keeps requests in the shared database. The
 //! workflow that ties them to the policy, catalog and audit log is
 //! `broker::approvals`. The rules fail closed: zero approvals never approve, an expired request cannot be
-//! approved, nobody approves their own request, and every approval is checked
-//! again against the *current* policy and catalog when it is used, so a policy
-//! change that takes away an approver's right takes away their approval too.
+//! approved, nobody approves their own request, only people (never agents or
+//! services) decide, and every approval is checked again against the
+//! *current* policy and catalog when it is used, so a policy change that takes
+//! away an approver's right takes away their approval too.
+//!
+//! An approval binds what the approver was shown ([`Binding`]): the provider,
+//! the role, the mode, the duration (an upper bound) and a digest of the
+//! grant's facts. It covers exactly one issuance of that grant; a grant that
+//! changed since (target, session policy or tags, duration cap, rule) needs a
+//! new approval.
 
 mod store;
 
 use std::fmt;
 use std::time::Duration;
 
-use stackpass_provider::ProviderKind;
+use sha2::{Digest, Sha256};
+use stackpass_provider::{Mode, ProviderKind};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use store::{ApprovalStore, SqlApprovalStore, StoreError, Transition};
+pub use store::{change, insert, ApprovalStore, SqlApprovalStore, StoreError, Transition};
 
 use crate::catalog::EntityRef;
-use crate::policy::ApprovalRequirement;
+use crate::identity::{Principal, PrincipalKind};
+use crate::policy::{ApprovalRequirement, Grant};
 use crate::stacks::StackRef;
 
 /// An access request's id: a UUID, written as text in URLs and the audit log.
@@ -57,8 +66,11 @@ pub enum AccessState {
     Approved,
     Denied,
     Expired,
-    /// Approved once, but the approvals no longer hold under the current policy.
+    /// Approved once, but the approvals no longer hold under the current
+    /// policy, or the grant is no longer the one that was approved.
     Invalidated,
+    /// Approved, and taken by the one issuance it covers.
+    Used,
 }
 
 impl AccessState {
@@ -69,6 +81,7 @@ impl AccessState {
             AccessState::Denied => "denied",
             AccessState::Expired => "expired",
             AccessState::Invalidated => "invalidated",
+            AccessState::Used => "used",
         }
     }
 
@@ -79,6 +92,7 @@ impl AccessState {
             AccessState::Denied,
             AccessState::Expired,
             AccessState::Invalidated,
+            AccessState::Used,
         ]
         .into_iter()
         .find(|state| state.as_str() == s)
@@ -109,6 +123,93 @@ pub struct AccessRequest {
     pub note: Option<String>,
     /// Who has approved so far.
     pub approvers: Vec<EntityRef>,
+    /// What the approvers were shown besides provider, role and duration;
+    /// `None` only for requests stored before approvals were bound, which are
+    /// never used.
+    pub binding: Option<Binding>,
+    /// Bumped by every change of state: the compare-and-set token.
+    pub version: i64,
+    /// When the one issuance this approval covers took it.
+    pub used_at: Option<OffsetDateTime>,
+}
+
+/// The grant an access request asks for, as its approvers are shown it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub mode: Mode,
+    /// The grant's facts as canonical JSON: rule, provider, target, duration
+    /// cap, session policy and tags.
+    pub facts: String,
+    /// SHA-256 of `facts`, hex: what an issuance must match.
+    pub digest: String,
+}
+
+impl Binding {
+    pub fn of(grant: &Grant, mode: Mode) -> Self {
+        // serde_json's map is ordered by key, so the text is canonical.
+        let facts = serde_json::json!({
+            "rule": grant.rule,
+            "provider": grant.provider.as_str(),
+            "target": grant.target.as_str(),
+            "max_duration_seconds": grant.max_duration.as_secs(),
+            "session_policy": grant.session_policy,
+            "session_tags": grant.session_tags,
+        })
+        .to_string();
+        Binding {
+            mode,
+            digest: digest(&facts),
+            facts,
+        }
+    }
+}
+
+fn digest(facts: &str) -> String {
+    Sha256::digest(facts.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether an approved request covers an issuance of `grant` in `mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coverage {
+    Covers,
+    /// Approved for the other mode; it stays usable for that one.
+    OtherMode,
+    /// The grant is not the one that was approved: the approval is void.
+    Changed(&'static str),
+}
+
+/// Does `request` cover an issuance of `grant` (the current policy's) in `mode`?
+pub fn coverage(request: &AccessRequest, grant: &Grant, mode: Mode) -> Coverage {
+    let Some(binding) = &request.binding else {
+        return Coverage::Changed("it was approved before approvals bound their grant");
+    };
+    if binding.mode != mode {
+        return Coverage::OtherMode;
+    }
+    if request.role != grant.target.as_str()
+        || request.provider != grant.provider
+        || request.rule != grant.rule
+        || request.duration > grant.max_duration
+        || Binding::of(grant, mode).digest != binding.digest
+    {
+        return Coverage::Changed("the grant changed since it was approved");
+    }
+    Coverage::Covers
+}
+
+/// The duration an approved request issues for: what the caller asks now, at
+/// most what was approved; what was approved if the caller names none.
+pub fn approved_duration(request: &AccessRequest, requested: Option<Duration>) -> Duration {
+    requested.map_or(request.duration, |d| d.min(request.duration))
+}
+
+/// Only people decide access requests and break glass: a human principal
+/// with no agent acting for them.
+pub fn is_a_person(principal: &Principal) -> bool {
+    principal.kind == PrincipalKind::Human && principal.actor.is_none()
 }
 
 impl AccessRequest {
@@ -140,6 +241,15 @@ pub enum ApprovalError {
     RuleChanged(String),
     #[error("{0} has already approved this request")]
     AlreadyApproved(EntityRef),
+    #[error("only people decide access requests; this token is {kind}{}", actor.as_ref().map(|a| format!(" (acting: {a})")).unwrap_or_default())]
+    NotAPerson {
+        kind: &'static str,
+        actor: Option<String>,
+    },
+    #[error(
+        "access request {0} kept changing while this decision was made; look at it again and retry"
+    )]
+    Contended(AccessRequestId),
 }
 
 /// Whether `approver` may decide `request` now, under `requirement` (the current
@@ -244,7 +354,102 @@ mod tests {
             window_ends_at: None,
             note: None,
             approvers: vec![],
+            binding: Some(Binding::of(&grant(), Mode::Credentials)),
+            version: 0,
+            used_at: None,
         }
+    }
+
+    fn grant() -> Grant {
+        Grant {
+            rule: "owners-deploy-prod".into(),
+            provider: ProviderKind::from_static("aws"),
+            target: stackpass_provider::Target::new("arn:aws:iam::1:role/r", ()),
+            duration: Duration::from_secs(900),
+            max_duration: Duration::from_secs(3600),
+            session_policy: None,
+            session_tags: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_approval_covers_only_the_grant_it_showed() {
+        let approved = request(AccessState::Approved, time::Duration::hours(1));
+        assert_eq!(
+            coverage(&approved, &grant(), Mode::Credentials),
+            Coverage::Covers
+        );
+        assert_eq!(
+            coverage(&approved, &grant(), Mode::Federation),
+            Coverage::OtherMode
+        );
+        let changes: [fn(&mut Grant); 5] = [
+            |g| g.target = stackpass_provider::Target::new("arn:aws:iam::1:role/admin", ()),
+            |g| g.session_policy = Some("{}".into()),
+            |g| {
+                g.session_tags.insert("team".into(), "x".into());
+            },
+            |g| g.max_duration = Duration::from_secs(7200),
+            |g| g.rule = "other".into(),
+        ];
+        for change in changes {
+            let mut changed = grant();
+            change(&mut changed);
+            assert!(
+                matches!(
+                    coverage(&approved, &changed, Mode::Credentials),
+                    Coverage::Changed(_)
+                ),
+                "{changed:?}"
+            );
+        }
+        // The requested duration is not part of the grant's identity.
+        let mut shorter = grant();
+        shorter.duration = Duration::from_secs(60);
+        assert_eq!(
+            coverage(&approved, &shorter, Mode::Credentials),
+            Coverage::Covers
+        );
+        let mut unbound = approved.clone();
+        unbound.binding = None;
+        assert!(matches!(
+            coverage(&unbound, &grant(), Mode::Credentials),
+            Coverage::Changed(_)
+        ));
+    }
+
+    #[test]
+    fn an_approval_issues_at_most_the_approved_duration() {
+        let approved = request(AccessState::Approved, time::Duration::hours(1));
+        assert_eq!(approved_duration(&approved, None), approved.duration);
+        assert_eq!(
+            approved_duration(&approved, Some(Duration::from_secs(3600))),
+            approved.duration
+        );
+        assert_eq!(
+            approved_duration(&approved, Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn only_people_decide() {
+        let mut principal = Principal {
+            issuer: "https://backstage.test".into(),
+            issuer_name: "backstage".into(),
+            subject: entity("user:default/alex"),
+            kind: PrincipalKind::Human,
+            actor: None,
+            groups: vec![],
+        };
+        assert!(is_a_person(&principal));
+        principal.actor = Some("agent:bot".into());
+        assert!(!is_a_person(&principal));
+        principal.kind = PrincipalKind::Agent;
+        assert!(!is_a_person(&principal));
+        principal.actor = None;
+        principal.kind = PrincipalKind::Service;
+        assert!(!is_a_person(&principal));
     }
 
     fn teammate() -> (EntityRef, Vec<EntityRef>) {

@@ -2,14 +2,21 @@
 //! shared database, next to the audit log. Strings exist only in the rows;
 //! every row is parsed back into a typed [`AccessRequest`], and a row that does
 //! not parse is an error, never a guess.
+//!
+//! Reads happen here; writes do not. Every change is built here as a
+//! [`Guarded`] statement ([`insert`], [`change`]) and committed by the audit
+//! store together with the audit record that describes it, so no request
+//! changes state without its record, and every change is a compare-and-set on
+//! the request's `version`.
 
 use std::time::Duration;
 
 use sqlx::Row;
-use stackpass_provider::ProviderKind;
+use stackpass_provider::{Mode, ProviderKind};
 use time::OffsetDateTime;
 
-use super::{AccessRequest, AccessRequestId, AccessState};
+use super::{AccessRequest, AccessRequestId, AccessState, Binding};
+use crate::audit::{Bind, Guarded, Statement};
 use crate::catalog::EntityRef;
 use crate::database::{format_timestamp, on_db, parse_timestamp, Database};
 use crate::stacks::StackRef;
@@ -21,17 +28,21 @@ pub struct StoreError(pub String);
 /// What a state change records besides the new state.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Transition<'a> {
+    pub decided_at: Option<OffsetDateTime>,
     pub decided_by: Option<&'a EntityRef>,
     pub window_ends_at: Option<OffsetDateTime>,
     pub note: Option<&'a str>,
+    pub used_at: Option<OffsetDateTime>,
+    /// An approval to add, by this approver at this time.
+    pub approval: Option<(&'a EntityRef, OffsetDateTime)>,
 }
 
-/// Access requests and their approvals.
+/// Access requests and their approvals, for reading.
 #[async_trait::async_trait]
 pub trait ApprovalStore: Send + Sync {
-    async fn create(&self, request: &AccessRequest) -> Result<(), StoreError>;
     async fn get(&self, id: AccessRequestId) -> Result<Option<AccessRequest>, StoreError>;
-    /// The newest request in `state` for this requester, stack, provider and rule.
+    /// The requests in `state` for this requester, stack, provider and rule,
+    /// newest first (at most 20).
     async fn find(
         &self,
         requester: &EntityRef,
@@ -39,34 +50,101 @@ pub trait ApprovalStore: Send + Sync {
         provider: &ProviderKind,
         rule: &str,
         state: AccessState,
-    ) -> Result<Option<AccessRequest>, StoreError>;
+    ) -> Result<Vec<AccessRequest>, StoreError>;
     /// Pending requests that have not expired, and `requester`'s own.
     async fn list_visible(
         &self,
         requester: &EntityRef,
         now: OffsetDateTime,
     ) -> Result<Vec<AccessRequest>, StoreError>;
-    /// Records an approval; false if this approver had already approved.
-    async fn add_approval(
-        &self,
-        id: AccessRequestId,
-        approver: &EntityRef,
-        at: OffsetDateTime,
-    ) -> Result<bool, StoreError>;
-    /// Moves a request from `from` to `to` (compare-and-set); false if it was no
-    /// longer in `from` (someone else decided first).
-    async fn transition(
-        &self,
-        id: AccessRequestId,
-        from: AccessState,
-        to: AccessState,
-        transition: Transition<'_>,
-    ) -> Result<bool, StoreError>;
+}
+
+fn text(value: impl Into<String>) -> Bind {
+    Bind::Text(Some(value.into()))
+}
+
+fn optional(value: Option<String>) -> Bind {
+    Bind::Text(value)
+}
+
+/// Stores a new request (its check: the row was inserted).
+pub fn insert(r: &AccessRequest) -> Guarded {
+    let binding = r.binding.as_ref();
+    let check = Statement::new(
+        format!(
+            "INSERT INTO access_requests ({COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+        ),
+        vec![
+            text(r.id.to_string()),
+            text(format_timestamp(r.created_at)),
+            text(format_timestamp(r.expires_at)),
+            text(r.requester.to_string()),
+            text(r.stack.to_string()),
+            text(r.provider.as_str()),
+            text(r.rule.clone()),
+            text(r.role.clone()),
+            Bind::Int(r.duration.as_secs() as i64),
+            optional(r.reason.clone()),
+            Bind::Int(i64::from(r.required_approvals)),
+            text(r.state.as_str()),
+            optional(r.decided_at.map(format_timestamp)),
+            optional(r.decided_by.as_ref().map(ToString::to_string)),
+            optional(r.window_ends_at.map(format_timestamp)),
+            optional(r.note.clone()),
+            optional(binding.map(|b| b.mode.as_str().to_owned())),
+            optional(binding.map(|b| b.facts.clone())),
+            optional(binding.map(|b| b.digest.clone())),
+            Bind::Int(r.version),
+            optional(r.used_at.map(format_timestamp)),
+        ],
+    );
+    Guarded {
+        check,
+        then: Vec::new(),
+    }
+}
+
+/// Moves `from` (as read, at its version) to state `to`: a compare-and-set
+/// that fails if anyone changed the request since it was read.
+pub fn change(from: &AccessRequest, to: AccessState, t: Transition<'_>) -> Guarded {
+    let check = Statement::new(
+        "UPDATE access_requests SET version = version + 1, state = $1, \
+         decided_at = COALESCE($2, decided_at), decided_by = COALESCE($3, decided_by), \
+         window_ends_at = COALESCE($4, window_ends_at), note = COALESCE($5, note), \
+         used_at = COALESCE($6, used_at) WHERE id = $7 AND version = $8",
+        vec![
+            text(to.as_str()),
+            optional(t.decided_at.map(format_timestamp)),
+            optional(t.decided_by.map(ToString::to_string)),
+            optional(t.window_ends_at.map(format_timestamp)),
+            optional(t.note.map(str::to_owned)),
+            optional(t.used_at.map(format_timestamp)),
+            text(from.id.to_string()),
+            Bind::Int(from.version),
+        ],
+    );
+    let then = t
+        .approval
+        .map(|(approver, at)| {
+            Statement::new(
+                "INSERT INTO approvals (request_id, approver, approved_at) VALUES ($1, $2, $3)",
+                vec![
+                    text(from.id.to_string()),
+                    text(approver.to_string()),
+                    text(format_timestamp(at)),
+                ],
+            )
+        })
+        .into_iter()
+        .collect();
+    Guarded { check, then }
 }
 
 const COLUMNS: &str =
     "id, created_at, expires_at, requester, stack, provider, rule, role, duration_seconds, \
-     reason, required_approvals, state, decided_at, decided_by, window_ends_at, note";
+     reason, required_approvals, state, decided_at, decided_by, window_ends_at, note, \
+     mode, grant_facts, grant_digest, version, used_at";
 
 fn store_error(e: sqlx::Error) -> StoreError {
     StoreError(e.to_string())
@@ -90,6 +168,11 @@ struct RawRequest {
     decided_by: Option<String>,
     window_ends_at: Option<String>,
     note: Option<String>,
+    mode: Option<String>,
+    grant_facts: Option<String>,
+    grant_digest: Option<String>,
+    version: i64,
+    used_at: Option<String>,
 }
 
 macro_rules! raw_request_from_row {
@@ -112,6 +195,11 @@ macro_rules! raw_request_from_row {
             decided_by: row.try_get("decided_by").map_err(store_error)?,
             window_ends_at: row.try_get("window_ends_at").map_err(store_error)?,
             note: row.try_get("note").map_err(store_error)?,
+            mode: row.try_get("mode").map_err(store_error)?,
+            grant_facts: row.try_get("grant_facts").map_err(store_error)?,
+            grant_digest: row.try_get("grant_digest").map_err(store_error)?,
+            version: row.try_get("version").map_err(store_error)?,
+            used_at: row.try_get("used_at").map_err(store_error)?,
         }
     }};
 }
@@ -156,6 +244,17 @@ impl RawRequest {
                 .map(|t| time(&t, "window_ends_at"))
                 .transpose()?,
             note: self.note,
+            binding: match (self.mode, self.grant_facts, self.grant_digest) {
+                (Some(mode), Some(facts), Some(digest)) => Some(Binding {
+                    mode: Mode::parse(&mode).ok_or_else(|| bad("mode"))?,
+                    facts,
+                    digest,
+                }),
+                (None, None, None) => None,
+                _ => return Err(bad("grant binding")),
+            },
+            version: self.version,
+            used_at: self.used_at.map(|t| time(&t, "used_at")).transpose()?,
             approvers: approvers
                 .iter()
                 .map(|a| entity(a, "approver"))
@@ -208,34 +307,6 @@ impl SqlApprovalStore {
 
 #[async_trait::async_trait]
 impl ApprovalStore for SqlApprovalStore {
-    async fn create(&self, r: &AccessRequest) -> Result<(), StoreError> {
-        on_db!(&self.db, pool => {
-            sqlx::query(&format!(
-                "INSERT INTO access_requests ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-            ))
-            .bind(r.id.to_string())
-            .bind(format_timestamp(r.created_at))
-            .bind(format_timestamp(r.expires_at))
-            .bind(r.requester.to_string())
-            .bind(r.stack.to_string())
-            .bind(r.provider.as_str())
-            .bind(&r.rule)
-            .bind(&r.role)
-            .bind(r.duration.as_secs() as i64)
-            .bind(&r.reason)
-            .bind(i64::from(r.required_approvals))
-            .bind(r.state.as_str())
-            .bind(r.decided_at.map(format_timestamp))
-            .bind(r.decided_by.as_ref().map(ToString::to_string))
-            .bind(r.window_ends_at.map(format_timestamp))
-            .bind(&r.note)
-            .execute(pool)
-            .await
-            .map_err(store_error)?;
-        });
-        Ok(())
-    }
-
     async fn get(&self, id: AccessRequestId) -> Result<Option<AccessRequest>, StoreError> {
         let found = self
             .select(
@@ -253,12 +324,11 @@ impl ApprovalStore for SqlApprovalStore {
         provider: &ProviderKind,
         rule: &str,
         state: AccessState,
-    ) -> Result<Option<AccessRequest>, StoreError> {
-        let found = self
-            .select(
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        self.select(
                 &format!(
                     "SELECT {COLUMNS} FROM access_requests WHERE requester = $1 AND stack = $2 AND provider = $3 \
-                     AND rule = $4 AND state = $5 ORDER BY created_at DESC LIMIT 1"
+                     AND rule = $4 AND state = $5 ORDER BY created_at DESC LIMIT 20"
                 ),
                 &[
                     &requester.to_string(),
@@ -268,8 +338,7 @@ impl ApprovalStore for SqlApprovalStore {
                     state.as_str(),
                 ],
             )
-            .await?;
-        Ok(found.into_iter().next())
+            .await
     }
 
     async fn list_visible(
@@ -285,52 +354,5 @@ impl ApprovalStore for SqlApprovalStore {
             &[&format_timestamp(now), &requester.to_string()],
         )
         .await
-    }
-
-    async fn add_approval(
-        &self,
-        id: AccessRequestId,
-        approver: &EntityRef,
-        at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        let inserted = on_db!(&self.db, pool => {
-            sqlx::query("INSERT INTO approvals (request_id, approver, approved_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(id.to_string())
-                .bind(approver.to_string())
-                .bind(format_timestamp(at))
-                .execute(pool)
-                .await
-                .map_err(store_error)?
-                .rows_affected()
-        });
-        Ok(inserted == 1)
-    }
-
-    async fn transition(
-        &self,
-        id: AccessRequestId,
-        from: AccessState,
-        to: AccessState,
-        transition: Transition<'_>,
-    ) -> Result<bool, StoreError> {
-        let now = format_timestamp(OffsetDateTime::now_utc());
-        let updated = on_db!(&self.db, pool => {
-            sqlx::query(
-                "UPDATE access_requests SET state = $1, decided_at = $2, decided_by = COALESCE($3, decided_by), \
-                 window_ends_at = COALESCE($4, window_ends_at), note = COALESCE($5, note) WHERE id = $6 AND state = $7",
-            )
-            .bind(to.as_str())
-            .bind(&now)
-            .bind(transition.decided_by.map(ToString::to_string))
-            .bind(transition.window_ends_at.map(format_timestamp))
-            .bind(transition.note)
-            .bind(id.to_string())
-            .bind(from.as_str())
-            .execute(pool)
-            .await
-            .map_err(store_error)?
-            .rows_affected()
-        });
-        Ok(updated == 1)
     }
 }

@@ -12,6 +12,7 @@
 //! non-secret id (the AWS access key id), which CloudTrail also shows.
 
 mod chain;
+mod guard;
 mod record;
 mod store;
 
@@ -20,6 +21,7 @@ use time::OffsetDateTime;
 pub use chain::{
     ChainBreak, ChainStart, ChainSummary, ChainVerifier, Checkpoint, StoredRecord, GENESIS_HASH,
 };
+pub use guard::{Bind, Guarded, Statement};
 pub use record::{record_json, AuditEvent, AuditRecord, Outcome};
 pub use store::{PruneReport, SqlAuditStore};
 
@@ -58,6 +60,15 @@ pub trait AuditStore: Send + Sync {
     /// Appends `records`, in order, to the chain; returns only once they are
     /// durably committed.
     async fn append(&self, records: Vec<AuditRecord>) -> Result<(), AuditError>;
+
+    /// Applies `change` and appends `records` in one transaction under the
+    /// chain lock, or neither: `Ok(false)` when `change.check` changed no row
+    /// (someone else changed that state first), with nothing written.
+    async fn append_guarded(
+        &self,
+        change: Guarded,
+        records: Vec<AuditRecord>,
+    ) -> Result<bool, AuditError>;
 
     /// Whether an append would be committed now: a probe record passes every
     /// check an append meets (chain lock, constraints, triggers) and is rolled

@@ -33,7 +33,8 @@ pub enum AuditEvent {
     /// An access request was created (`pending`).
     AccessRequested,
     /// A step on an access request: `approval_recorded`, `approved`, `denied`,
-    /// `expired`, `invalidated`; `requester` is who acted.
+    /// `expired`, `invalidated`, `used`, or an attempt to decide that was
+    /// `refused`; `requester` is who acted.
     Approval,
 }
 
@@ -83,6 +84,10 @@ pub enum Outcome {
     Approved,
     Expired,
     Invalidated,
+    /// An approved request was taken by the one issuance it covers.
+    Used,
+    /// An attempt to approve or deny that changed nothing, and why.
+    Refused,
     // policy_reloaded, keys_reloaded
     Applied,
     Rejected,
@@ -110,6 +115,8 @@ impl Outcome {
             Outcome::Approved => "approved",
             Outcome::Expired => "expired",
             Outcome::Invalidated => "invalidated",
+            Outcome::Used => "used",
+            Outcome::Refused => "refused",
             Outcome::Applied => "applied",
             Outcome::Rejected => "rejected",
             Outcome::Pruned => "pruned",

@@ -17,7 +17,10 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{ChainBreak, ChainStart, ChainSummary, ChainVerifier, Checkpoint, StoredRecord};
-use super::{AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore, Outcome};
+use super::{
+    AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore, Bind, Guarded, Outcome,
+    Statement,
+};
 use crate::database::{format_timestamp, on_db, Database};
 
 /// At most this many appends share one transaction; bounded so that one batch
@@ -144,6 +147,25 @@ macro_rules! append_locked {
                 .map_err(write_error)?;
         }
         sealed
+    }};
+}
+
+/// Runs one guarded-change statement; the number of rows it changed.
+macro_rules! execute_statement {
+    ($conn:expr, $statement:expr) => {{
+        let statement: &Statement = $statement;
+        let mut query = sqlx::query(&statement.sql);
+        for bind in &statement.binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text.clone()),
+                Bind::Int(number) => query.bind(*number),
+            };
+        }
+        query
+            .execute(&mut *$conn)
+            .await
+            .map_err(write_error)?
+            .rows_affected()
     }};
 }
 
@@ -439,6 +461,25 @@ impl AuditStore for SqlAuditStore {
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    async fn append_guarded(
+        &self,
+        change: Guarded,
+        records: Vec<AuditRecord>,
+    ) -> Result<bool, AuditError> {
+        // Not through the group-commit writer: a lost compare-and-set must not
+        // roll back other callers' records. The chain lock still orders it.
+        with_chain_lock!(&self.db, conn => {
+            if execute_statement!(conn, &change.check) != 1 {
+                return Ok(false);
+            }
+            for statement in &change.then {
+                execute_statement!(conn, statement);
+            }
+            append_locked!(conn, records.iter());
+            Ok(true)
+        })
     }
 
     async fn ping(&self) -> Result<(), AuditError> {

@@ -37,7 +37,10 @@ use self::audit_reads::AuditReads;
 use self::events::{Allowance, Asked, Event, Recorder};
 use self::issuance::Exchange;
 use self::resolve::{Resolved, Resolver};
-use crate::approvals::{AccessRequest, AccessRequestId, ApprovalError, ApprovalStore, StoreError};
+use crate::approvals::{
+    approved_duration, is_a_person, AccessRequest, AccessRequestId, ApprovalError, ApprovalStore,
+    StoreError,
+};
 use crate::audit::{AuditError, AuditPage, AuditQuery, AuditStore};
 use crate::catalog::{Catalog, CatalogError, EntityRef};
 use crate::identity::{IdentityError, Principal, Verifier};
@@ -126,6 +129,8 @@ pub enum BrokerError {
     BreakGlassNotAllowed(String),
     #[error("the issuance stopped before it could answer; its audit records show how far it got")]
     IssuanceInterrupted,
+    #[error("only people break glass; a token with an agent acting (act) or of a service cannot")]
+    BreakGlassNotAPerson,
 }
 
 /// What a broker is built from: startup fills it from configuration, tests
@@ -313,9 +318,11 @@ impl Broker {
             .await
     }
 
-    /// For a grant that needs approval: break-glass (capped) if asked for and
-    /// allowed, or an approval that still holds; otherwise the request is
-    /// refused, naming the pending access request if there is one.
+    /// For a grant that needs approval: break-glass (capped) if asked for,
+    /// allowed and asked by a person, or an approval that still holds and
+    /// covers this grant (taken: one approval, one issuance, at most its
+    /// approved duration); otherwise the request is refused, naming the
+    /// pending access request if there is one.
     async fn allowance_for(
         &self,
         asked: &Asked<'_>,
@@ -324,16 +331,25 @@ impl Broker {
         approval: ApprovalRequirement,
     ) -> Result<(Grant, Allowance), BrokerError> {
         if let Some(reason) = &asked.request.break_glass {
-            let Some(cap) = approval.break_glass_max_duration else {
+            let refusal = if !is_a_person(asked.principal) {
+                Some(BrokerError::BreakGlassNotAPerson)
+            } else if approval.break_glass_max_duration.is_none() {
+                Some(BrokerError::BreakGlassNotAllowed(grant.rule.clone()))
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
                 self.recorder
                     .record(&[Event::BreakGlassRefused {
                         asked,
                         resolved,
                         reason,
+                        error: &refusal.to_string(),
                     }])
                     .await?;
-                return Err(BrokerError::BreakGlassNotAllowed(grant.rule));
-            };
+                return Err(refusal);
+            }
+            let cap = approval.break_glass_max_duration.unwrap_or(grant.duration);
             grant.duration = grant.duration.min(cap);
             let allowance = Allowance::BreakGlass {
                 reason: reason.clone(),
@@ -343,9 +359,10 @@ impl Broker {
         let request = asked.request;
         if let Some(approved) = self
             .approvals
-            .approved(asked.context, resolved, request, &grant, &approval)
+            .take(asked.context, resolved, request, &grant, &approval)
             .await?
         {
+            grant.duration = approved_duration(&approved, request.duration);
             let allowance = Allowance::Approved {
                 request: approved.id,
                 approvers: approved.approvers,
@@ -432,6 +449,12 @@ impl Broker {
         let resolved = self.resolve(&asked, false).await?;
         match self.resolver.decide(&resolved, request) {
             Decision::NeedsApproval { grant, approval } => {
+                // What is approved must be deliverable as asked, or the one
+                // issuance it covers would fail.
+                self.providers
+                    .lookup(&request.provider)?
+                    .check_delivery(&grant.target, request.mode, grant.duration)
+                    .map_err(BrokerError::InvalidRequest)?;
                 self.approvals
                     .pending_or_new(context, &resolved, request, &grant, &approval)
                     .await

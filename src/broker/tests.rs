@@ -9,7 +9,7 @@ use secrecy::ExposeSecret;
 use stackpass_provider::{CloudProvider, ProviderKind};
 
 use super::*;
-use crate::approvals::{ApprovalError, SqlApprovalStore};
+use crate::approvals::{AccessState, ApprovalError, SqlApprovalStore};
 use crate::audit::{AuditQuery, SqlAuditStore, StoredRecord};
 use crate::catalog::StaticCatalog;
 use crate::database::Database;
@@ -29,6 +29,9 @@ ref = "user:default/jane"
 member_of = ["group:default/team-payments"]
 [[users]]
 ref = "user:default/alex"
+member_of = ["group:default/team-payments"]
+[[users]]
+ref = "user:default/kim"
 member_of = ["group:default/team-payments"]
 [[users]]
 ref = "user:default/bob"
@@ -511,13 +514,258 @@ async fn approval_is_required_then_given_by_a_teammate_and_then_used() {
         "arn:aws:iam::999999999999:role/payments-prod-deployer"
     );
     assert_eq!(
-        w.events().await[..3],
+        w.events().await[..5],
         pairs(&[
             ("decision", "approval_required"),
             ("access_requested", "pending"),
+            ("approval", "refused"),
+            ("approval", "refused"),
             ("approval", "approved")
         ])
     );
+}
+
+impl World {
+    /// jane asks for `request`; the id of her access request.
+    async fn requested(&self, request: &CredentialRequest) -> String {
+        self.broker
+            .request_access(&context(), person("user:default/jane"), request)
+            .await
+            .unwrap()
+            .id
+            .to_string()
+    }
+
+    async fn approve(&self, who: &Principal, id: &str) -> Result<AccessRequest, BrokerError> {
+        self.broker
+            .approve_access_request(&context(), who, id, None)
+            .await
+    }
+
+    /// Applies `policy` as a reload would.
+    async fn reload(&self, policy: &str) {
+        let file = self._dir.path().join("reloaded.toml");
+        std::fs::write(&file, policy).unwrap();
+        let rules = load_rules(
+            &[],
+            &[file],
+            &ValidationContext {
+                environment_tag: "environment".into(),
+                providers: self.broker.providers().clone(),
+            },
+        )
+        .unwrap();
+        let loaded = LoadedPolicy {
+            rules,
+            digest: "test".into(),
+        };
+        self.broker.reload_policy("test", Ok(loaded)).await.unwrap();
+    }
+}
+
+fn agent_for(subject: &str) -> Principal {
+    Principal {
+        kind: PrincipalKind::Agent,
+        actor: Some("agent:deploy-bot".into()),
+        ..person(subject)
+    }
+}
+
+fn approval_required<T: std::fmt::Debug>(result: Result<T, BrokerError>) -> bool {
+    matches!(result, Err(BrokerError::ApprovalRequired { .. }))
+}
+
+#[tokio::test]
+async fn one_approval_covers_one_issuance() {
+    let w = world().await;
+    let prod = ask("pulumi:acme/payments/prod");
+    let id = w.requested(&prod).await;
+    w.approve(&person("user:default/alex"), &id).await.unwrap();
+    w.issue("user:default/jane", &prod).await.unwrap();
+    assert!(approval_required(w.issue("user:default/jane", &prod).await));
+    assert_eq!(w.cloud.calls(), 1);
+    let used = w
+        .broker
+        .list_access_requests(&person("user:default/jane"))
+        .await
+        .unwrap();
+    assert_eq!(used[0].state, AccessState::Used);
+    assert!(w
+        .events()
+        .await
+        .contains(&("approval".to_string(), "used".to_string())));
+}
+
+#[tokio::test]
+async fn two_concurrent_issuances_cannot_both_use_one_approval() {
+    let w = world().await;
+    let prod = ask("pulumi:acme/payments/prod");
+    let id = w.requested(&prod).await;
+    w.approve(&person("user:default/alex"), &id).await.unwrap();
+    let (a, b) = tokio::join!(
+        w.issue("user:default/jane", &prod),
+        w.issue("user:default/jane", &prod)
+    );
+    assert_eq!(
+        [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "{a:?} {b:?}"
+    );
+    assert_eq!(w.cloud.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_grant_voids_the_approval() {
+    let w = world().await;
+    let prod = ask("pulumi:acme/payments/prod");
+    let id = w.requested(&prod).await;
+    w.approve(&person("user:default/alex"), &id).await.unwrap();
+    // Same rule name and approvers, a broader role.
+    w.reload(&POLICY.replace("{component}-prod-deployer", "admin"))
+        .await;
+    assert!(approval_required(w.issue("user:default/jane", &prod).await));
+    assert_eq!(w.cloud.calls(), 0);
+    let rows = w.rows().await;
+    let invalidated = rows.iter().find(|r| r.outcome == "invalidated").unwrap();
+    assert_eq!(
+        detail(invalidated)["note"],
+        "the grant changed since it was approved"
+    );
+
+    // Asked again under the new policy, the approver is shown the new role.
+    let again = w
+        .broker
+        .request_access(&context(), person("user:default/jane"), &prod)
+        .await
+        .unwrap();
+    assert_ne!(again.id.to_string(), id);
+    assert_eq!(again.role, "arn:aws:iam::999999999999:role/admin");
+}
+
+#[tokio::test]
+async fn an_approval_issues_at_most_its_approved_duration_and_only_in_its_mode() {
+    let w = world().await;
+    let mut prod = ask("pulumi:acme/payments/prod");
+    prod.duration = Some(Duration::from_secs(1800));
+    let id = w.requested(&prod).await;
+    w.approve(&person("user:default/alex"), &id).await.unwrap();
+
+    let mut federation = ask("pulumi:acme/payments/prod");
+    federation.mode = Mode::Federation;
+    assert!(approval_required(
+        w.issue("user:default/jane", &federation).await
+    ));
+    let mut longer = ask("pulumi:acme/payments/prod");
+    longer.duration = Some(Duration::from_secs(3600));
+    let issued = w.issue("user:default/jane", &longer).await.unwrap();
+    assert_eq!(issued.duration, Duration::from_secs(1800));
+}
+
+#[tokio::test]
+async fn agents_neither_approve_deny_nor_break_glass_and_each_attempt_is_audited() {
+    let w = world().await;
+    let prod = ask("pulumi:acme/payments/prod");
+    let id = w.requested(&prod).await;
+    let alex_agent = agent_for("user:default/alex");
+    assert!(matches!(
+        w.approve(&alex_agent, &id).await,
+        Err(BrokerError::Approval(ApprovalError::NotAPerson { .. }))
+    ));
+    assert!(matches!(
+        w.broker
+            .deny_access_request(&context(), &alex_agent, &id, None)
+            .await,
+        Err(BrokerError::Approval(ApprovalError::NotAPerson { .. }))
+    ));
+    let refused: Vec<StoredRecord> = w
+        .rows()
+        .await
+        .into_iter()
+        .filter(|r| r.outcome == "refused")
+        .collect();
+    assert_eq!(refused.len(), 2);
+    assert_eq!(refused[0].actor.as_deref(), Some("agent:deploy-bot"));
+    assert_eq!(refused[0].requester_kind.as_deref(), Some("agent"));
+    assert_eq!(detail(&refused[1])["action"], "deny");
+    assert!(approval_required(w.issue("user:default/jane", &prod).await));
+
+    let mut glass = ask("pulumi:acme/payments/prod");
+    glass.break_glass = Some("prod is down".into());
+    assert!(matches!(
+        w.broker
+            .issue(&context(), agent_for("user:default/jane"), &glass)
+            .await,
+        Err(BrokerError::BreakGlassNotAPerson)
+    ));
+    let last = w.rows().await.pop().unwrap();
+    assert_eq!(
+        (last.event.as_str(), last.outcome.as_str()),
+        ("decision", "denied")
+    );
+    assert_eq!(detail(&last)["break_glass"], true);
+    assert_eq!(w.cloud.calls(), 0);
+}
+
+#[tokio::test]
+async fn racing_approvers_one_wins_and_the_other_is_told_and_audited() {
+    for _ in 0..5 {
+        let w = world().await;
+        let id = w.requested(&ask("pulumi:acme/payments/prod")).await;
+        let (alex, kim) = (person("user:default/alex"), person("user:default/kim"));
+        let (a, b) = tokio::join!(w.approve(&alex, &id), w.approve(&kim, &id));
+        let results = [a, b];
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        assert!(results.iter().any(|r| matches!(
+            r,
+            Err(BrokerError::Approval(ApprovalError::NotPending {
+                state: "approved",
+                ..
+            }))
+        )));
+        let rows = w.rows().await;
+        let outcomes: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.event == "approval")
+            .map(|r| r.outcome.as_str())
+            .collect();
+        assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+        assert!(outcomes.contains(&"approved") && outcomes.contains(&"refused"));
+        let stored = w
+            .broker
+            .list_access_requests(&person("user:default/jane"))
+            .await
+            .unwrap();
+        assert_eq!(
+            stored[0].approvers.len(),
+            1,
+            "only the winner's approval counts"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_approval_whose_record_cannot_be_committed_changes_nothing() {
+    let w = world().await;
+    let prod = ask("pulumi:acme/payments/prod");
+    let id = w.requested(&prod).await;
+    w.audit.fail_after(0);
+    assert!(matches!(
+        w.approve(&person("user:default/alex"), &id).await,
+        Err(BrokerError::Audit(_))
+    ));
+    *w.audit.allowed.lock().unwrap() = None;
+    let stored = w
+        .broker
+        .list_access_requests(&person("user:default/jane"))
+        .await
+        .unwrap();
+    assert_eq!(stored[0].state, AccessState::Pending);
+    assert!(stored[0].approvers.is_empty());
+    assert!(approval_required(w.issue("user:default/jane", &prod).await));
 }
 
 #[tokio::test]

@@ -191,8 +191,13 @@ pub enum ApprovalsCommand {
         /// Default: the first provider this build has (aws in the default build).
         #[arg(long, default_value_t = registry::default_provider())]
         provider: String,
+        /// At most this long; the approval covers no longer.
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
+        /// credentials or federation: the approval covers only this mode
+        /// [default: credentials].
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<Mode>,
         /// Why you need access; approvers see it.
         #[arg(long)]
         reason: Option<String>,

@@ -165,20 +165,30 @@ pub async fn approvals(
     }
 }
 
-/// One access request on one line.
+/// One access request on one line: what an approval of it covers (role,
+/// stack, provider, mode, duration and the grant's digest), then its state.
 fn describe(r: &wire::AccessRequest) -> String {
     format!(
-        "{}  {:<11} {}  {} on {}  ({}/{} approvals{})",
+        "{}  {:<11} {}  {} on {} via {} ({}, {})  grant {}  ({}/{} approvals{})",
         r.id,
         r.state,
         r.requester,
         r.role,
         r.stack,
+        r.provider,
+        r.mode.as_deref().unwrap_or("unbound"),
+        humantime::format_duration(std::time::Duration::from_secs(
+            r.duration_seconds.max(0) as u64
+        )),
+        r.grant_digest
+            .as_deref()
+            .map(|d| &d[..d.len().min(12)])
+            .unwrap_or("none"),
         r.approvers.len(),
         r.required_approvals,
         r.window_ends_at
             .as_deref()
-            .map(|w| format!(", usable until {w}"))
+            .map(|w| format!(", one issuance until {w}"))
             .unwrap_or_default(),
     )
 }

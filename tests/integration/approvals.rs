@@ -42,9 +42,13 @@ struct World {
 }
 
 async fn world(window: &str, ttl: &str) -> World {
+    world_with(window, ttl, default_entities()).await
+}
+
+async fn world_with(window: &str, ttl: &str, entities: Vec<Value>) -> World {
     let policy_dir = tempfile::tempdir().unwrap();
     policy(policy_dir.path(), "team-payments", window, ttl);
-    let backstage = BackstageDouble::start().await;
+    let backstage = BackstageDouble::start_with(entities).await;
     let sts = StsRecorder::start(StsBehaviour::Succeed).await;
     let webhook = WebhookListener::start().await;
     let mut options = BrokerOptions::new(&backstage, &sts.url);
@@ -91,6 +95,68 @@ impl World {
     async fn credentials(&self, who: &str, body: Value) -> TestResponse {
         self.call(who, "POST", "/v1/credentials", Some(body)).await
     }
+
+    /// `method path` with `token` as the bearer.
+    async fn call_with(&self, token: &str, path: &str, body: Option<Value>) -> TestResponse {
+        let mut request = reqwest::Client::new().post(format!("{}{path}", self.broker.url));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        TestResponse::from_response(request.bearer_auth(token).send().await.unwrap()).await
+    }
+
+    /// A token for `subject` with an agent acting for them (RFC 8693 `act`).
+    fn agent_token(&self, subject: &str) -> String {
+        let mut claims = self.backstage.user_claims(subject);
+        claims["act"] = json!({ "sub": "agent:deploy-bot" });
+        sign_jwt(
+            &self.backstage.user_header(),
+            &claims,
+            Signer::Es256(&self.backstage.key),
+        )
+    }
+
+    /// jane asks for `body`; the id of her access request.
+    async fn requested(&self, body: Value) -> String {
+        let created = self
+            .call(
+                "user:default/jane",
+                "POST",
+                "/v1/access-requests",
+                Some(body),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        created.body["access_request"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn approve(&self, who: &str, id: &str) -> TestResponse {
+        self.call(
+            who,
+            "POST",
+            &format!("/v1/access-requests/{id}/approve"),
+            None,
+        )
+        .await
+    }
+
+    async fn wait_for_reload(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let rows = self.broker.audit_rows().await;
+            if rows
+                .iter()
+                .any(|r| r["event"] == "policy_reloaded" && r["outcome"] == "applied")
+            {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "policy not reloaded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 fn prod() -> Value {
@@ -129,6 +195,12 @@ async fn request_approve_issue_and_the_window_closes() {
         created.body["access_request"]["reason"],
         "hotfix for INC-42"
     );
+    // What the approver is shown, and what an approval will cover.
+    let shown = &created.body["access_request"];
+    assert_eq!(shown["mode"], "credentials");
+    assert_eq!(shown["grant"]["target"], shown["role"]);
+    assert_eq!(shown["grant"]["max_duration_seconds"], 3600);
+    assert_eq!(shown["grant_digest"].as_str().unwrap().len(), 64);
     let announced = w.webhook.wait_for("user:default/jane asks for").await;
     assert!(announced["text"].as_str().unwrap().contains(&id));
     // Asking again returns the same pending request.
@@ -212,6 +284,11 @@ async fn request_approve_issue_and_the_window_closes() {
     let issued = w.credentials("user:default/jane", prod()).await;
     assert_eq!(issued.status, 200, "{}", issued.text);
     assert_eq!(issued.body["rule"], "owners-deploy-prod");
+    // One approval, one issuance.
+    w.credentials("user:default/jane", prod())
+        .await
+        .assert_problem(403, "approval-required");
+    assert_eq!(w.sts.calls().len(), 1);
 
     // After the window: refused again.
     tokio::time::sleep(Duration::from_millis(3200)).await;
@@ -233,8 +310,13 @@ async fn request_approve_issue_and_the_window_closes() {
     assert!(has("decision", "approval_required"));
     assert!(has("access_requested", "pending"));
     assert!(has("approval", "approved"));
+    assert!(has("approval", "used"));
+    assert!(has("approval", "refused"));
     assert!(has("issuance_outcome", "issued"));
-    let approval = rows.iter().find(|r| r["event"] == "approval").unwrap();
+    let approval = rows
+        .iter()
+        .find(|r| r["event"] == "approval" && r["outcome"] == "approved")
+        .unwrap();
     assert_eq!(
         approval["requester"], "user:default/alex",
         "the approver is who acted"
@@ -277,6 +359,17 @@ async fn an_expired_request_cannot_be_approved_and_denials_are_final() {
     )
     .await
     .assert_problem(409, "access-request-closed");
+    // The expiry and the refused attempt are both on the record.
+    let rows = w.broker.audit_rows().await;
+    assert!(rows
+        .iter()
+        .any(|r| r["event"] == "approval" && r["outcome"] == "expired"));
+    let refused = rows
+        .iter()
+        .find(|r| r["event"] == "approval" && r["outcome"] == "refused")
+        .unwrap();
+    assert_eq!(refused["requester"], "user:default/alex");
+    assert!(refused["detail"].as_str().unwrap().contains("has expired"));
 
     let fresh = w
         .call(
@@ -470,6 +563,13 @@ async fn the_cli_requests_lists_and_approves() {
         "{}",
         stdout(&listed)
     );
+    // The approver sees what an approval covers: provider, mode, duration, grant.
+    assert!(
+        stdout(&listed).contains("via aws (credentials, 15m)")
+            && stdout(&listed).contains("grant "),
+        "{}",
+        stdout(&listed)
+    );
     let approved = run("user:default/alex", &["approve", &id, "--note", "ok"]);
     assert!(approved.status.success(), "{}", stderr(&approved));
     assert!(
@@ -494,4 +594,122 @@ async fn the_cli_requests_lists_and_approves() {
     .output()
     .unwrap();
     assert!(creds.status.success(), "{}", stderr(&creds));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_approvers_over_http_one_wins_and_the_other_gets_409_and_is_audited() {
+    let mut entities = default_entities();
+    entities[0] = group("team-payments", &["jane", "alex", "kim"]);
+    entities.push(user("kim", &["team-payments"]));
+    let w = world_with("1h", "1h", entities).await;
+    for round in 0..5 {
+        let id = w.requested(prod()).await;
+        let (a, b) = tokio::join!(
+            w.approve("user:default/alex", &id),
+            w.approve("user:default/kim", &id)
+        );
+        let mut statuses = [a.status, b.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [200, 409],
+            "round {round}: {} / {}",
+            a.text,
+            b.text
+        );
+        let loser = if a.status == 409 { &a } else { &b };
+        loser.assert_problem(409, "access-request-closed");
+        assert!(
+            loser.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("is approved"),
+            "{}",
+            loser.text
+        );
+        let rows = w.broker.audit_rows().await;
+        let steps: Vec<&str> = rows
+            .iter()
+            .filter(|r| r["event"] == "approval" && r["detail"].as_str().unwrap().contains(&id))
+            .map(|r| r["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(steps.len(), 2, "round {round}: {steps:?}");
+        assert!(steps.contains(&"approved") && steps.contains(&"refused"));
+        // Use it, so the next round asks afresh.
+        let issued = w.credentials("user:default/jane", prod()).await;
+        assert_eq!(issued.status, 200, "{}", issued.text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_token_can_neither_approve_nor_break_glass() {
+    let w = world("1h", "1h").await;
+    let id = w.requested(prod()).await;
+    let agent = w.agent_token("user:default/alex");
+    let refused = w
+        .call_with(&agent, &format!("/v1/access-requests/{id}/approve"), None)
+        .await;
+    refused.assert_problem(403, "approval-forbidden");
+    assert!(refused.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("only people decide"));
+    let glass = w
+        .call_with(
+            &w.agent_token("user:default/jane"),
+            "/v1/credentials",
+            Some(json!({ "stack": "pulumi:acme/payments/prod", "provider": "aws", "break_glass": { "reason": "prod is down" } })),
+        )
+        .await;
+    glass.assert_problem(403, "break-glass-forbidden");
+    assert!(w.sts.calls().is_empty());
+    w.credentials("user:default/jane", prod())
+        .await
+        .assert_problem(403, "approval-required");
+
+    let rows = w.broker.audit_rows().await;
+    let attempt = rows
+        .iter()
+        .find(|r| r["event"] == "approval" && r["outcome"] == "refused")
+        .unwrap();
+    assert_eq!(attempt["requester"], "user:default/alex");
+    assert_eq!(attempt["actor"], "agent:deploy-bot");
+    assert!(rows.iter().any(|r| r["event"] == "decision"
+        && r["outcome"] == "denied"
+        && r["actor"] == "agent:deploy-bot"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_role_needs_a_new_approval() {
+    let w = world("1h", "1h").await;
+    let id = w.requested(prod()).await;
+    assert_eq!(w.approve("user:default/alex", &id).await.status, 200);
+
+    // Same rule, same approvers, a broader role.
+    std::fs::write(
+        w.policy.path().join("prod.toml"),
+        PROD_WITH_APPROVAL
+            .replace("APPROVERS", "team-payments")
+            .replace("WINDOW", "1h")
+            .replace("TTL", "1h")
+            .replace("{component}-prod-deployer", "admin"),
+    )
+    .unwrap();
+    w.wait_for_reload().await;
+    w.credentials("user:default/jane", prod())
+        .await
+        .assert_problem(403, "approval-required");
+    assert!(w.sts.calls().is_empty());
+    let rows = w.broker.audit_rows().await;
+    assert!(rows
+        .iter()
+        .any(|r| r["event"] == "approval" && r["outcome"] == "invalidated"));
+
+    // A new approval shows and covers the new role.
+    let fresh = w.requested(prod()).await;
+    assert_ne!(fresh, id);
+    assert_eq!(w.approve("user:default/alex", &fresh).await.status, 200);
+    let issued = w.credentials("user:default/jane", prod()).await;
+    assert_eq!(issued.status, 200, "{}", issued.text);
+    assert_eq!(w.sts.calls().len(), 1);
 }

@@ -233,3 +233,92 @@ async fn pruning_and_tampering_on_postgres() {
         stderr(&output)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_brokers_on_one_database_decide_and_use_an_approval_once() {
+    let db = PgDatabase::create().await;
+    let mut entities = default_entities();
+    entities[0] = group("team-payments", &["jane", "alex", "kim"]);
+    entities.push(user("kim", &["team-payments"]));
+    let backstage = BackstageDouble::start_with(entities).await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let policy = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policy.path().join("prod.toml"),
+        r#"
+[[rules]]
+name = "owners-deploy-prod"
+provider = "aws"
+role = "arn:aws:iam::{tags.aws-account}:role/{component}-prod-deployer"
+approval = { count = 1, approvers = ["group:default/team-payments"] }
+[rules.tags]
+environment = ["prod"]
+aws-account = ["*"]
+"#,
+    )
+    .unwrap();
+    let start = || {
+        let mut options = BrokerOptions::new(&backstage, &sts.url);
+        options.audit_url = Some(db.url.clone());
+        options.env.push((
+            "STACKPASS_POLICY__FILES".into(),
+            format!("[\"{}\"]", policy.path().display()),
+        ));
+        Broker::start(options)
+    };
+    let (first, second) = (start().await, start().await);
+    let client = reqwest::Client::new();
+    let post = |url: String, who: &str, body: Option<serde_json::Value>| {
+        let mut request = client.post(url).bearer_auth(backstage.user_token(who));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move { TestResponse::from_response(request.send().await.unwrap()).await }
+    };
+    let prod = serde_json::json!({ "stack": "pulumi:acme/payments/prod", "provider": "aws" });
+
+    let created = post(
+        format!("{}/v1/access-requests", first.url),
+        "user:default/jane",
+        Some(prod.clone()),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["access_request"]["id"].as_str().unwrap();
+    // Two approvers, one on each replica, at once: one wins.
+    let (a, b) = tokio::join!(
+        post(
+            format!("{}/v1/access-requests/{id}/approve", first.url),
+            "user:default/alex",
+            None
+        ),
+        post(
+            format!("{}/v1/access-requests/{id}/approve", second.url),
+            "user:default/kim",
+            None
+        )
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{} / {}", a.text, b.text);
+
+    // Ten issuances at once across both replicas: the approval serves one.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let url = if i % 2 == 0 { &first.url } else { &second.url };
+        tasks.spawn(post(
+            format!("{url}/v1/credentials"),
+            "user:default/jane",
+            Some(prod.clone()),
+        ));
+    }
+    let mut statuses = Vec::new();
+    while let Some(response) = tasks.join_next().await {
+        statuses.push(response.unwrap().status);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 403, 403, 403, 403, 403, 403, 403, 403, 403]);
+    assert_eq!(sts.calls().len(), 1);
+    let output = verify_database(&db.url, None);
+    assert!(output.status.success(), "{}", stderr(&output));
+}

@@ -5,6 +5,8 @@
 //! [`Recorder::record`] commits the records of a step (in order, in one
 //! append) before anything is announced: a notification or an "issued" log
 //! line always describes something the audit log already holds.
+//! [`Recorder::record_guarded`] commits them in one transaction with the
+//! state change they describe (access requests), or neither.
 
 mod record;
 
@@ -17,8 +19,8 @@ use uuid::Uuid;
 
 use super::resolve::Resolved;
 use super::{CredentialRequest, RequestContext};
-use crate::approvals::{AccessRequest, AccessRequestId};
-use crate::audit::{AuditError, AuditStore};
+use crate::approvals::{AccessRequest, AccessRequestId, ApprovalError};
+use crate::audit::{AuditError, AuditStore, Guarded};
 use crate::catalog::EntityRef;
 use crate::identity::Principal;
 use crate::issuer::KeyRing;
@@ -65,8 +67,11 @@ pub(super) enum ApprovalStep {
     Approved,
     Denied,
     Expired,
-    /// Approved once, but the approvals no longer hold under the current policy.
+    /// Approved once, but the approvals no longer hold under the current
+    /// policy, or the grant changed since.
     Invalidated,
+    /// Taken by the one issuance it covers.
+    Used,
 }
 
 pub(super) enum Event<'a> {
@@ -82,6 +87,8 @@ pub(super) enum Event<'a> {
         asked: &'a Asked<'a>,
         resolved: &'a Resolved,
         reason: &'a str,
+        /// Why it was refused.
+        error: &'a str,
     },
     ApprovalRequired {
         asked: &'a Asked<'a>,
@@ -146,6 +153,16 @@ pub(super) enum Event<'a> {
         step: ApprovalStep,
         note: Option<&'a str>,
     },
+    /// An attempt to approve or deny that changed nothing.
+    ApprovalRefused {
+        context: &'a RequestContext,
+        principal: &'a Principal,
+        /// `approve` or `deny`.
+        action: &'static str,
+        /// The request, if the id named one.
+        request: Option<&'a AccessRequest>,
+        error: &'a ApprovalError,
+    },
     PolicyReloaded {
         reason: &'a str,
         /// The rule names that apply once this is recorded, with the digest
@@ -184,10 +201,11 @@ impl Event<'_> {
                 request, approval, ..
             } => Some((
                 format!(
-                    "{} asks for {} on {} ({}). {} approval(s) needed from {}. Approve with `stackpass approvals approve {}`.",
+                    "{} asks for {} on {}, once, for {} ({}). {} approval(s) needed from {}. Approve with `stackpass approvals approve {}`.",
                     request.requester,
                     request.role,
                     request.stack,
+                    humantime::format_duration(request.duration),
                     request.reason.as_deref().unwrap_or("no reason given"),
                     approval.count,
                     approval.approvers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -214,7 +232,7 @@ impl Event<'_> {
                 ..
             } => Some((
                 format!(
-                    "{by} approved {}'s request for {} on {}; credentials may be obtained until {}.",
+                    "{by} approved {}'s request for {} on {}; one issuance of it may be obtained until {}.",
                     request.requester,
                     request.role,
                     request.stack,
@@ -245,9 +263,9 @@ impl Event<'_> {
             | Event::IssuanceFailed { issuance, .. }
             | Event::IssuanceAbandoned { issuance }
             | Event::IssuanceWithheld { issuance, .. } => Some(issuance.asked.context),
-            Event::AccessRequested { context, .. } | Event::ApprovalStep { context, .. } => {
-                Some(context)
-            }
+            Event::AccessRequested { context, .. }
+            | Event::ApprovalStep { context, .. }
+            | Event::ApprovalRefused { context, .. } => Some(context),
             Event::PolicyReloaded { .. } | Event::KeysReloaded { .. } => None,
         }
     }
@@ -338,13 +356,35 @@ impl Recorder {
         self.audit
             .append(events.iter().map(Event::record).collect())
             .await?;
+        self.announce(events);
+        Ok(())
+    }
+
+    /// Commits `change` and the events' records in one transaction; `false`
+    /// (nothing written, nothing announced) if the change's compare-and-set
+    /// found the state changed by someone else.
+    pub async fn record_guarded(
+        &self,
+        change: Guarded,
+        events: &[Event<'_>],
+    ) -> Result<bool, AuditError> {
+        let committed = self
+            .audit
+            .append_guarded(change, events.iter().map(Event::record).collect())
+            .await?;
+        if committed {
+            self.announce(events);
+        }
+        Ok(committed)
+    }
+
+    fn announce(&self, events: &[Event<'_>]) {
         for event in events {
             if let Some((text, facts)) = event.notification() {
                 self.notifier.send(text, facts);
             }
             event.log();
         }
-        Ok(())
     }
 
     pub fn audit(&self) -> &Arc<dyn AuditStore> {

@@ -149,12 +149,12 @@ impl Event<'_> {
                 asked,
                 resolved,
                 reason,
+                error,
             } => {
                 let mut record =
                     asked.resolved_record(resolved, AuditEvent::Decision, Outcome::Denied);
-                record.detail = Some(
-                    json!({ "break_glass": true, "reason": reason, "error": "the rule does not allow break-glass" }),
-                );
+                record.detail =
+                    Some(json!({ "break_glass": true, "reason": reason, "error": error }));
                 record
             }
             Event::ApprovalRequired {
@@ -300,6 +300,9 @@ impl Event<'_> {
                     "reason": request.reason,
                     "approvers": approval.approvers.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "required_approvals": approval.count,
+                    "mode": request.binding.as_ref().map(|b| b.mode.as_str()),
+                    "grant": request.binding.as_ref().map(|b| &b.facts),
+                    "grant_digest": request.binding.as_ref().map(|b| &b.digest),
                 }));
                 record
             }
@@ -316,6 +319,7 @@ impl Event<'_> {
                     ApprovalStep::Denied => Outcome::Denied,
                     ApprovalStep::Expired => Outcome::Expired,
                     ApprovalStep::Invalidated => Outcome::Invalidated,
+                    ApprovalStep::Used => Outcome::Used,
                 };
                 let mut record =
                     AuditRecord::new(AuditEvent::Approval, outcome, &context.request_id);
@@ -324,11 +328,42 @@ impl Event<'_> {
                 record.provider = Some(request.provider.to_string());
                 record.rule = Some(request.rule.clone());
                 record.role = Some(request.role.clone());
+                record.duration_seconds = Some(request.duration.as_secs() as i64);
                 record.client_addr = context.client_addr.clone();
                 record.detail = Some(json!({
                     "access_request": request.id.to_string(),
                     "requested_by": request.requester.to_string(),
                     "note": note,
+                    "mode": request.binding.as_ref().map(|b| b.mode.as_str()),
+                    "grant_digest": request.binding.as_ref().map(|b| &b.digest),
+                }));
+                record
+            }
+            Event::ApprovalRefused {
+                context,
+                principal,
+                action,
+                request,
+                error,
+            } => {
+                let mut record =
+                    AuditRecord::new(AuditEvent::Approval, Outcome::Refused, &context.request_id);
+                record.requester = Some(principal.subject.to_string());
+                record.requester_kind = Some(principal.kind.as_str().to_owned());
+                record.actor = principal.actor.clone();
+                record.issuer = Some(principal.issuer.clone());
+                record.client_addr = context.client_addr.clone();
+                if let Some(request) = request {
+                    record.stack = Some(request.stack.to_string());
+                    record.provider = Some(request.provider.to_string());
+                    record.rule = Some(request.rule.clone());
+                    record.role = Some(request.role.clone());
+                }
+                record.detail = Some(json!({
+                    "action": action,
+                    "access_request": request.map(|r| r.id.to_string()),
+                    "state": request.map(|r| r.state.as_str()),
+                    "error": error.to_string(),
                 }));
                 record
             }
