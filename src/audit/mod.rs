@@ -50,6 +50,10 @@ pub enum AuditError {
     Write(String),
     #[error("the audit store could not be read: {0}")]
     Read(String),
+    /// The database refused a record's contents (not the store being down):
+    /// only the append that carried it fails, not the others in its batch.
+    #[error("the audit store refused a record's contents: {0}")]
+    Unstorable(String),
 }
 
 /// The audit log as the broker sees it.
