@@ -300,6 +300,86 @@ async fn a_checkpoint_catches_a_truncated_tail() {
     );
 }
 
+/// Issue 13, finding 3: deleting records past a checkpoint and moving the
+/// chain's start by hand used to pass `verify --from-checkpoint`, because a
+/// checkpoint below the start was taken on trust. Now the start must be named
+/// by a chained `audit_pruned` record, which only `stackpass audit prune` writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fake_prune_past_a_checkpoint_is_caught() {
+    let w = World::with_sts(StsBehaviour::Succeed).await;
+    some_history(&w).await;
+    let output = stackpass(&["audit", "checkpoint", "--database", &w.broker.audit_url()])
+        .output()
+        .unwrap();
+    let checkpoint = stdout(&output).trim().to_owned();
+    assert!(
+        checkpoint.starts_with("stackpass-checkpoint-v1:8:"),
+        "{checkpoint}"
+    );
+    some_history(&w).await;
+
+    let faked = snapshot(&w.broker, "fake-prune.db").await;
+    let rows = audit_rows(&faked).await;
+    let hash12 = rows[11]["hash"].as_str().unwrap().to_owned();
+    tamper(
+        &faked,
+        &[
+            "DELETE FROM audit_records WHERE seq <= 12",
+            &format!(
+                "UPDATE audit_chain SET start_seq = 13, start_prev_hash = '{hash12}' WHERE id = 1"
+            ),
+        ],
+    )
+    .await;
+    let database = format!("sqlite://{}", faked.display());
+    assert_broken(
+        &verify_database(&database, Some(&checkpoint)),
+        "no audit_pruned record in it names that start",
+    );
+    assert_broken(
+        &verify_database(&database, None),
+        "the chain starts at record 13",
+    );
+
+    // A real prune past the same checkpoint verifies against it.
+    let cutoff = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let output = stackpass(&[
+        "audit",
+        "prune",
+        "--database",
+        &w.broker.audit_url(),
+        "--before",
+        &cutoff,
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        stdout(&output).starts_with("pruned 16 record(s)"),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let output = verify_database(&w.broker.audit_url(), Some(&checkpoint));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("seq 17..17"),
+        "{}",
+        stdout(&output)
+    );
+
+    // Moving the start backwards (to hide that a prune happened) is refused.
+    let mut conn = sqlite(&w.broker.audit_path()).await;
+    let refused = sqlx::query("UPDATE audit_chain SET start_seq = 1 WHERE id = 1")
+        .execute(&mut conn)
+        .await;
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("moves only forward"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_seals_the_chain_so_it_still_verifies() {
     let w = World::with_sts(StsBehaviour::Succeed).await;
