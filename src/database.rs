@@ -97,15 +97,40 @@ impl Database {
                 .connect_with(options)
                 .await
                 .map_err(|e| open_error(redact(&e.to_string())))?;
-            POSTGRES_MIGRATIONS
-                .run(&pool)
-                .await
-                .map_err(|e| open_error(format!("migrations failed: {e}")))?;
+            if !postgres_migrated(&pool).await {
+                POSTGRES_MIGRATIONS.run(&pool).await.map_err(|e| {
+                    let e = e.to_string();
+                    let hint = if e.contains("permission denied") {
+                        " (a runtime role cannot migrate: run `stackpass audit setup-postgres --database OWNER_URL --runtime-role ROLE` as the schema's owner first)"
+                    } else {
+                        ""
+                    };
+                    open_error(format!("migrations failed: {e}{hint}"))
+                })?;
+            }
             Ok(Database::Postgres(pool))
         } else {
             Err(DatabaseError::UnsupportedUrl(shown))
         }
     }
+}
+
+/// Whether every migration this build carries is applied already. The runtime
+/// role may not create tables (not even sqlx's bookkeeping table with `IF NOT
+/// EXISTS`), so it only reads what the owner applied; anything pending is left
+/// to the migrator, which fails for it with a hint.
+async fn postgres_migrated(pool: &PgPool) -> bool {
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(_) => return false,
+        };
+    POSTGRES_MIGRATIONS
+        .iter()
+        .all(|m| applied.contains(&m.version))
 }
 
 /// How long one PostgreSQL statement (or a transaction left idle) may take:

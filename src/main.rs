@@ -388,6 +388,13 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 };
             println!("{}", cli::audit::prune(&store, before).await?);
         }
+        AuditCommand::SetupPostgres {
+            database,
+            runtime_role,
+        } => println!(
+            "{}",
+            cli::audit::setup_postgres(&database, &runtime_role).await?
+        ),
         AuditCommand::List { target, limit } => {
             let (store, _) = open_audit(&target).await?;
             cli::audit::list(&store, limit, &mut stdout).await?;

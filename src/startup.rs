@@ -88,6 +88,9 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     let rules = load_policy(config, &providers)?;
     // Access requests live beside the audit log: one database, one failure domain.
     let db = Database::open(&config.audit.url, config.audit.busy_timeout).await?;
+    if let Some(warning) = crate::audit::history_rewritable(&db).await {
+        tracing::warn!("{warning}");
+    }
     Ok(Broker::new(BrokerParts {
         verifier,
         catalog,

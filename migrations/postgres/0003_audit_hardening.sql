@@ -7,7 +7,7 @@
 --   `stackpass audit setup-postgres`). The runtime role cannot delete at all:
 --   it is never granted DELETE, and the flag does not help it if it ever were.
 -- * The chain's start (audit_chain) moves only forward, only by a prune, and
---   its row cannot be deleted. Appenders still lock it with SELECT … FOR UPDATE,
+--   its row cannot be deleted. Appenders still lock it with SELECT ... FOR UPDATE,
 --   which fires no UPDATE trigger.
 
 CREATE FUNCTION audit_refuse_truncate() RETURNS trigger AS $$

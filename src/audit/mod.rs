@@ -7,12 +7,15 @@
 //! - `chain`: the canonical encoding, hashes and verification (pure).
 //! - `store`: the chain store over the shared database, with a group-committing
 //!   writer.
+//! - `roles`: the PostgreSQL split between the schema's owner and the runtime
+//!   role the broker serves as, which cannot rewrite history.
 //!
 //! Records never hold secret material: the credential is identified by its
 //! non-secret id (the AWS access key id), which CloudTrail also shows.
 
 mod chain;
 mod record;
+mod roles;
 mod store;
 
 use time::OffsetDateTime;
@@ -21,6 +24,7 @@ pub use chain::{
     ChainBreak, ChainStart, ChainSummary, ChainVerifier, Checkpoint, StoredRecord, GENESIS_HASH,
 };
 pub use record::{record_json, AuditEvent, AuditRecord, Outcome};
+pub use roles::{history_rewritable, setup_postgres, RolesError};
 pub use store::{PruneReport, SqlAuditStore};
 
 /// Filters for reading the log; every field narrows the result.

@@ -320,6 +320,16 @@ pub enum AuditCommand {
         #[arg(long)]
         before: Option<String>,
     },
+    /// PostgreSQL: migrate as the schema's owner and grant the broker's runtime
+    /// role append and read on the audit log, nothing that rewrites it.
+    SetupPostgres {
+        /// The database URL as the schema's owner (the migration-owner role).
+        #[arg(long)]
+        database: String,
+        /// The existing login role the broker serves as (audit.url's user).
+        #[arg(long)]
+        runtime_role: String,
+    },
     /// Print the most recent records as JSON lines, oldest first.
     List {
         #[command(flatten)]

@@ -1,5 +1,6 @@
 //! `stackpass audit …`: verify the hash chain, print a checkpoint, export for a
-//! SIEM, prune past retention, list recent records. Each works on the configured
+//! SIEM, prune past retention, list recent records, set up PostgreSQL's role
+//! split. Each works on the configured
 //! store or on any store named with `--database URL`.
 
 use std::io::Write;
@@ -95,10 +96,12 @@ impl From<crate::audit::AuditError> for CliError {
 
 pub async fn prune(store: &SqlAuditStore, before: OffsetDateTime) -> Result<String, CliError> {
     let request_id = format!("cli-prune-{}", uuid::Uuid::new_v4());
-    let report = store
-        .prune(before, &request_id)
-        .await
-        .map_err(store_error)?;
+    let report = store.prune(before, &request_id).await.map_err(|e| {
+        CliError::new(
+            e.to_string(),
+            "on PostgreSQL only the schema's owner prunes: pass --database with the migration-owner role's URL",
+        )
+    })?;
     Ok(match report.sealed_at {
         Some(seal) => format!(
             "pruned {} record(s) recorded before {}; the chain now starts after {seal}",
@@ -110,6 +113,18 @@ pub async fn prune(store: &SqlAuditStore, before: OffsetDateTime) -> Result<Stri
             format_timestamp(before)
         ),
     })
+}
+
+/// `stackpass audit setup-postgres`: see [`crate::audit::setup_postgres`].
+pub async fn setup_postgres(owner_url: &str, runtime_role: &str) -> Result<String, CliError> {
+    crate::audit::setup_postgres(owner_url, runtime_role, Duration::from_secs(5))
+        .await
+        .map_err(|e| {
+            CliError::new(
+                e.to_string(),
+                "connect as the role that owns the schema (it runs the migrations); the runtime role must already exist",
+            )
+        })
 }
 
 /// The most recent `limit` records, oldest first, as JSON lines.
