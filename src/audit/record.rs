@@ -33,6 +33,9 @@ pub enum AuditEvent {
     /// A step on an access request: `approval_recorded`, `approved`, `denied`,
     /// `expired`, `invalidated`; `requester` is who acted.
     Approval,
+    /// A read of the audit log through the API (`returned`, or `denied`):
+    /// `requester` is who read, `detail` the query and how many records it got.
+    AuditRead,
 }
 
 impl AuditEvent {
@@ -47,6 +50,7 @@ impl AuditEvent {
             AuditEvent::KeysReloaded => "keys_reloaded",
             AuditEvent::AccessRequested => "access_requested",
             AuditEvent::Approval => "approval",
+            AuditEvent::AuditRead => "audit_read",
         }
     }
 }
@@ -81,6 +85,8 @@ pub enum Outcome {
     Rejected,
     // audit_pruned
     Pruned,
+    // audit_read (and `denied`)
+    Returned,
 }
 
 impl Outcome {
@@ -104,6 +110,7 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Rejected => "rejected",
             Outcome::Pruned => "pruned",
+            Outcome::Returned => "returned",
         }
     }
 }

@@ -244,11 +244,15 @@ fn write_error(e: sqlx::Error) -> AuditError {
     AuditError::Write(e.to_string())
 }
 
-/// A data exception (SQLSTATE class 22: a character the database's encoding
-/// cannot hold, say) is the records' fault, not the store's.
+/// A PostgreSQL data exception (SQLSTATE class 22: a character the database's
+/// encoding cannot hold, say) is the records' fault, not the store's.
 fn insert_error(e: sqlx::Error) -> AuditError {
     match &e {
-        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
+        sqlx::Error::Database(db)
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| pg.code().starts_with("22")) =>
+        {
             AuditError::Unstorable(e.to_string())
         }
         _ => write_error(e),

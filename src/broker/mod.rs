@@ -178,7 +178,7 @@ impl Broker {
                 recorder: recorder.clone(),
             },
             audit_reads: AuditReads {
-                audit: parts.audit,
+                recorder: recorder.clone(),
                 catalog: parts.catalog,
                 auditor_groups: parts.auditor_groups,
             },
@@ -432,12 +432,14 @@ impl Broker {
         self.approvals.list(principal).await
     }
 
+    /// Reads the audit log; the read is itself audited before it returns.
     pub async fn read_audit(
         &self,
+        context: &RequestContext,
         principal: &Principal,
         query: &AuditQuery,
     ) -> Result<AuditPage, BrokerError> {
-        self.audit_reads.read(principal, query).await
+        self.audit_reads.read(context, principal, query).await
     }
 
     pub fn issuer(&self) -> &Issuer {

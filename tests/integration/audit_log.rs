@@ -545,12 +545,61 @@ async fn the_audit_api_serves_auditors_everything_and_requesters_their_own() {
             None => break,
         }
     }
-    assert_eq!(seen, (1..=8).collect::<Vec<_>>());
+    // Every read appends its own audit_read record, so the walk also meets
+    // the reads made so far; it still sees each record once, in order.
+    assert_eq!(seen[..8], (1..=8).collect::<Vec<_>>());
+    assert_eq!(seen, (1..=*seen.last().unwrap()).collect::<Vec<_>>());
 
     let future = read_audit(&w, "user:default/sam", "since=2999-01-01T00:00:00Z").await;
     assert!(future.body["records"].as_array().unwrap().is_empty());
     let stack = read_audit(&w, "user:default/sam", "stack=pulumi:acme/nope/dev").await;
     assert_eq!(stack.body["records"].as_array().unwrap().len(), 1);
+}
+
+/// Issue 13, finding 12: reads of the audit log were not audited. Each read
+/// (and each refused read) now appends who read what and how much they got,
+/// committed before the page is returned.
+#[tokio::test]
+async fn every_read_of_the_audit_log_is_audited_before_it_is_returned() {
+    let w = World::with_sts(StsBehaviour::Succeed).await;
+    some_history(&w).await;
+    let page = read_audit(&w, "user:default/sam", "outcome=denied&limit=5").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    read_audit(&w, "user:default/jane", "")
+        .await
+        .assert_problem(403, "audit-forbidden");
+
+    let rows = w.broker.audit_rows().await;
+    let reads: Vec<&Value> = rows.iter().filter(|r| r["event"] == "audit_read").collect();
+    assert_eq!(reads.len(), 2, "{rows:?}");
+    assert_eq!(reads[0]["requester"], "user:default/sam");
+    assert_eq!(reads[0]["outcome"], "returned");
+    let detail: Value = serde_json::from_str(reads[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["query"]["outcome"], "denied");
+    assert_eq!(detail["query"]["limit"], 5);
+    assert_eq!(detail["result"]["records_returned"], 1);
+    assert_eq!(reads[1]["requester"], "user:default/jane");
+    assert_eq!(reads[1]["outcome"], "denied");
+    assert!(verify_database(&w.broker.audit_url(), None)
+        .status
+        .success());
+
+    // Fail closed: a read whose record cannot be committed returns nothing.
+    let mut conn = sqlite(&w.broker.audit_path()).await;
+    sqlx::query(
+        "CREATE TRIGGER refuse_reads BEFORE INSERT ON audit_records WHEN NEW.event = 'audit_read' \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let refused = read_audit(&w, "user:default/sam", "").await;
+    refused.assert_problem(503, "audit-unavailable");
+    assert!(
+        !refused.text.contains("user:default/bob"),
+        "{}",
+        refused.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::resolve::Resolved;
 use super::{CredentialRequest, RequestContext};
 use crate::approvals::{AccessRequest, AccessRequestId};
-use crate::audit::{AuditError, AuditStore};
+use crate::audit::{AuditError, AuditPage, AuditQuery, AuditStore};
 use crate::catalog::EntityRef;
 use crate::identity::Principal;
 use crate::issuer::KeyRing;
@@ -145,6 +145,14 @@ pub(super) enum Event<'a> {
         reason: &'a str,
         /// The keys now in force, or why the new key set was refused.
         result: Result<&'a KeyRing, String>,
+    },
+    /// A read of the audit log: who asked for what, and how many records they
+    /// got (`Err`: why the read was refused). Committed before the page is sent.
+    AuditRead {
+        context: &'a RequestContext,
+        principal: &'a Principal,
+        query: &'a AuditQuery,
+        result: Result<&'a AuditPage, &'a str>,
     },
 }
 
