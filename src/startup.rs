@@ -107,6 +107,34 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     }))
 }
 
+/// With `audit.checkpoint_dir` set, writes a signed checkpoint there every
+/// `audit.checkpoint_interval` (see `audit::spawn_checkpoint_shipper`).
+pub fn spawn_checkpoint_shipper(broker: Arc<Broker>, config: &Config) {
+    let Some(dir) = config.audit.checkpoint_dir.clone() else {
+        return;
+    };
+    let keys = broker.clone();
+    crate::audit::spawn_checkpoint_shipper(
+        broker.audit_store(),
+        Box::new(move || keys.issuer().keys()),
+        config.issuer_url(),
+        dir,
+        config.audit.checkpoint_interval,
+    );
+}
+
+/// The signing keys the configuration names, for signing outside the server
+/// (`stackpass audit checkpoint --sign`). Never creates keys.
+pub fn load_signing_keys(config: &Config) -> Result<KeyRing, StartupError> {
+    let source = key_source(config, false)?.ok_or_else(|| KeySetError::Missing {
+        dir: config.issuer.key_dir.display().to_string(),
+    })?;
+    Ok(source
+        .load(time::OffsetDateTime::now_utc())
+        .map_err(keys_error)?
+        .unwrap_or_else(|| KeyRing::new(Vec::new())))
+}
+
 fn keys_error(error: IssuerError) -> StartupError {
     match error {
         IssuerError::KeySet(e) => StartupError::KeySet(e),

@@ -7,6 +7,9 @@
 //! - `chain`: the canonical encoding, hashes and verification (pure).
 //! - `store`: the chain store over the shared database, with a group-committing
 //!   writer.
+//! - `signed`: checkpoints signed with the broker's issuer key (a JWS), and
+//!   their verification against the published JWKS.
+//! - `shipper`: writes a signed checkpoint to a directory on a schedule.
 //! - `roles`: the PostgreSQL split between the schema's owner and the runtime
 //!   role the broker serves as, which cannot rewrite history.
 //!
@@ -16,6 +19,8 @@
 mod chain;
 mod record;
 mod roles;
+mod shipper;
+mod signed;
 mod store;
 
 use time::OffsetDateTime;
@@ -25,6 +30,11 @@ pub use chain::{
 };
 pub use record::{record_json, AuditEvent, AuditRecord, Outcome};
 pub use roles::{history_rewritable, setup_postgres, RolesError};
+pub use shipper::spawn_checkpoint_shipper;
+pub use signed::{
+    sign_checkpoint, verify_signed_checkpoint, CheckpointSigner, CheckpointText,
+    SignedCheckpointError,
+};
 pub use store::{PruneReport, SqlAuditStore};
 
 /// Filters for reading the log; every field narrows the result.
@@ -71,4 +81,9 @@ pub trait AuditStore: Send + Sync {
     async fn ping(&self) -> Result<(), AuditError>;
 
     async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError>;
+
+    /// The chain's head now, to be signed and kept outside the database.
+    async fn head(&self) -> Result<Checkpoint, AuditError> {
+        Err(AuditError::Read("this audit store keeps no chain".into()))
+    }
 }

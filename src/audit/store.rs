@@ -486,6 +486,10 @@ impl AuditStore for SqlAuditStore {
         answer.await.map_err(|_| gone())?
     }
 
+    async fn head(&self) -> Result<Checkpoint, AuditError> {
+        self.checkpoint().await
+    }
+
     async fn ping(&self) -> Result<(), AuditError> {
         // Taking the chain lock proves an append would get through now.
         with_chain_lock!(&self.db, conn => {

@@ -442,6 +442,11 @@ impl Broker {
         self.audit_reads.read(context, principal, query).await
     }
 
+    /// The audit store, for the server's checkpoint shipper.
+    pub fn audit_store(&self) -> Arc<dyn AuditStore> {
+        self.recorder.audit().clone()
+    }
+
     pub fn issuer(&self) -> &Issuer {
         &self.exchange.issuer
     }

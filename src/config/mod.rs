@@ -202,6 +202,7 @@ impl Config {
             &mut self.catalog.file,
             &mut self.catalog.token_file,
             &mut self.stacks.file,
+            &mut self.audit.checkpoint_dir,
         ]
         .into_iter()
         .flatten()

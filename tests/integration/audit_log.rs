@@ -294,7 +294,7 @@ async fn a_checkpoint_catches_a_truncated_tail() {
     let garbage = verify_database(&database, Some("not-a-checkpoint"));
     assert_eq!(garbage.status.code(), Some(1));
     assert!(
-        stderr(&garbage).contains("is not a checkpoint"),
+        stderr(&garbage).contains("not a checkpoint"),
         "{}",
         stderr(&garbage)
     );
@@ -554,6 +554,146 @@ async fn the_audit_api_serves_auditors_everything_and_requesters_their_own() {
     assert!(future.body["records"].as_array().unwrap().is_empty());
     let stack = read_audit(&w, "user:default/sam", "stack=pulumi:acme/nope/dev").await;
     assert_eq!(stack.body["records"].as_array().unwrap().len(), 1);
+}
+
+/// Issue 13, finding 12: checkpoints were unsigned. The server now writes a
+/// checkpoint signed with its issuer key to `audit.checkpoint_dir` on a
+/// schedule, `audit checkpoint --sign` does the same from cron, and `verify`
+/// checks the signature with the published JWKS; a forged one is refused, and
+/// an unsigned one only with `--allow-unsigned`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_checkpoints_are_shipped_and_verified_with_the_jwks() {
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let shipped = tempfile::tempdir().unwrap();
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    options.env.extend([
+        (
+            "STACKPASS_AUDIT__CHECKPOINT_DIR".to_owned(),
+            shipped.path().display().to_string(),
+        ),
+        (
+            "STACKPASS_AUDIT__CHECKPOINT_INTERVAL".to_owned(),
+            "1s".to_owned(),
+        ),
+    ]);
+    let broker = Broker::start(options).await;
+    let jane = backstage.user_token("user:default/jane");
+    for _ in 0..2 {
+        let response = broker
+            .request_credentials(Some(&jane), credential_request("pulumi:acme/payments/dev"))
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text);
+    }
+    let at_six = shipped.path().join(format!("checkpoint-{:020}.jws", 6));
+    for _ in 0..50 {
+        if at_six.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let latest = shipped.path().join("latest.jws");
+    assert!(
+        at_six.exists() && latest.exists(),
+        "no signed checkpoint was shipped"
+    );
+    let jwks_url = format!("{}/.well-known/jwks.json", broker.url);
+    let jwks_file = shipped.path().join("jwks-saved.json");
+    std::fs::write(&jwks_file, broker.get("/.well-known/jwks.json").await.text).unwrap();
+
+    let database = broker.audit_url();
+    let output = verify_signed(&database, at_six.to_str().unwrap(), &jwks_url);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("6 record(s)")
+            && stdout(&output).contains("consistent with the checkpoint signed by key"),
+        "{}",
+        stdout(&output)
+    );
+
+    // The cron path: sign the head from the CLI with the broker's config.
+    let output = stackpass(&[
+        "audit",
+        "checkpoint",
+        "--sign",
+        "--config",
+        broker.config_path().to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let signed = stdout(&output).trim().to_owned();
+    let output = verify_signed(&database, &signed, jwks_file.to_str().unwrap());
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    // Truncating the tail is caught against the signed checkpoint.
+    let truncated = snapshot(&broker, "signed-truncated.db").await;
+    tamper(&truncated, &["DELETE FROM audit_records WHERE seq >= 5"]).await;
+    assert_broken(
+        &verify_signed(
+            &format!("sqlite://{}", truncated.display()),
+            at_six.to_str().unwrap(),
+            &jwks_url,
+        ),
+        "records were deleted from the end",
+    );
+
+    // A checkpoint rewritten to match a rewritten chain no longer verifies.
+    let parts: Vec<&str> = signed.split('.').collect();
+    let payload: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1])
+            .unwrap(),
+    )
+    .unwrap();
+    let forged_payload = payload["checkpoint"]
+        .as_str()
+        .unwrap()
+        .replace(":6:", ":4:");
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            serde_json::json!({ "iss": payload["iss"], "iat": payload["iat"], "checkpoint": forged_payload })
+                .to_string()
+        ),
+        parts[2]
+    );
+    let output = verify_signed(&database, &forged, &jwks_url);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("checkpoint REFUSED"),
+        "{}",
+        stderr(&output)
+    );
+
+    // Unsigned checkpoints are taken only when asked to.
+    let output = stackpass(&["audit", "checkpoint", "--database", &database])
+        .output()
+        .unwrap();
+    let unsigned = stdout(&output).trim().to_owned();
+    let output = stackpass(&[
+        "audit",
+        "verify",
+        "--database",
+        &database,
+        "--from-checkpoint",
+        &unsigned,
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("--allow-unsigned"),
+        "{}",
+        stderr(&output)
+    );
+    let output = verify_database(&database, Some(&unsigned));
+    assert!(
+        stdout(&output).contains("consistent with the checkpoint (unsigned)"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 /// Issue 13, finding 12: reads of the audit log were not audited. Each read
