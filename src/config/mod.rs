@@ -282,6 +282,30 @@ mod tests {
     }
 
     #[test]
+    fn the_checkpoint_schedule_is_checked_and_its_directory_is_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MINIMAL}\n[audit]\ncheckpoint_dir = \"anchors\"\ncheckpoint_interval = \"0s\"\n"
+        );
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("audit.checkpoint_interval"), "{err}");
+        let config = Config::load(&write(dir.path(), &text.replace("\"0s\"", "\"15m\""))).unwrap();
+        assert_eq!(
+            config.audit.checkpoint_dir,
+            Some(dir.path().join("anchors"))
+        );
+        assert_eq!(
+            Config::load(&write(dir.path(), MINIMAL))
+                .unwrap()
+                .audit
+                .checkpoint_interval,
+            std::time::Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
     fn shared_secret_algorithms_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let text = MINIMAL.replace(
