@@ -8,6 +8,11 @@
 //!   PostgreSQL: `SELECT … FOR UPDATE` on the single `audit_chain` row), reads the
 //!   head, and seals each record onto it. Instances sharing a database therefore
 //!   append one after another: one chain, no forks, no gaps.
+//! - A batch that PostgreSQL refuses for a record's contents (a data
+//!   exception) is retried one append at a time, so only the append that
+//!   carried the bad record fails; every lock wait is bounded (`database.rs`).
+//! - Pruning deletes a prefix, moves the chain's start and appends the
+//!   `audit_pruned` record that names the new start, which `verify` requires.
 //!
 //! The SQL is the same text for both backends; `on_db!` and the macros below
 //! expand it once per driver so there is one copy to read and keep right.
