@@ -168,6 +168,11 @@ async fn pruning_and_tampering_on_postgres() {
     let backstage = BackstageDouble::start().await;
     let sts = StsRecorder::start(StsBehaviour::Succeed).await;
     let broker = pg_broker(&backstage, &sts, &db).await;
+    assert!(
+        broker.logs().contains("could rewrite history"),
+        "a broker that owns its tables is warned: {}",
+        broker.logs()
+    );
     let token = backstage.user_token("user:default/jane");
     for _ in 0..3 {
         assert_eq!(
@@ -272,6 +277,11 @@ async fn the_runtime_role_cannot_rewrite_history() {
         assert_eq!(issue(&broker, &backstage).await.status, 200);
     }
     assert_eq!(broker.get("/readyz").await.status, 200);
+    assert!(
+        !broker.logs().contains("could rewrite history"),
+        "{}",
+        broker.logs()
+    );
 
     let mut runtime = connect(&runtime_url).await;
     for sql in [
