@@ -49,7 +49,11 @@ pub enum DatabaseError {
 impl Database {
     /// Opens the database named by `url` (`sqlite://PATH` or `postgres://…`)
     /// and applies the migrations. `busy_timeout` bounds waits for a lock or a
-    /// connection, so a write that cannot happen fails instead of hanging.
+    /// connection, so a write that cannot happen fails instead of hanging: on
+    /// SQLite the busy timeout; on PostgreSQL `lock_timeout`, with
+    /// `statement_timeout` and `idle_in_transaction_session_timeout` (see
+    /// [`statement_timeout`]) bounding a stuck statement and a stuck holder of
+    /// the chain lock among the broker's own sessions.
     pub async fn open(url: &str, busy_timeout: Duration) -> Result<Self, DatabaseError> {
         let shown = redact(url);
         let open_error = |message: String| DatabaseError::Open {
@@ -76,23 +80,64 @@ impl Database {
                 .map_err(|e| open_error(format!("migrations failed: {e}")))?;
             Ok(Database::Sqlite(pool))
         } else if is_postgres_url(url) {
-            let options =
-                PgConnectOptions::from_str(url).map_err(|e| open_error(redact(&e.to_string())))?;
+            let millis = |d: Duration| format!("{}ms", d.as_millis().max(1));
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|e| open_error(redact(&e.to_string())))?
+                .options([
+                    ("lock_timeout", millis(busy_timeout)),
+                    ("statement_timeout", millis(statement_timeout(busy_timeout))),
+                    (
+                        "idle_in_transaction_session_timeout",
+                        millis(statement_timeout(busy_timeout)),
+                    ),
+                ]);
             let pool = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(busy_timeout)
                 .connect_with(options)
                 .await
                 .map_err(|e| open_error(redact(&e.to_string())))?;
-            POSTGRES_MIGRATIONS
-                .run(&pool)
-                .await
-                .map_err(|e| open_error(format!("migrations failed: {e}")))?;
+            if !postgres_migrated(&pool).await {
+                POSTGRES_MIGRATIONS.run(&pool).await.map_err(|e| {
+                    let e = e.to_string();
+                    let hint = if e.contains("permission denied") {
+                        " (a runtime role cannot migrate: run `stackpass audit setup-postgres --database OWNER_URL --runtime-role ROLE` as the schema's owner first)"
+                    } else {
+                        ""
+                    };
+                    open_error(format!("migrations failed: {e}{hint}"))
+                })?;
+            }
             Ok(Database::Postgres(pool))
         } else {
             Err(DatabaseError::UnsupportedUrl(shown))
         }
     }
+}
+
+/// Whether every migration this build carries is applied already. The runtime
+/// role may not create tables (not even sqlx's bookkeeping table with `IF NOT
+/// EXISTS`), so it only reads what the owner applied; anything pending is left
+/// to the migrator, which fails for it with a hint.
+async fn postgres_migrated(pool: &PgPool) -> bool {
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(_) => return false,
+        };
+    POSTGRES_MIGRATIONS
+        .iter()
+        .all(|m| applied.contains(&m.version))
+}
+
+/// How long one PostgreSQL statement (or a transaction left idle) may take:
+/// well above any lock wait, so a slow statement is told apart from a lock
+/// that is not coming.
+pub fn statement_timeout(busy_timeout: Duration) -> Duration {
+    (busy_timeout * 6).max(Duration::from_secs(30))
 }
 
 /// The file a `sqlite://PATH` URL names.

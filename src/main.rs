@@ -351,16 +351,32 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Verify {
             target,
             from_checkpoint,
+            jwks,
+            allow_unsigned,
         } => {
             let (store, _) = open_audit(&target).await?;
-            println!(
-                "{}",
-                cli::audit::verify(&store, from_checkpoint.as_deref()).await?
-            );
+            let anchor = cli::audit::Anchor {
+                checkpoint: from_checkpoint,
+                jwks,
+                allow_unsigned,
+            };
+            println!("{}", cli::audit::verify(&store, anchor).await?);
         }
-        AuditCommand::Checkpoint { target } => {
+        AuditCommand::Checkpoint { target, sign } => {
             let (store, _) = open_audit(&target).await?;
-            println!("{}", cli::audit::checkpoint(&store).await?);
+            let signer = if sign {
+                let config = load_config(&target.config)?;
+                let keys = stackpass::startup::load_signing_keys(&config).map_err(|e| {
+                    CliError::new(
+                        e.to_string(),
+                        "sign on the broker's host, with its --config",
+                    )
+                })?;
+                Some((keys, config.issuer_url()))
+            } else {
+                None
+            };
+            println!("{}", cli::audit::checkpoint(&store, signer).await?);
         }
         AuditCommand::Export {
             target,
@@ -389,6 +405,13 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 };
             println!("{}", cli::audit::prune(&store, before).await?);
         }
+        AuditCommand::SetupPostgres {
+            database,
+            runtime_role,
+        } => println!(
+            "{}",
+            cli::audit::setup_postgres(&database, &runtime_role).await?
+        ),
         AuditCommand::List { target, limit } => {
             let (store, _) = open_audit(&target).await?;
             cli::audit::list(&store, limit, &mut stdout).await?;
@@ -418,6 +441,7 @@ async fn serve(config_path: &std::path::Path, listen: Option<SocketAddr>) -> any
     let broker = Arc::new(broker);
     stackpass::startup::spawn_policy_reloader(broker.clone(), &config);
     stackpass::startup::spawn_key_reloader(broker.clone(), &config);
+    stackpass::startup::spawn_checkpoint_shipper(broker.clone(), &config);
     let router = stackpass::api::router(broker, &config.server);
     tracing::info!(issuer = %config.issuer_url(), "listening on http://{}", config.server.listen);
     let limits = stackpass::api::ConnectionLimits {

@@ -91,6 +91,9 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     let rules = load_policy(config, &providers)?;
     // Access requests live beside the audit log: one database, one failure domain.
     let db = Database::open(&config.audit.url, config.audit.busy_timeout).await?;
+    if let Some(warning) = crate::audit::history_rewritable(&db).await {
+        tracing::warn!("{warning}");
+    }
     Ok(Broker::new(BrokerParts {
         verifier,
         catalog,
@@ -106,6 +109,34 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         environment_tag: config.stacks.environment_tag.clone(),
         cloud_budget: config.cloud_budget(),
     }))
+}
+
+/// With `audit.checkpoint_dir` set, writes a signed checkpoint there every
+/// `audit.checkpoint_interval` (see `audit::spawn_checkpoint_shipper`).
+pub fn spawn_checkpoint_shipper(broker: Arc<Broker>, config: &Config) {
+    let Some(dir) = config.audit.checkpoint_dir.clone() else {
+        return;
+    };
+    let keys = broker.clone();
+    crate::audit::spawn_checkpoint_shipper(
+        broker.audit_store(),
+        Box::new(move || keys.issuer().keys()),
+        config.issuer_url(),
+        dir,
+        config.audit.checkpoint_interval,
+    );
+}
+
+/// The signing keys the configuration names, for signing outside the server
+/// (`stackpass audit checkpoint --sign`). Never creates keys.
+pub fn load_signing_keys(config: &Config) -> Result<KeyRing, StartupError> {
+    let source = key_source(config, false)?.ok_or_else(|| KeySetError::Missing {
+        dir: config.issuer.key_dir.display().to_string(),
+    })?;
+    Ok(source
+        .load(time::OffsetDateTime::now_utc())
+        .map_err(keys_error)?
+        .unwrap_or_else(|| KeyRing::new(Vec::new())))
 }
 
 fn keys_error(error: IssuerError) -> StartupError {

@@ -1,5 +1,6 @@
 //! `GET /v1/audit`: the audit log for auditors (everything) and requesters (their
-//! own records), filtered and paginated with an opaque cursor.
+//! own records), filtered and paginated with an opaque cursor. Each read is
+//! audited before its page is sent (see `broker::audit_reads`).
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use time::OffsetDateTime;
 
 use super::Problem;
 use crate::audit::{record_json, AuditQuery};
-use crate::broker::Broker;
+use crate::broker::{Broker, RequestContext};
 use crate::identity::Principal;
 use crate::wire;
 
@@ -40,12 +41,13 @@ pub struct Params {
 
 pub async fn read(
     State(broker): State<Arc<Broker>>,
+    context: RequestContext,
     principal: Principal,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(params) = params.map_err(|e| Problem::invalid_request(e.body_text()))?;
     let query = parse(params)?;
-    let page = broker.read_audit(&principal, &query).await?;
+    let page = broker.read_audit(&context, &principal, &query).await?;
     let body = wire::AuditPage {
         records: page.records.iter().map(record_json).collect(),
         next_cursor: page.next_after_seq.map(encode_cursor),

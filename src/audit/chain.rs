@@ -140,6 +140,10 @@ pub enum ChainBreak {
     Unlinked { seq: i64, record_id: String },
     /// A checkpoint names a record that is gone or differs.
     CheckpointMismatch { seq: i64, detail: String },
+    /// The chain does not start at the genesis, and no chained `audit_pruned`
+    /// record names where it starts: records were deleted (or the start row
+    /// moved) outside `stackpass audit prune`.
+    UnprovenStart { start_seq: i64 },
 }
 
 impl fmt::Display for ChainBreak {
@@ -159,6 +163,11 @@ impl fmt::Display for ChainBreak {
                 "record {seq} ({record_id}) does not follow the record before it: inserted, or records were reordered"
             ),
             ChainBreak::CheckpointMismatch { seq, detail } => write!(f, "checkpoint at record {seq}: {detail}"),
+            ChainBreak::UnprovenStart { start_seq } => write!(
+                f,
+                "the chain starts at record {start_seq}, but no audit_pruned record in it names that start: \
+                 records before it were deleted, or the start in audit_chain was moved, outside `stackpass audit prune`"
+            ),
         }
     }
 }
@@ -195,13 +204,45 @@ impl fmt::Display for Checkpoint {
     }
 }
 
+/// Where a prune left the chain's start, as its `audit_pruned` record says:
+/// `new_start_seq`/`new_start_prev_hash`, or (records written before those
+/// keys existed) `pruned_through_seq + 1`/`pruned_through_hash`.
+fn pruned_to(record: &StoredRecord) -> Option<ChainStart> {
+    if record.event != "audit_pruned" {
+        return None;
+    }
+    let detail: serde_json::Value = serde_json::from_str(record.detail.as_deref()?).ok()?;
+    let text = |key: &str| detail.get(key)?.as_str().map(str::to_owned);
+    match (
+        detail.get("new_start_seq").and_then(|v| v.as_i64()),
+        text("new_start_prev_hash"),
+    ) {
+        (Some(first_seq), Some(prev_hash)) => Some(ChainStart {
+            first_seq,
+            prev_hash,
+        }),
+        _ => Some(ChainStart {
+            first_seq: detail.get("pruned_through_seq")?.as_i64()? + 1,
+            prev_hash: text("pruned_through_hash")?,
+        }),
+    }
+}
+
 /// Walks records in `seq` order, one at a time, keeping only the previous link, so
 /// verifying a large log needs constant memory.
+///
+/// A chain that does not start at the genesis must prove its start: a record
+/// in it (an `audit_pruned` record, sealed into the chain by the prune that
+/// moved the start) names exactly that start. Deleting a prefix and moving the
+/// start row by hand, without that record, is a break.
 pub struct ChainVerifier {
+    start: ChainStart,
     expected_seq: i64,
     prev_hash: String,
     checkpoint: Option<Checkpoint>,
     checkpoint_seen: bool,
+    /// The seq of the `audit_pruned` record that names the start, if seen.
+    start_proven_by: Option<i64>,
     count: u64,
 }
 
@@ -211,15 +252,20 @@ pub struct ChainSummary {
     pub records: u64,
     pub first_seq: i64,
     pub head: Checkpoint,
+    /// The `audit_pruned` record that proves where the chain starts, if it
+    /// does not start at the genesis.
+    pub start_proven_by: Option<i64>,
 }
 
 impl ChainVerifier {
     pub fn new(start: ChainStart, checkpoint: Option<Checkpoint>) -> Self {
         ChainVerifier {
             expected_seq: start.first_seq,
-            prev_hash: start.prev_hash,
+            prev_hash: start.prev_hash.clone(),
+            start,
             checkpoint,
             checkpoint_seen: false,
+            start_proven_by: None,
             count: 0,
         }
     }
@@ -255,24 +301,40 @@ impl ChainVerifier {
                 self.checkpoint_seen = true;
             }
         }
+        if pruned_to(record).as_ref() == Some(&self.start) {
+            self.start_proven_by = Some(record.seq);
+        }
         self.expected_seq += 1;
         self.prev_hash = record.hash.clone();
         self.count += 1;
         Ok(())
     }
 
-    /// Ends the walk: a checkpoint that was never reached means the records it
-    /// vouched for are gone (or were pruned past it).
-    pub fn finish(self, start_seq: i64) -> Result<ChainSummary, ChainBreak> {
+    /// Ends the walk: a start that no prune record names means records were
+    /// deleted by hand; a checkpoint that was never reached means the records
+    /// it vouched for are gone, unless a recorded prune (sealed after the
+    /// checkpoint) removed them.
+    pub fn finish(self) -> Result<ChainSummary, ChainBreak> {
+        let start_seq = self.start.first_seq;
+        if self.start != ChainStart::genesis() && self.start_proven_by.is_none() {
+            return Err(ChainBreak::UnprovenStart { start_seq });
+        }
         if let Some(checkpoint) = &self.checkpoint {
-            let before_start = checkpoint.seq < start_seq;
-            if !self.checkpoint_seen && !before_start {
+            let pruned_past = checkpoint.seq < start_seq
+                && self
+                    .start_proven_by
+                    .is_some_and(|sealed| sealed > checkpoint.seq);
+            if !self.checkpoint_seen && !pruned_past {
                 return Err(ChainBreak::CheckpointMismatch {
                     seq: checkpoint.seq,
-                    detail: format!(
-                        "the chain ends at record {}, before the checkpoint: records were deleted from the end",
-                        self.expected_seq - 1
-                    ),
+                    detail: if checkpoint.seq < start_seq {
+                        format!("the chain starts at record {start_seq}, after the checkpoint, and no prune recorded after the checkpoint explains it")
+                    } else {
+                        format!(
+                            "the chain ends at record {}, before the checkpoint: records were deleted from the end",
+                            self.expected_seq - 1
+                        )
+                    },
                 });
             }
         }
@@ -283,6 +345,7 @@ impl ChainVerifier {
                 seq: self.expected_seq - 1,
                 hash: self.prev_hash,
             },
+            start_proven_by: self.start_proven_by,
         })
     }
 }
@@ -320,7 +383,7 @@ mod tests {
         for record in records {
             verifier.check(record)?;
         }
-        verifier.finish(1)
+        verifier.finish()
     }
 
     #[test]
@@ -471,5 +534,91 @@ mod tests {
         ] {
             assert_eq!(Checkpoint::parse(bad), None, "{bad}");
         }
+    }
+
+    /// Records 7.. of a 10-record chain after records 1..6 went, plus (when
+    /// `detail` is given) the `audit_pruned` record a prune appends.
+    fn pruned_chain(
+        detail: Option<serde_json::Value>,
+    ) -> (ChainStart, Vec<StoredRecord>, Checkpoint) {
+        let records = chain(10);
+        let checkpoint = Checkpoint {
+            seq: 4,
+            hash: records[3].hash.clone(),
+        };
+        let start = ChainStart {
+            first_seq: 7,
+            prev_hash: records[5].hash.clone(),
+        };
+        let mut kept = records[6..].to_vec();
+        if let Some(detail) = detail {
+            let mut pruned = StoredRecord {
+                record_id: "prune".into(),
+                recorded_at: "2026-11-23T09:00:00Z".into(),
+                event: "audit_pruned".into(),
+                outcome: "pruned".into(),
+                request_id: "cli-prune".into(),
+                detail: Some(detail.to_string()),
+                ..Default::default()
+            };
+            pruned.seal(11, &kept.last().unwrap().hash);
+            kept.push(pruned);
+        }
+        (start, kept, checkpoint)
+    }
+
+    fn verify_from(
+        start: ChainStart,
+        records: &[StoredRecord],
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<ChainSummary, ChainBreak> {
+        let mut verifier = ChainVerifier::new(start, checkpoint);
+        for record in records {
+            verifier.check(record)?;
+        }
+        verifier.finish()
+    }
+
+    #[test]
+    fn a_recorded_prune_proves_the_start_and_a_checkpoint_before_it() {
+        let hash6 = chain(10)[5].hash.clone();
+        let (start, kept, checkpoint) = pruned_chain(Some(serde_json::json!({
+            "records_pruned": 6, "new_start_seq": 7, "new_start_prev_hash": hash6,
+        })));
+        let summary = verify_from(start.clone(), &kept, Some(checkpoint)).unwrap();
+        assert_eq!(summary.start_proven_by, Some(11));
+        assert_eq!(summary.first_seq, 7);
+        // Prune records written before `new_start_*` existed say the same thing.
+        let (start, kept, checkpoint) = pruned_chain(Some(serde_json::json!({
+            "records_pruned": 6, "pruned_through_seq": 6, "pruned_through_hash": hash6,
+        })));
+        assert!(verify_from(start, &kept, Some(checkpoint)).is_ok());
+    }
+
+    #[test]
+    fn a_fake_prune_without_its_record_is_caught_with_or_without_a_checkpoint() {
+        let (start, kept, checkpoint) = pruned_chain(None);
+        assert_eq!(
+            verify_from(start.clone(), &kept, None),
+            Err(ChainBreak::UnprovenStart { start_seq: 7 })
+        );
+        assert_eq!(
+            verify_from(start, &kept, Some(checkpoint)),
+            Err(ChainBreak::UnprovenStart { start_seq: 7 })
+        );
+    }
+
+    #[test]
+    fn a_prune_record_for_another_start_proves_nothing() {
+        let records = chain(10);
+        // A real prune through record 3, then records 4..6 deleted by hand and
+        // the start row moved on to 7.
+        let (start, kept, checkpoint) = pruned_chain(Some(serde_json::json!({
+            "records_pruned": 3, "new_start_seq": 4, "new_start_prev_hash": records[2].hash,
+        })));
+        assert_eq!(
+            verify_from(start, &kept, Some(checkpoint)),
+            Err(ChainBreak::UnprovenStart { start_seq: 7 })
+        );
     }
 }

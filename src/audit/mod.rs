@@ -7,6 +7,11 @@
 //! - `chain`: the canonical encoding, hashes and verification (pure).
 //! - `store`: the chain store over the shared database, with a group-committing
 //!   writer.
+//! - `signed`: checkpoints signed with the broker's issuer key (a JWS), and
+//!   their verification against the published JWKS.
+//! - `shipper`: writes a signed checkpoint to a directory on a schedule.
+//! - `roles`: the PostgreSQL split between the schema's owner and the runtime
+//!   role the broker serves as, which cannot rewrite history.
 //!
 //! Records never hold secret material: the credential is identified by its
 //! non-secret id (the AWS access key id), which CloudTrail also shows.
@@ -14,6 +19,9 @@
 mod chain;
 mod guard;
 mod record;
+mod roles;
+mod shipper;
+mod signed;
 mod store;
 
 use time::OffsetDateTime;
@@ -23,6 +31,12 @@ pub use chain::{
 };
 pub use guard::{Bind, Guarded, Statement};
 pub use record::{record_json, AuditEvent, AuditRecord, Outcome};
+pub use roles::{history_rewritable, setup_postgres, RolesError};
+pub use shipper::spawn_checkpoint_shipper;
+pub use signed::{
+    sign_checkpoint, verify_signed_checkpoint, CheckpointSigner, CheckpointText,
+    SignedCheckpointError,
+};
 pub use store::{PruneReport, SqlAuditStore};
 
 /// Filters for reading the log; every field narrows the result.
@@ -52,6 +66,10 @@ pub enum AuditError {
     Write(String),
     #[error("the audit store could not be read: {0}")]
     Read(String),
+    /// The database refused a record's contents (not the store being down):
+    /// only the append that carried it fails, not the others in its batch.
+    #[error("the audit store refused a record's contents: {0}")]
+    Unstorable(String),
 }
 
 /// The audit log as the broker sees it.
@@ -76,4 +94,9 @@ pub trait AuditStore: Send + Sync {
     async fn ping(&self) -> Result<(), AuditError>;
 
     async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError>;
+
+    /// The chain's head now, to be signed and kept outside the database.
+    async fn head(&self) -> Result<Checkpoint, AuditError> {
+        Err(AuditError::Read("this audit store keeps no chain".into()))
+    }
 }

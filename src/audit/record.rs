@@ -36,6 +36,9 @@ pub enum AuditEvent {
     /// `expired`, `invalidated`, `used`, or an attempt to decide that was
     /// `refused`; `requester` is who acted.
     Approval,
+    /// A read of the audit log through the API (`returned`, or `denied`):
+    /// `requester` is who read, `detail` the query and how many records it got.
+    AuditRead,
 }
 
 impl AuditEvent {
@@ -51,6 +54,7 @@ impl AuditEvent {
             AuditEvent::KeysReloaded => "keys_reloaded",
             AuditEvent::AccessRequested => "access_requested",
             AuditEvent::Approval => "approval",
+            AuditEvent::AuditRead => "audit_read",
         }
     }
 }
@@ -93,6 +97,8 @@ pub enum Outcome {
     Rejected,
     // audit_pruned
     Pruned,
+    // audit_read (and `denied`)
+    Returned,
 }
 
 impl Outcome {
@@ -120,6 +126,7 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Rejected => "rejected",
             Outcome::Pruned => "pruned",
+            Outcome::Returned => "returned",
         }
     }
 }
@@ -195,7 +202,50 @@ impl AuditRecord {
     }
 
     /// The columns as they will be stored (and hashed), not yet placed in the chain.
+    ///
+    /// PostgreSQL's TEXT cannot hold NUL, so a NUL in any text column is
+    /// replaced by U+FFFD before the record is sealed, identically for every
+    /// backend (the hash covers the stored text, so it verifies on both), and
+    /// the record's `detail` names the columns that were changed. JSON columns
+    /// (`tags`, `detail`) need nothing: serde_json escapes NUL as `\u0000`.
     pub fn to_stored(&self) -> StoredRecord {
+        let mut replaced = Vec::new();
+        let mut stored = self.to_stored_as_given();
+        for (column, value) in [
+            ("request_id", Some(&mut stored.request_id)),
+            ("requester", stored.requester.as_mut()),
+            ("requester_kind", stored.requester_kind.as_mut()),
+            ("actor", stored.actor.as_mut()),
+            ("issuer", stored.issuer.as_mut()),
+            ("stack", stored.stack.as_mut()),
+            ("component", stored.component.as_mut()),
+            ("owner", stored.owner.as_mut()),
+            ("rule", stored.rule.as_mut()),
+            ("provider", stored.provider.as_mut()),
+            ("role", stored.role.as_mut()),
+            ("credential_id", stored.credential_id.as_mut()),
+            ("client_addr", stored.client_addr.as_mut()),
+        ] {
+            if let Some(value) = value {
+                if value.contains('\0') {
+                    *value = value.replace('\0', "\u{FFFD}");
+                    replaced.push(column);
+                }
+            }
+        }
+        if !replaced.is_empty() {
+            let mut detail = match &self.detail {
+                Some(serde_json::Value::Object(map)) => map.clone(),
+                Some(other) => serde_json::Map::from_iter([("detail".to_owned(), other.clone())]),
+                None => serde_json::Map::new(),
+            };
+            detail.insert("nul_replaced_in".into(), replaced.into());
+            stored.detail = Some(serde_json::Value::Object(detail).to_string());
+        }
+        stored
+    }
+
+    fn to_stored_as_given(&self) -> StoredRecord {
         StoredRecord {
             seq: 0,
             record_id: self.record_id.to_string(),
@@ -264,4 +314,32 @@ pub fn record_json(record: &StoredRecord) -> serde_json::Value {
         "prev_hash": record.prev_hash,
         "hash": record.hash,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_is_replaced_before_sealing_and_the_change_is_recorded() {
+        let mut record = AuditRecord::new(AuditEvent::Decision, Outcome::Denied, "q1");
+        record.requester = Some("user:default/jane".into());
+        record.actor = Some("agent:default/x\0y".into());
+        record.detail = Some(serde_json::json!({ "reasons": ["a\0b"] }));
+        let stored = record.to_stored();
+        assert_eq!(stored.actor.as_deref(), Some("agent:default/x\u{FFFD}y"));
+        assert_eq!(stored.requester.as_deref(), Some("user:default/jane"));
+        let detail: serde_json::Value =
+            serde_json::from_str(stored.detail.as_deref().unwrap()).unwrap();
+        assert_eq!(detail["nul_replaced_in"], serde_json::json!(["actor"]));
+        assert_eq!(detail["reasons"][0], "a\u{0}b");
+        assert!(!stored.canonical_encoding().contains('\0'));
+        assert!(!stored.detail.unwrap().contains('\0'));
+
+        let clean = AuditRecord::new(AuditEvent::Decision, Outcome::Denied, "q2").to_stored();
+        assert_eq!(
+            clean.detail, None,
+            "records without NUL are stored as given"
+        );
+    }
 }

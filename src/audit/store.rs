@@ -8,6 +8,11 @@
 //!   PostgreSQL: `SELECT … FOR UPDATE` on the single `audit_chain` row), reads the
 //!   head, and seals each record onto it. Instances sharing a database therefore
 //!   append one after another: one chain, no forks, no gaps.
+//! - A batch that PostgreSQL refuses for a record's contents (a data
+//!   exception) is retried one append at a time, so only the append that
+//!   carried the bad record fails; every lock wait is bounded (`database.rs`).
+//! - Pruning deletes a prefix, moves the chain's start and appends the
+//!   `audit_pruned` record that names the new start, which `verify` requires.
 //!
 //! The SQL is the same text for both backends; `on_db!` and the macros below
 //! expand it once per driver so there is one copy to read and keep right.
@@ -144,7 +149,7 @@ macro_rules! append_locked {
                 .build()
                 .execute(&mut *$conn)
                 .await
-                .map_err(write_error)?;
+                .map_err(insert_error)?;
         }
         sealed
     }};
@@ -246,7 +251,12 @@ impl PruningDialect for sqlx::SqliteConnection {
 impl PruningDialect for sqlx::PgConnection {
     fn statements(allow: bool) -> &'static [&'static str] {
         if allow {
-            &["SET LOCAL stackpass.pruning = 'on'"]
+            // A prune deletes many rows in one statement: give it longer than the
+            // connection's statement_timeout (database.rs) allows an append.
+            &[
+                "SET LOCAL stackpass.pruning = 'on'",
+                "SET LOCAL statement_timeout = '15min'",
+            ]
         } else {
             &["SET LOCAL stackpass.pruning = 'off'"]
         }
@@ -259,6 +269,21 @@ fn pruning_statements<C: PruningDialect>(_: &C, allow: bool) -> &'static [&'stat
 
 fn write_error(e: sqlx::Error) -> AuditError {
     AuditError::Write(e.to_string())
+}
+
+/// A PostgreSQL data exception (SQLSTATE class 22: a character the database's
+/// encoding cannot hold, say) is the records' fault, not the store's.
+fn insert_error(e: sqlx::Error) -> AuditError {
+    match &e {
+        sqlx::Error::Database(db)
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| pg.code().starts_with("22")) =>
+        {
+            AuditError::Unstorable(e.to_string())
+        }
+        _ => write_error(e),
+    }
 }
 
 fn read_error(e: sqlx::Error) -> AuditError {
@@ -339,7 +364,6 @@ impl SqlAuditStore {
         checkpoint: Option<Checkpoint>,
     ) -> Result<Result<ChainSummary, ChainBreak>, AuditError> {
         let start = self.chain_start().await?;
-        let first_seq = start.first_seq;
         let mut verifier = ChainVerifier::new(start, checkpoint);
         let mut broken = None;
         self.for_each(AuditQuery::default(), |record| -> Result<(), AuditError> {
@@ -353,7 +377,7 @@ impl SqlAuditStore {
         .await?;
         Ok(match broken {
             Some(e) => Err(e),
-            None => verifier.finish(first_seq),
+            None => verifier.finish(),
         })
     }
 
@@ -399,6 +423,11 @@ impl SqlAuditStore {
             let Some((sealed_seq, sealed_hash)) = seal else {
                 return Ok(PruneReport { records_pruned: 0, sealed_at: None });
             };
+            let (previous_start_seq, _): (i64, String) =
+                sqlx::query_as("SELECT start_seq, start_prev_hash FROM audit_chain WHERE id = 1")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(write_error)?;
             allow_pruning!(conn);
             let deleted = sqlx::query("DELETE FROM audit_records WHERE seq <= $1")
                 .bind(sealed_seq)
@@ -406,16 +435,21 @@ impl SqlAuditStore {
                 .await
                 .map_err(write_error)?
                 .rows_affected() as i64;
-            forbid_pruning!(conn);
             sqlx::query("UPDATE audit_chain SET start_seq = $1, start_prev_hash = $2 WHERE id = 1")
                 .bind(sealed_seq + 1)
                 .bind(&sealed_hash)
                 .execute(&mut *conn)
                 .await
                 .map_err(write_error)?;
+            forbid_pruning!(conn);
+            // The record that proves the new start: `verify` refuses a chain whose
+            // start no chained audit_pruned record names exactly.
             let mut record = AuditRecord::new(AuditEvent::AuditPruned, Outcome::Pruned, &request_id);
             record.detail = Some(serde_json::json!({
                 "records_pruned": deleted,
+                "previous_start_seq": previous_start_seq,
+                "new_start_seq": sealed_seq + 1,
+                "new_start_prev_hash": sealed_hash,
                 "pruned_through_seq": sealed_seq,
                 "pruned_through_hash": sealed_hash,
                 "recorded_before": cutoff,
@@ -442,11 +476,27 @@ async fn write_loop(db: Database, mut queue: mpsc::Receiver<PendingAppend>) {
         }
         let records: Vec<&AuditRecord> = batch.iter().flat_map(|p| p.records.iter()).collect();
         let result = SqlAuditStore::append_batch(&db, &records).await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, appends = batch.len(), "audit append failed");
-        }
-        for pending in batch {
-            let _ = pending.done.send(result.clone());
+        match result {
+            // One request's records the database cannot hold must not fail the
+            // others': commit each append on its own, so only that one fails.
+            Err(AuditError::Unstorable(_)) if batch.len() > 1 => {
+                for pending in batch {
+                    let records: Vec<&AuditRecord> = pending.records.iter().collect();
+                    let result = SqlAuditStore::append_batch(&db, &records).await;
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "audit append failed");
+                    }
+                    let _ = pending.done.send(result);
+                }
+            }
+            result => {
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, appends = batch.len(), "audit append failed");
+                }
+                for pending in batch {
+                    let _ = pending.done.send(result.clone());
+                }
+            }
         }
     }
 }
@@ -461,6 +511,10 @@ impl AuditStore for SqlAuditStore {
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    async fn head(&self) -> Result<Checkpoint, AuditError> {
+        self.checkpoint().await
     }
 
     async fn append_guarded(

@@ -194,7 +194,7 @@ impl Broker {
                 cloud_budget: parts.cloud_budget,
             },
             audit_reads: AuditReads {
-                audit: parts.audit,
+                recorder: recorder.clone(),
                 catalog: parts.catalog,
                 auditor_groups: parts.auditor_groups,
             },
@@ -493,12 +493,19 @@ impl Broker {
         self.approvals.list(principal).await
     }
 
+    /// Reads the audit log; the read is itself audited before it returns.
     pub async fn read_audit(
         &self,
+        context: &RequestContext,
         principal: &Principal,
         query: &AuditQuery,
     ) -> Result<AuditPage, BrokerError> {
-        self.audit_reads.read(principal, query).await
+        self.audit_reads.read(context, principal, query).await
+    }
+
+    /// The audit store, for the server's checkpoint shipper.
+    pub fn audit_store(&self) -> Arc<dyn AuditStore> {
+        self.recorder.audit().clone()
     }
 
     pub fn issuer(&self) -> &Issuer {

@@ -843,26 +843,35 @@ async fn only_auditors_read_everything_and_others_only_their_own_records() {
         ..AuditQuery::default()
     };
     assert!(matches!(
-        w.broker.read_audit(&person("user:default/bob"), &all).await,
+        w.broker
+            .read_audit(&context(), &person("user:default/bob"), &all)
+            .await,
         Err(BrokerError::AuditForbidden(_))
     ));
     let own = AuditQuery {
         requester: Some("user:default/bob".into()),
         ..all.clone()
     };
-    assert!(w
+    // bob's only record is his refused read: reads are audited too.
+    let bobs = w
         .broker
-        .read_audit(&person("user:default/bob"), &own)
+        .read_audit(&context(), &person("user:default/bob"), &own)
         .await
         .unwrap()
-        .records
-        .is_empty());
+        .records;
+    assert_eq!(
+        bobs.iter()
+            .map(|r| (r.event.as_str(), r.outcome.as_str()))
+            .collect::<Vec<_>>(),
+        [("audit_read", "denied")]
+    );
     let everything = w
         .broker
-        .read_audit(&person("user:default/sam"), &all)
+        .read_audit(&context(), &person("user:default/sam"), &all)
         .await
         .unwrap();
-    assert_eq!(everything.records.len(), 3);
+    assert_eq!(everything.records.len(), 5, "3 for the issuance, 2 reads");
+    assert_eq!(everything.records[4].event, "audit_read");
 }
 
 #[tokio::test]

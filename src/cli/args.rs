@@ -298,14 +298,28 @@ pub enum AuditCommand {
     Verify {
         #[command(flatten)]
         target: AuditTarget,
-        /// Also check against a checkpoint printed earlier by `audit checkpoint`.
+        /// Also check against a checkpoint kept earlier: a signed checkpoint
+        /// (`audit checkpoint --sign`, or a file the server wrote to
+        /// audit.checkpoint_dir), as text or a file path.
         #[arg(long)]
         from_checkpoint: Option<String>,
+        /// The broker's JWKS (URL, e.g. https://HOST/.well-known/jwks.json, or
+        /// a saved file) to check a signed checkpoint's signature with.
+        #[arg(long)]
+        jwks: Option<String>,
+        /// Accept an unsigned checkpoint (a bare stackpass-checkpoint-v1 line):
+        /// it proves only as much as the place it was kept.
+        #[arg(long)]
+        allow_unsigned: bool,
     },
     /// Print the chain's head, to keep somewhere the database's admins cannot edit.
     Checkpoint {
         #[command(flatten)]
         target: AuditTarget,
+        /// Sign it with the broker's current issuer key (from --config), as a
+        /// JWS that `audit verify --jwks` checks.
+        #[arg(long)]
+        sign: bool,
     },
     /// Write records as JSON lines (for SIEM ingestion), in chain order.
     Export {
@@ -324,6 +338,16 @@ pub enum AuditCommand {
         /// Prune records recorded before this RFC 3339 time (default: now - audit.retention).
         #[arg(long)]
         before: Option<String>,
+    },
+    /// PostgreSQL: migrate as the schema's owner and grant the broker's runtime
+    /// role append and read on the audit log, nothing that rewrites it.
+    SetupPostgres {
+        /// The database URL as the schema's owner (the migration-owner role).
+        #[arg(long)]
+        database: String,
+        /// The existing login role the broker serves as (audit.url's user).
+        #[arg(long)]
+        runtime_role: String,
     },
     /// Print the most recent records as JSON lines, oldest first.
     List {

@@ -216,6 +216,7 @@ impl Config {
             &mut self.catalog.file,
             &mut self.catalog.token_file,
             &mut self.stacks.file,
+            &mut self.audit.checkpoint_dir,
         ]
         .into_iter()
         .flatten()
@@ -292,6 +293,30 @@ mod tests {
         assert!(err.contains("providers.aws.max_attempts"), "{err}");
         assert!(err.contains("providers.aws.timeout"), "{err}");
         assert!(err.contains("audit.retention"), "{err}");
+    }
+
+    #[test]
+    fn the_checkpoint_schedule_is_checked_and_its_directory_is_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MINIMAL}\n[audit]\ncheckpoint_dir = \"anchors\"\ncheckpoint_interval = \"0s\"\n"
+        );
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("audit.checkpoint_interval"), "{err}");
+        let config = Config::load(&write(dir.path(), &text.replace("\"0s\"", "\"15m\""))).unwrap();
+        assert_eq!(
+            config.audit.checkpoint_dir,
+            Some(dir.path().join("anchors"))
+        );
+        assert_eq!(
+            Config::load(&write(dir.path(), MINIMAL))
+                .unwrap()
+                .audit
+                .checkpoint_interval,
+            std::time::Duration::from_secs(3600)
+        );
     }
 
     #[test]

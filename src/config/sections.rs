@@ -237,6 +237,12 @@ pub struct AuditConfig {
     /// How long records are kept; `stackpass audit prune` removes older ones.
     #[serde(with = "humantime_serde")]
     pub retention: Option<Duration>,
+    /// Where the server writes a signed checkpoint of the chain's head every
+    /// `checkpoint_interval` (unset: none are written; `stackpass audit
+    /// checkpoint --sign` from cron does the same).
+    pub checkpoint_dir: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for AuditConfig {
@@ -246,6 +252,8 @@ impl Default for AuditConfig {
             busy_timeout: Duration::from_secs(5),
             auditor_groups: Vec::new(),
             retention: None,
+            checkpoint_dir: None,
+            checkpoint_interval: Duration::from_secs(3600),
         }
     }
 }

@@ -183,6 +183,12 @@ impl Config {
                 "must be at least 1d; audit logs are evidence".into(),
             );
         }
+        if self.audit.checkpoint_interval < Duration::from_secs(1) {
+            problem(
+                "audit.checkpoint_interval".into(),
+                "must be at least 1s".into(),
+            );
+        }
 
         problems
     }

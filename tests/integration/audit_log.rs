@@ -294,10 +294,90 @@ async fn a_checkpoint_catches_a_truncated_tail() {
     let garbage = verify_database(&database, Some("not-a-checkpoint"));
     assert_eq!(garbage.status.code(), Some(1));
     assert!(
-        stderr(&garbage).contains("is not a checkpoint"),
+        stderr(&garbage).contains("not a checkpoint"),
         "{}",
         stderr(&garbage)
     );
+}
+
+/// Issue 13, finding 3: deleting records past a checkpoint and moving the
+/// chain's start by hand used to pass `verify --from-checkpoint`, because a
+/// checkpoint below the start was taken on trust. Now the start must be named
+/// by a chained `audit_pruned` record, which only `stackpass audit prune` writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fake_prune_past_a_checkpoint_is_caught() {
+    let w = World::with_sts(StsBehaviour::Succeed).await;
+    some_history(&w).await;
+    let output = stackpass(&["audit", "checkpoint", "--database", &w.broker.audit_url()])
+        .output()
+        .unwrap();
+    let checkpoint = stdout(&output).trim().to_owned();
+    assert!(
+        checkpoint.starts_with("stackpass-checkpoint-v1:8:"),
+        "{checkpoint}"
+    );
+    some_history(&w).await;
+
+    let faked = snapshot(&w.broker, "fake-prune.db").await;
+    let rows = audit_rows(&faked).await;
+    let hash12 = rows[11]["hash"].as_str().unwrap().to_owned();
+    tamper(
+        &faked,
+        &[
+            "DELETE FROM audit_records WHERE seq <= 12",
+            &format!(
+                "UPDATE audit_chain SET start_seq = 13, start_prev_hash = '{hash12}' WHERE id = 1"
+            ),
+        ],
+    )
+    .await;
+    let database = format!("sqlite://{}", faked.display());
+    assert_broken(
+        &verify_database(&database, Some(&checkpoint)),
+        "no audit_pruned record in it names that start",
+    );
+    assert_broken(
+        &verify_database(&database, None),
+        "the chain starts at record 13",
+    );
+
+    // A real prune past the same checkpoint verifies against it.
+    let cutoff = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let output = stackpass(&[
+        "audit",
+        "prune",
+        "--database",
+        &w.broker.audit_url(),
+        "--before",
+        &cutoff,
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        stdout(&output).starts_with("pruned 16 record(s)"),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let output = verify_database(&w.broker.audit_url(), Some(&checkpoint));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("seq 17..17"),
+        "{}",
+        stdout(&output)
+    );
+
+    // Moving the start backwards (to hide that a prune happened) is refused.
+    let mut conn = sqlite(&w.broker.audit_path()).await;
+    let refused = sqlx::query("UPDATE audit_chain SET start_seq = 1 WHERE id = 1")
+        .execute(&mut conn)
+        .await;
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("moves only forward"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,12 +545,201 @@ async fn the_audit_api_serves_auditors_everything_and_requesters_their_own() {
             None => break,
         }
     }
-    assert_eq!(seen, (1..=8).collect::<Vec<_>>());
+    // Every read appends its own audit_read record, so the walk also meets
+    // the reads made so far; it still sees each record once, in order.
+    assert_eq!(seen[..8], (1..=8).collect::<Vec<_>>());
+    assert_eq!(seen, (1..=*seen.last().unwrap()).collect::<Vec<_>>());
 
     let future = read_audit(&w, "user:default/sam", "since=2999-01-01T00:00:00Z").await;
     assert!(future.body["records"].as_array().unwrap().is_empty());
     let stack = read_audit(&w, "user:default/sam", "stack=pulumi:acme/nope/dev").await;
     assert_eq!(stack.body["records"].as_array().unwrap().len(), 1);
+}
+
+/// Issue 13, finding 12: checkpoints were unsigned. The server now writes a
+/// checkpoint signed with its issuer key to `audit.checkpoint_dir` on a
+/// schedule, `audit checkpoint --sign` does the same from cron, and `verify`
+/// checks the signature with the published JWKS; a forged one is refused, and
+/// an unsigned one only with `--allow-unsigned`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_checkpoints_are_shipped_and_verified_with_the_jwks() {
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let shipped = tempfile::tempdir().unwrap();
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    options.env.extend([
+        (
+            "STACKPASS_AUDIT__CHECKPOINT_DIR".to_owned(),
+            shipped.path().display().to_string(),
+        ),
+        (
+            "STACKPASS_AUDIT__CHECKPOINT_INTERVAL".to_owned(),
+            "1s".to_owned(),
+        ),
+    ]);
+    let broker = Broker::start(options).await;
+    let jane = backstage.user_token("user:default/jane");
+    for _ in 0..2 {
+        let response = broker
+            .request_credentials(Some(&jane), credential_request("pulumi:acme/payments/dev"))
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text);
+    }
+    let at_six = shipped.path().join(format!("checkpoint-{:020}.jws", 6));
+    for _ in 0..50 {
+        if at_six.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let latest = shipped.path().join("latest.jws");
+    assert!(
+        at_six.exists() && latest.exists(),
+        "no signed checkpoint was shipped"
+    );
+    let jwks_url = format!("{}/.well-known/jwks.json", broker.url);
+    let jwks_file = shipped.path().join("jwks-saved.json");
+    std::fs::write(&jwks_file, broker.get("/.well-known/jwks.json").await.text).unwrap();
+
+    let database = broker.audit_url();
+    let output = verify_signed(&database, at_six.to_str().unwrap(), &jwks_url);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("6 record(s)")
+            && stdout(&output).contains("consistent with the checkpoint signed by key"),
+        "{}",
+        stdout(&output)
+    );
+
+    // The cron path: sign the head from the CLI with the broker's config.
+    let output = stackpass(&[
+        "audit",
+        "checkpoint",
+        "--sign",
+        "--config",
+        broker.config_path().to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let signed = stdout(&output).trim().to_owned();
+    let output = verify_signed(&database, &signed, jwks_file.to_str().unwrap());
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    // Truncating the tail is caught against the signed checkpoint.
+    let truncated = snapshot(&broker, "signed-truncated.db").await;
+    tamper(&truncated, &["DELETE FROM audit_records WHERE seq >= 5"]).await;
+    assert_broken(
+        &verify_signed(
+            &format!("sqlite://{}", truncated.display()),
+            at_six.to_str().unwrap(),
+            &jwks_url,
+        ),
+        "records were deleted from the end",
+    );
+
+    // A checkpoint rewritten to match a rewritten chain no longer verifies.
+    let parts: Vec<&str> = signed.split('.').collect();
+    let payload: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1])
+            .unwrap(),
+    )
+    .unwrap();
+    let forged_payload = payload["checkpoint"]
+        .as_str()
+        .unwrap()
+        .replace(":6:", ":4:");
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            serde_json::json!({ "iss": payload["iss"], "iat": payload["iat"], "checkpoint": forged_payload })
+                .to_string()
+        ),
+        parts[2]
+    );
+    let output = verify_signed(&database, &forged, &jwks_url);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("checkpoint REFUSED"),
+        "{}",
+        stderr(&output)
+    );
+
+    // Unsigned checkpoints are taken only when asked to.
+    let output = stackpass(&["audit", "checkpoint", "--database", &database])
+        .output()
+        .unwrap();
+    let unsigned = stdout(&output).trim().to_owned();
+    let output = stackpass(&[
+        "audit",
+        "verify",
+        "--database",
+        &database,
+        "--from-checkpoint",
+        &unsigned,
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("--allow-unsigned"),
+        "{}",
+        stderr(&output)
+    );
+    let output = verify_database(&database, Some(&unsigned));
+    assert!(
+        stdout(&output).contains("consistent with the checkpoint (unsigned)"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+/// Issue 13, finding 12: reads of the audit log were not audited. Each read
+/// (and each refused read) now appends who read what and how much they got,
+/// committed before the page is returned.
+#[tokio::test]
+async fn every_read_of_the_audit_log_is_audited_before_it_is_returned() {
+    let w = World::with_sts(StsBehaviour::Succeed).await;
+    some_history(&w).await;
+    let page = read_audit(&w, "user:default/sam", "outcome=denied&limit=5").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    read_audit(&w, "user:default/jane", "")
+        .await
+        .assert_problem(403, "audit-forbidden");
+
+    let rows = w.broker.audit_rows().await;
+    let reads: Vec<&Value> = rows.iter().filter(|r| r["event"] == "audit_read").collect();
+    assert_eq!(reads.len(), 2, "{rows:?}");
+    assert_eq!(reads[0]["requester"], "user:default/sam");
+    assert_eq!(reads[0]["outcome"], "returned");
+    let detail: Value = serde_json::from_str(reads[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["query"]["outcome"], "denied");
+    assert_eq!(detail["query"]["limit"], 5);
+    assert_eq!(detail["result"]["records_returned"], 1);
+    assert_eq!(reads[1]["requester"], "user:default/jane");
+    assert_eq!(reads[1]["outcome"], "denied");
+    assert!(verify_database(&w.broker.audit_url(), None)
+        .status
+        .success());
+
+    // Fail closed: a read whose record cannot be committed returns nothing.
+    let mut conn = sqlite(&w.broker.audit_path()).await;
+    sqlx::query(
+        "CREATE TRIGGER refuse_reads BEFORE INSERT ON audit_records WHEN NEW.event = 'audit_read' \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let refused = read_audit(&w, "user:default/sam", "").await;
+    refused.assert_problem(503, "audit-unavailable");
+    assert!(
+        !refused.text.contains("user:default/bob"),
+        "{}",
+        refused.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

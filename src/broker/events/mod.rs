@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::resolve::Resolved;
 use super::{CredentialRequest, RequestContext};
 use crate::approvals::{AccessRequest, AccessRequestId, ApprovalError};
-use crate::audit::{AuditError, AuditStore, Guarded};
+use crate::audit::{AuditError, AuditPage, AuditQuery, AuditStore, Guarded};
 use crate::catalog::EntityRef;
 use crate::identity::Principal;
 use crate::issuer::KeyRing;
@@ -174,6 +174,14 @@ pub(super) enum Event<'a> {
         /// The keys now in force, or why the new key set was refused.
         result: Result<&'a KeyRing, String>,
     },
+    /// A read of the audit log: who asked for what, and how many records they
+    /// got (`Err`: why the read was refused). Committed before the page is sent.
+    AuditRead {
+        context: &'a RequestContext,
+        principal: &'a Principal,
+        query: &'a AuditQuery,
+        result: Result<&'a AuditPage, &'a str>,
+    },
 }
 
 impl Event<'_> {
@@ -265,7 +273,8 @@ impl Event<'_> {
             | Event::IssuanceWithheld { issuance, .. } => Some(issuance.asked.context),
             Event::AccessRequested { context, .. }
             | Event::ApprovalStep { context, .. }
-            | Event::ApprovalRefused { context, .. } => Some(context),
+            | Event::ApprovalRefused { context, .. }
+            | Event::AuditRead { context, .. } => Some(context),
             Event::PolicyReloaded { .. } | Event::KeysReloaded { .. } => None,
         }
     }

@@ -5,7 +5,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{Allowance, AllowedIssuance, ApprovalStep, Asked, Event};
-use crate::audit::{AuditEvent, AuditRecord, Outcome};
+use crate::audit::{AuditEvent, AuditQuery, AuditRecord, Outcome};
 use crate::broker::resolve::Resolved;
 use crate::database::format_timestamp;
 use crate::issuer::KeyRing;
@@ -405,6 +405,46 @@ impl Event<'_> {
                 record.detail = Some(detail);
                 record
             }
+            Event::AuditRead {
+                context,
+                principal,
+                query,
+                result,
+            } => {
+                let (outcome, got) = match result {
+                    Ok(page) => (
+                        Outcome::Returned,
+                        json!({
+                            "records_returned": page.records.len(),
+                            "first_seq": page.records.first().map(|r| r.seq),
+                            "last_seq": page.records.last().map(|r| r.seq),
+                        }),
+                    ),
+                    Err(why) => (Outcome::Denied, json!({ "reason": why })),
+                };
+                let mut record =
+                    AuditRecord::new(AuditEvent::AuditRead, outcome, &context.request_id);
+                record.requester = Some(principal.subject.to_string());
+                record.requester_kind = Some(principal.kind.as_str().to_owned());
+                record.actor = principal.actor.clone();
+                record.issuer = Some(principal.issuer.clone());
+                record.client_addr = context.client_addr.clone();
+                record.detail = Some(json!({ "query": audit_query_json(query), "result": got }));
+                record
+            }
         }
     }
+}
+
+fn audit_query_json(query: &AuditQuery) -> serde_json::Value {
+    json!({
+        "requester": query.requester,
+        "stack": query.stack,
+        "provider": query.provider,
+        "outcome": query.outcome,
+        "since": query.since.map(format_timestamp),
+        "until": query.until.map(format_timestamp),
+        "after_seq": query.after_seq,
+        "limit": query.limit,
+    })
 }

@@ -1,6 +1,6 @@
 //! The audit log from outside the broker: [`audit_rows`] reads a SQLite audit
-//! store, [`burst_then_kill`] crashes a broker mid-burst, [`verify_database`] runs
-//! `stackpass audit verify`.
+//! store, [`burst_then_kill`] crashes a broker mid-burst, [`verify_database`] and
+//! [`verify_signed`] run `stackpass audit verify`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,11 +95,29 @@ pub async fn burst_then_kill(
     received
 }
 
-/// `stackpass audit verify --database URL [--from-checkpoint C]`.
+/// `stackpass audit verify --database URL [--from-checkpoint C --allow-unsigned]`:
+/// an unsigned checkpoint, as `stackpass audit checkpoint` prints without `--sign`.
 pub fn verify_database(database: &str, checkpoint: Option<&str>) -> std::process::Output {
     let mut args = vec!["audit", "verify", "--database", database];
     if let Some(checkpoint) = checkpoint {
-        args.extend(["--from-checkpoint", checkpoint]);
+        args.extend(["--from-checkpoint", checkpoint, "--allow-unsigned"]);
     }
     stackpass(&args).output().unwrap()
+}
+
+/// `stackpass audit verify --database URL --from-checkpoint C --jwks J`: a
+/// signed checkpoint (text or file) checked with the broker's JWKS (URL or file).
+pub fn verify_signed(database: &str, checkpoint: &str, jwks: &str) -> std::process::Output {
+    stackpass(&[
+        "audit",
+        "verify",
+        "--database",
+        database,
+        "--from-checkpoint",
+        checkpoint,
+        "--jwks",
+        jwks,
+    ])
+    .output()
+    .unwrap()
 }
