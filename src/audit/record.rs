@@ -33,6 +33,9 @@ pub enum AuditEvent {
     /// A step on an access request: `approval_recorded`, `approved`, `denied`,
     /// `expired`, `invalidated`; `requester` is who acted.
     Approval,
+    /// A notification the dispatcher gave up on (`given_up`); `detail` names
+    /// the audit record it would have announced and the last error.
+    Notification,
 }
 
 impl AuditEvent {
@@ -47,6 +50,7 @@ impl AuditEvent {
             AuditEvent::KeysReloaded => "keys_reloaded",
             AuditEvent::AccessRequested => "access_requested",
             AuditEvent::Approval => "approval",
+            AuditEvent::Notification => "notification",
         }
     }
 }
@@ -81,6 +85,8 @@ pub enum Outcome {
     Rejected,
     // audit_pruned
     Pruned,
+    // notification
+    GivenUp,
 }
 
 impl Outcome {
@@ -104,6 +110,7 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Rejected => "rejected",
             Outcome::Pruned => "pruned",
+            Outcome::GivenUp => "given_up",
         }
     }
 }

@@ -298,6 +298,7 @@ impl Event<'_> {
                     "access_request": request.id.to_string(),
                     "requested_by": request.requester.to_string(),
                     "note": note,
+                    "window_ends_at": request.window_ends_at.map(format_timestamp),
                 }));
                 record
             }
