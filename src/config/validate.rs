@@ -233,8 +233,59 @@ fn webhook_url_is_acceptable(text: &str) -> bool {
 }
 
 #[cfg(test)]
-mod webhook_url_tests {
+mod notification_tests {
     use super::webhook_url_is_acceptable;
+    use crate::config::Config;
+
+    const MINIMAL: &str = r#"
+        [[identity.issuers]]
+        name = "backstage"
+        kind = "backstage"
+        url = "http://localhost:7007"
+        [catalog]
+        kind = "static"
+        file = "catalog.toml"
+        [stacks]
+        kind = "static"
+        file = "stacks.toml"
+    "#;
+
+    fn load(notifications: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stackpass.toml");
+        std::fs::write(
+            &path,
+            format!("{MINIMAL}\n[notifications]\n{notifications}"),
+        )
+        .unwrap();
+        Config::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn notification_timings_have_secure_defaults_and_are_checked() {
+        let config = load("webhook_url = \"https://hooks.slack.com/services/T0/B0/x\"").unwrap();
+        let n = &config.notifications;
+        assert_eq!(n.lease, std::time::Duration::from_secs(60));
+        assert_eq!(n.give_up_after, std::time::Duration::from_secs(24 * 3600));
+
+        let err = load("timeout = \"30s\"\nlease = \"45s\"\ngive_up_after = \"60d\"").unwrap_err();
+        assert!(
+            err.contains("notifications.lease: must be at least twice"),
+            "{err}"
+        );
+        assert!(err.contains("notifications.give_up_after"), "{err}");
+    }
+
+    #[test]
+    fn a_plain_http_webhook_is_refused_without_printing_it() {
+        let err =
+            load("webhook_url = \"http://hooks.example.com/services/T0/B0/sekrit\"").unwrap_err();
+        assert!(
+            err.contains("notifications.webhook_url: must be an https URL"),
+            "{err}"
+        );
+        assert!(!err.contains("sekrit"), "{err}");
+    }
 
     #[test]
     fn webhooks_need_https_except_on_loopback() {
