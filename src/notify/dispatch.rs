@@ -89,7 +89,15 @@ impl Dispatcher {
     }
 
     async fn round(&self) -> Result<(), DispatchError> {
-        while outbox::scan(&self.db).await?.more {}
+        loop {
+            let scanned = outbox::scan(&self.db).await?;
+            if scanned.queued > 0 {
+                tracing::debug!(queued = scanned.queued, "notifications queued");
+            }
+            if !scanned.more {
+                break;
+            }
+        }
         loop {
             let now = OffsetDateTime::now_utc();
             let Some(claim) =

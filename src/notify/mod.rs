@@ -19,6 +19,8 @@
 
 mod dispatch;
 mod outbox;
+#[cfg(test)]
+mod outbox_tests;
 mod records;
 mod render;
 mod slack;

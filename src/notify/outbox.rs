@@ -19,7 +19,6 @@ use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::records::{self, ReadError};
-use super::render::announces;
 use crate::database::{format_timestamp, on_db, Database};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,9 +36,8 @@ fn db_error(e: sqlx::Error) -> OutboxError {
 /// How many audit records one scan looks at, at most.
 const SCAN_BATCH: i64 = 500;
 
-/// Queues the announcing records committed since the last scan; returns how
-/// many were queued. Call again while it returns a full batch's worth of
-/// progress (it reports whether more remain).
+/// Queues the announcing records committed since the last scan, at most one
+/// batch; call again while the report says more remain.
 pub async fn scan(db: &Database) -> Result<ScanReport, OutboxError> {
     // The head first: every record up to it is committed and visible below.
     let head = records::head(db).await?;
@@ -54,16 +52,12 @@ pub async fn scan(db: &Database) -> Result<ScanReport, OutboxError> {
     if cursor >= head {
         return Ok(ScanReport::default());
     }
-    let found = records::candidates(db, cursor, head, SCAN_BATCH).await?;
-    let more = found.len() as i64 == SCAN_BATCH;
-    let scanned_to = match (more, found.last()) {
+    let due = records::candidates(db, cursor, head, SCAN_BATCH).await?;
+    let more = due.len() as i64 == SCAN_BATCH;
+    let scanned_to = match (more, due.last()) {
         (true, Some(last)) => last.seq,
         _ => head,
     };
-    let due: Vec<_> = found
-        .into_iter()
-        .filter(|c| announces(&c.event, &c.outcome))
-        .collect();
     let queued = due.len();
     on_db!(db, pool => {
         let mut tx = pool.begin().await.map_err(db_error)?;

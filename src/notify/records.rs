@@ -5,6 +5,7 @@
 
 use sqlx::Row;
 
+use super::render::ANNOUNCED;
 use crate::audit::{AuditEvent, Outcome};
 use crate::database::{on_db, Database};
 
@@ -16,22 +17,12 @@ fn read_error(e: sqlx::Error) -> ReadError {
     ReadError(e.to_string())
 }
 
-/// The events whose records may announce something (see
-/// [`super::render::announces`] for which outcomes do): the scan's SQL filter.
-const EVENTS: [AuditEvent; 3] = [
-    AuditEvent::Decision,
-    AuditEvent::AccessRequested,
-    AuditEvent::Approval,
-];
-
 /// What the scan needs of a record to queue it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub seq: i64,
     pub record_id: String,
     pub recorded_at: String,
-    pub event: String,
-    pub outcome: String,
 }
 
 /// The columns a message is rendered from, as stored.
@@ -78,21 +69,23 @@ pub async fn head(db: &Database) -> Result<i64, ReadError> {
     })
 }
 
-/// Records of the announcing events with `after < seq <= upto`, oldest first.
+/// The announced records ([`ANNOUNCED`]) with `after < seq <= upto`, oldest
+/// first.
 pub async fn candidates(
     db: &Database,
     after: i64,
     upto: i64,
     limit: i64,
 ) -> Result<Vec<Candidate>, ReadError> {
-    let events = EVENTS
+    // Built from fixed names, never from input.
+    let announced = ANNOUNCED
         .iter()
-        .map(|e| format!("'{}'", e.as_str()))
+        .map(|(e, o)| format!("(event = '{}' AND outcome = '{}')", e.as_str(), o.as_str()))
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(" OR ");
     let sql = format!(
-        "SELECT seq, record_id, recorded_at, event, outcome FROM audit_records \
-         WHERE seq > $1 AND seq <= $2 AND event IN ({events}) ORDER BY seq LIMIT $3"
+        "SELECT seq, record_id, recorded_at FROM audit_records \
+         WHERE seq > $1 AND seq <= $2 AND ({announced}) ORDER BY seq LIMIT $3"
     );
     on_db!(db, pool => {
         let rows = sqlx::query(&sql)
@@ -108,8 +101,6 @@ pub async fn candidates(
                     seq: row.try_get("seq").map_err(read_error)?,
                     record_id: row.try_get("record_id").map_err(read_error)?,
                     recorded_at: row.try_get("recorded_at").map_err(read_error)?,
-                    event: row.try_get("event").map_err(read_error)?,
-                    outcome: row.try_get("outcome").map_err(read_error)?,
                 })
             })
             .collect()

@@ -31,14 +31,20 @@ impl Message {
     }
 }
 
-/// Whether records with this event and outcome are announced: break-glass
-/// issuances, new access requests, and access requests approved or denied.
+/// The records that are announced: break-glass issuances, new access
+/// requests, and access requests approved or denied.
+pub const ANNOUNCED: [(AuditEvent, Outcome); 4] = [
+    (AuditEvent::Decision, Outcome::BreakGlass),
+    (AuditEvent::AccessRequested, Outcome::Pending),
+    (AuditEvent::Approval, Outcome::Approved),
+    (AuditEvent::Approval, Outcome::Denied),
+];
+
+/// Whether records with this event and outcome are announced.
 pub fn announces(event: &str, outcome: &str) -> bool {
-    let is = |e: AuditEvent, o: Outcome| event == e.as_str() && outcome == o.as_str();
-    is(AuditEvent::Decision, Outcome::BreakGlass)
-        || is(AuditEvent::AccessRequested, Outcome::Pending)
-        || is(AuditEvent::Approval, Outcome::Approved)
-        || is(AuditEvent::Approval, Outcome::Denied)
+    ANNOUNCED
+        .iter()
+        .any(|(e, o)| event == e.as_str() && outcome == o.as_str())
 }
 
 fn name(text: Option<&str>) -> String {
