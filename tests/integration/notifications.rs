@@ -1,6 +1,7 @@
 //! Notifications delivered from the audit log: a break-glass announcement
-//! survives a SIGKILL between its commit and its delivery, two brokers on one
-//! PostgreSQL deliver each message once, a receiver that was down gets its
+//! survives a SIGKILL between its commit and its delivery (a restarted broker,
+//! or a live replica on PostgreSQL, delivers it once the dead one's claim
+//! lapses), two brokers on one PostgreSQL deliver each message once, a receiver that was down gets its
 //! messages when it is back, a message that cannot be delivered is given up
 //! visibly (audited), and what people typed reaches Slack inert.
 
@@ -101,6 +102,47 @@ async fn a_break_glass_announcement_survives_a_crash_before_delivery() {
     assert_eq!(message["stackpass"]["audit_seq"], record["seq"]);
     assert!(second.logs().contains("notification delivered"));
     assert!(!second.logs().contains(&webhook.url) && !first.logs().contains(&webhook.url));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_replica_takes_over_the_claim_of_one_that_died_on_postgres() {
+    let db = PgDatabase::create().await;
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    // The replica that dies posts to a receiver that holds every post; the
+    // one that lives to a working one, so who delivered is plain.
+    let stuck = WebhookListener::start().await;
+    stuck.set(Receiver::Hang);
+    let working = WebhookListener::start().await;
+    let mut dying = Broker::start(options(&backstage, &sts, &stuck, Some(db.url.clone()))).await;
+    let mut survivor_options = options(&backstage, &sts, &working, Some(db.url.clone()));
+    // It polls slowly, so the dying replica (woken by its own commit) claims
+    // the message first.
+    survivor_options
+        .env
+        .push(("STACKPASS_NOTIFICATIONS__POLL_INTERVAL".into(), "3s".into()));
+    let survivor = Broker::start(survivor_options).await;
+
+    break_glass(&dying, &backstage, "replica died, INC-11").await;
+    stuck.wait_for_attempts(1, Duration::from_secs(10)).await;
+    dying.kill();
+
+    let message = working
+        .wait_for_within("replica died, INC-11", Duration::from_secs(15))
+        .await;
+    let mut conn =
+        sqlx::ConnectOptions::connect(&db.url.parse::<sqlx::postgres::PgConnectOptions>().unwrap())
+            .await
+            .unwrap();
+    let (record_id, attempts, state): (String, i64, String) =
+        sqlx::query_as("SELECT record_id, attempts, state FROM notification_deliveries")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(message["stackpass"]["id"], record_id.as_str());
+    assert_eq!((attempts, state.as_str()), (2, "delivered"));
+    assert_eq!(stuck.attempts(), 1);
+    assert!(survivor.logs().contains("notification delivered"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
