@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use stackpass_provider::SigningAlgorithm;
 
 use crate::approvals::SqlApprovalStore;
-use crate::audit::SqlAuditStore;
+use crate::audit::{AuditStore, SqlAuditStore};
 use crate::broker::{Broker, BrokerParts};
 use crate::catalog::{
     BackstageCatalog, BackstageCatalogSettings, Catalog, CatalogError, StaticCatalog,
@@ -23,7 +23,7 @@ use crate::issuer::{
     Issuer, IssuerError, KeyDir, KeyRing, KeySetError, SigningKey, SigningKeyError,
     SigningKeySource, MANIFEST,
 };
-use crate::notify::Notifier;
+use crate::notify;
 use crate::policy::{
     expand_paths, load_rules, load_rules_with_digest, PolicyError, Rule, RuleConfig,
     ValidationContext,
@@ -94,6 +94,9 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     if let Some(warning) = crate::audit::history_rewritable(&db).await {
         tracing::warn!("{warning}");
     }
+    let audit: Arc<dyn AuditStore> = Arc::new(SqlAuditStore::new(db.clone()));
+    // Notifications are delivered from the audit log by a background dispatcher.
+    let notifier = notify::start(&config.notifications, db.clone(), audit.clone());
     Ok(Broker::new(BrokerParts {
         verifier,
         catalog,
@@ -101,9 +104,9 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         rules,
         issuer,
         providers,
-        audit: Arc::new(SqlAuditStore::new(db.clone())),
+        audit,
         approvals: Arc::new(SqlApprovalStore::new(db)),
-        notifier: Notifier::new(config.notifications.webhook_url.clone()),
+        notifier,
         auditor_groups: config.audit.auditor_groups.clone(),
         component_tag: config.stacks.component_tag.clone(),
         environment_tag: config.stacks.environment_tag.clone(),

@@ -39,6 +39,9 @@ pub enum AuditEvent {
     /// A read of the audit log through the API (`returned`, or `denied`):
     /// `requester` is who read, `detail` the query and how many records it got.
     AuditRead,
+    /// A notification the dispatcher gave up on (`given_up`); `detail` names
+    /// the audit record it would have announced and the last error.
+    Notification,
 }
 
 impl AuditEvent {
@@ -55,6 +58,7 @@ impl AuditEvent {
             AuditEvent::AccessRequested => "access_requested",
             AuditEvent::Approval => "approval",
             AuditEvent::AuditRead => "audit_read",
+            AuditEvent::Notification => "notification",
         }
     }
 }
@@ -99,6 +103,8 @@ pub enum Outcome {
     Pruned,
     // audit_read (and `denied`)
     Returned,
+    // notification
+    GivenUp,
 }
 
 impl Outcome {
@@ -127,6 +133,7 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Pruned => "pruned",
             Outcome::Returned => "returned",
+            Outcome::GivenUp => "given_up",
         }
     }
 }

@@ -120,7 +120,7 @@ async fn world() -> World {
         providers,
         audit: audit.clone(),
         approvals: Arc::new(SqlApprovalStore::new(db)),
-        notifier: Notifier::new(None),
+        notifier: Notifier::disabled(),
         auditor_groups: vec![EntityRef::parse_strict("group:default/security").unwrap()],
         component_tag: "backstage.io/component".into(),
         environment_tag: "environment".into(),

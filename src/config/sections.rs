@@ -13,13 +13,42 @@ use crate::catalog::EntityRef;
 use crate::database::sqlite_path;
 use crate::policy::RuleConfig;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct NotificationsConfig {
     /// A webhook that takes Slack-compatible JSON (`{"text": …}`). Slack webhook
     /// URLs are secrets: prefer `STACKPASS_NOTIFICATIONS__WEBHOOK_URL`.
-    #[serde(default, deserialize_with = "optional_secret")]
+    #[serde(deserialize_with = "optional_secret")]
     pub webhook_url: Option<SecretString>,
+    /// How long one POST to the webhook may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often each broker looks for records other replicas committed.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long a broker's claim on a message lasts; a claim by a broker that
+    /// died is taken over after this.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// The longest wait between retries of one message.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_interval: Duration,
+    /// A message whose record is older than this is given up (and audited).
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            webhook_url: None,
+            timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(5),
+            lease: Duration::from_secs(60),
+            max_retry_interval: Duration::from_secs(300),
+            give_up_after: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
+
 use super::{Config, ConfigProblem, IssuerKind};
 use crate::config::CatalogKind;
 use crate::database::{is_postgres_url, redact};
@@ -190,6 +192,132 @@ impl Config {
             );
         }
 
+        let n = &self.notifications;
+        if let Some(url) = &n.webhook_url {
+            if !webhook_url_is_acceptable(url.expose_secret()) {
+                problem(
+                    "notifications.webhook_url".into(),
+                    "must be an https URL (plain http only to a loopback address); the value is not shown, webhook URLs are secrets".into(),
+                );
+            }
+        }
+        let within = |d: Duration, min: u64, max: u64| {
+            d >= Duration::from_millis(min) && d <= Duration::from_millis(max)
+        };
+        if !within(n.timeout, 1_000, 60_000) {
+            problem(
+                "notifications.timeout".into(),
+                "must be between 1s and 1m".into(),
+            );
+        }
+        if !within(n.poll_interval, 100, 300_000) {
+            problem(
+                "notifications.poll_interval".into(),
+                "must be between 100ms and 5m".into(),
+            );
+        }
+        if n.lease < n.timeout * 2 || n.lease > Duration::from_secs(3600) {
+            problem(
+                "notifications.lease".into(),
+                "must be at least twice notifications.timeout (a claim must outlast a post, or two brokers send the same message) and at most 1h".into(),
+            );
+        }
+        if !within(n.max_retry_interval, 1_000, 3_600_000) {
+            problem(
+                "notifications.max_retry_interval".into(),
+                "must be between 1s and 1h".into(),
+            );
+        }
+        if !within(n.give_up_after, 1_000, 30 * 24 * 3_600_000) {
+            problem(
+                "notifications.give_up_after".into(),
+                "must be between 1s and 30d".into(),
+            );
+        }
+
         problems
+    }
+}
+
+/// https, or http to a loopback host (a local relay, tests).
+fn webhook_url_is_acceptable(text: &str) -> bool {
+    let Ok(url) = url::Url::parse(text) else {
+        return false;
+    };
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => true,
+        ("http", Some(url::Host::Domain(domain))) => domain.eq_ignore_ascii_case("localhost"),
+        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod notification_tests {
+    use super::webhook_url_is_acceptable;
+    use crate::config::Config;
+
+    const MINIMAL: &str = r#"
+        [[identity.issuers]]
+        name = "backstage"
+        kind = "backstage"
+        url = "http://localhost:7007"
+        [catalog]
+        kind = "static"
+        file = "catalog.toml"
+        [stacks]
+        kind = "static"
+        file = "stacks.toml"
+    "#;
+
+    fn load(notifications: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stackpass.toml");
+        std::fs::write(
+            &path,
+            format!("{MINIMAL}\n[notifications]\n{notifications}"),
+        )
+        .unwrap();
+        Config::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn notification_timings_have_secure_defaults_and_are_checked() {
+        let config = load("webhook_url = \"https://hooks.slack.com/services/T0/B0/x\"").unwrap();
+        let n = &config.notifications;
+        assert_eq!(n.lease, std::time::Duration::from_secs(60));
+        assert_eq!(n.give_up_after, std::time::Duration::from_secs(24 * 3600));
+
+        let err = load("timeout = \"30s\"\nlease = \"45s\"\ngive_up_after = \"60d\"").unwrap_err();
+        assert!(
+            err.contains("notifications.lease: must be at least twice"),
+            "{err}"
+        );
+        assert!(err.contains("notifications.give_up_after"), "{err}");
+    }
+
+    #[test]
+    fn a_plain_http_webhook_is_refused_without_printing_it() {
+        let err =
+            load("webhook_url = \"http://hooks.example.com/services/T0/B0/sekrit\"").unwrap_err();
+        assert!(
+            err.contains("notifications.webhook_url: must be an https URL"),
+            "{err}"
+        );
+        assert!(!err.contains("sekrit"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_need_https_except_on_loopback() {
+        assert!(webhook_url_is_acceptable(
+            "https://hooks.slack.com/services/T0/B0/x"
+        ));
+        assert!(webhook_url_is_acceptable("http://127.0.0.1:8080/hook"));
+        assert!(webhook_url_is_acceptable("http://[::1]:8080/hook"));
+        assert!(webhook_url_is_acceptable("http://localhost/hook"));
+        assert!(!webhook_url_is_acceptable("http://hooks.example.com/hook"));
+        assert!(!webhook_url_is_acceptable("ftp://127.0.0.1/hook"));
+        assert!(!webhook_url_is_acceptable("not a url"));
     }
 }

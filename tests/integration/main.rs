@@ -21,6 +21,7 @@ mod gcp;
 mod identity;
 mod issuance;
 mod keys;
+mod notifications;
 mod policy;
 mod postgres;
 mod quickstart;

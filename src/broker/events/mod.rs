@@ -1,6 +1,8 @@
 //! One typed event per step of the broker's work. Each event is turned into its
-//! audit record in `record` and nowhere else, and the same event drives the webhook
-//! notification and the log line, so the three can never disagree.
+//! audit record in `record` and nowhere else, and the same event drives the log
+//! line. Notifications are made from the committed audit record itself
+//! (`crate::notify`), so a notification and its record can never disagree and
+//! a crash after the commit cannot lose one.
 //!
 //! [`Recorder::record`] commits the records of a step (in order, in one
 //! append) before anything is announced: a notification or an "issued" log
@@ -12,7 +14,6 @@ mod record;
 
 use std::sync::Arc;
 
-use serde_json::json;
 use stackpass_provider::ProviderError;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -26,7 +27,6 @@ use crate::identity::Principal;
 use crate::issuer::KeyRing;
 use crate::notify::Notifier;
 use crate::policy::{ApprovalRequirement, Denial, Grant};
-use crate::wire;
 
 /// Who asked for what, from where: what every record about one credential
 /// request says.
@@ -185,76 +185,6 @@ pub(super) enum Event<'a> {
 }
 
 impl Event<'_> {
-    /// What people are told about this step, if anything: text for humans and
-    /// the facts for tools.
-    fn notification(&self) -> Option<(String, serde_json::Value)> {
-        match self {
-            Event::Allowed(issuance) => {
-                let Allowance::BreakGlass { reason } = issuance.allowance else {
-                    return None;
-                };
-                let requester = &issuance.resolved.principal.subject;
-                let stack = &issuance.resolved.stack.reference;
-                let role = &issuance.grant.target;
-                Some((
-                    format!(
-                        ":rotating_light: BREAK-GLASS: {requester} took {role} on {stack} for {} without approval. Reason: {reason}",
-                        humantime::format_duration(issuance.grant.duration)
-                    ),
-                    json!({ "event": "break_glass", "requester": requester, "stack": stack, "role": role.as_str(),
-                            "reason": reason, "request_id": issuance.asked.context.request_id }),
-                ))
-            }
-            Event::AccessRequested {
-                request, approval, ..
-            } => Some((
-                format!(
-                    "{} asks for {} on {}, once, for {} ({}). {} approval(s) needed from {}. Approve with `stackpass approvals approve {}`.",
-                    request.requester,
-                    request.role,
-                    request.stack,
-                    humantime::format_duration(request.duration),
-                    request.reason.as_deref().unwrap_or("no reason given"),
-                    approval.count,
-                    approval.approvers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-                    request.id
-                ),
-                json!({ "event": "access_requested", "access_request": wire::AccessRequest::from(*request) }),
-            )),
-            Event::ApprovalStep {
-                request,
-                by,
-                step: ApprovalStep::Denied,
-                ..
-            } => Some((
-                format!(
-                    "{by} denied {}'s request for {} on {}.",
-                    request.requester, request.role, request.stack
-                ),
-                json!({ "event": "access_denied", "access_request": request.id.to_string(), "by": by }),
-            )),
-            Event::ApprovalStep {
-                request,
-                by,
-                step: ApprovalStep::Approved,
-                ..
-            } => Some((
-                format!(
-                    "{by} approved {}'s request for {} on {}; one issuance of it may be obtained until {}.",
-                    request.requester,
-                    request.role,
-                    request.stack,
-                    request
-                        .window_ends_at
-                        .map(crate::database::format_timestamp)
-                        .unwrap_or_default()
-                ),
-                json!({ "event": "access_approved", "access_request": request.id.to_string(), "by": by }),
-            )),
-            _ => None,
-        }
-    }
-
     /// The HTTP request this step belongs to, if any.
     fn context(&self) -> Option<&RequestContext> {
         match self {
@@ -347,7 +277,8 @@ impl Event<'_> {
     }
 }
 
-/// Feeds events to the audit log, then to people and the logs.
+/// Feeds events to the audit log, then wakes the notification dispatcher and
+/// writes the log lines.
 #[derive(Clone)]
 pub(super) struct Recorder {
     audit: Arc<dyn AuditStore>,
@@ -360,12 +291,13 @@ impl Recorder {
     }
 
     /// Commits the events' records, in order, in one append; only then are
-    /// they announced and logged.
+    /// they logged and the notification dispatcher woken (it reads what to
+    /// announce from the committed records).
     pub async fn record(&self, events: &[Event<'_>]) -> Result<(), AuditError> {
-        self.audit
-            .append(events.iter().map(Event::record).collect())
-            .await?;
-        self.announce(events);
+        let records: Vec<_> = events.iter().map(Event::record).collect();
+        let announced = self.notifier.announces_any(&records);
+        self.audit.append(records).await?;
+        self.committed(events, announced);
         Ok(())
     }
 
@@ -377,21 +309,20 @@ impl Recorder {
         change: Guarded,
         events: &[Event<'_>],
     ) -> Result<bool, AuditError> {
-        let committed = self
-            .audit
-            .append_guarded(change, events.iter().map(Event::record).collect())
-            .await?;
+        let records: Vec<_> = events.iter().map(Event::record).collect();
+        let announced = self.notifier.announces_any(&records);
+        let committed = self.audit.append_guarded(change, records).await?;
         if committed {
-            self.announce(events);
+            self.committed(events, announced);
         }
         Ok(committed)
     }
 
-    fn announce(&self, events: &[Event<'_>]) {
+    fn committed(&self, events: &[Event<'_>], announced: bool) {
+        if announced {
+            self.notifier.wake();
+        }
         for event in events {
-            if let Some((text, facts)) = event.notification() {
-                self.notifier.send(text, facts);
-            }
             event.log();
         }
     }

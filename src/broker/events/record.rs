@@ -336,6 +336,7 @@ impl Event<'_> {
                     "note": note,
                     "mode": request.binding.as_ref().map(|b| b.mode.as_str()),
                     "grant_digest": request.binding.as_ref().map(|b| &b.digest),
+                    "window_ends_at": request.window_ends_at.map(format_timestamp),
                 }));
                 record
             }
