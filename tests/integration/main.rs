@@ -18,6 +18,7 @@ mod doubles;
 mod gcp;
 mod identity;
 mod issuance;
+mod issuer_trust;
 mod keys;
 mod policy;
 mod postgres;
