@@ -63,7 +63,9 @@ async fn a_private_ca_is_trusted_with_its_bundle_and_refused_without_it() {
 
     // The bundle alone (no public roots) for both the issuer and the catalog.
     let mut options = BrokerOptions::new(&backstage, &sts.url);
-    options.env.push(issuers(std::slice::from_ref(&issuer_with_bundle)));
+    options
+        .env
+        .push(issuers(std::slice::from_ref(&issuer_with_bundle)));
     options
         .env
         .push(("STACKPASS_CATALOG__CA_FILE".into(), bundle.clone()));
