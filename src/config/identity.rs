@@ -247,8 +247,15 @@ impl IdentityConfig {
                 ),
                 Ok(patterns) => {
                     for pattern in patterns {
-                        if let Some((other, theirs)) =
-                            vouched.iter().find(|(_, p)| p.overlaps(&pattern))
+                        if issuer.kind == IssuerKind::Backstage && !pattern.admits_kind("user") {
+                            problem(
+                                key("subjects"),
+                                format!("{pattern} names no user, but a backstage issuer's tokens are user tokens and name users only; use user:NAMESPACE/* patterns"),
+                            );
+                        }
+                        if let Some((other, theirs)) = vouched
+                            .iter()
+                            .find(|(j, p)| *j != i && p.overlaps(&pattern))
                         {
                             problem(
                                 key("subjects"),

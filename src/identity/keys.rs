@@ -1,6 +1,8 @@
 //! Where verification keys come from: an issuer's published JWKS (found through
 //! OIDC discovery, cached, refetched on rotation) or a static key for the local
-//! development issuer.
+//! development issuer. Only keys fit for verifying signatures are kept, a kid
+//! published twice names no key, a `jwks_uri` may not downgrade to plain http,
+//! and cached keys outlive failed refreshes only up to a maximum age.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;

@@ -97,6 +97,11 @@ impl SubjectPattern {
             && self.name.matches(subject.name())
     }
 
+    /// Some subject of this kind could match.
+    pub fn admits_kind(&self, kind: &str) -> bool {
+        self.kind.matches(kind)
+    }
+
     /// Some subject matches both patterns.
     pub fn overlaps(&self, other: &SubjectPattern) -> bool {
         self.kind.overlaps(&other.kind)

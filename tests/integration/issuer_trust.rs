@@ -255,10 +255,23 @@ fn config_check_refuses_plain_http_off_loopback_and_issuers_that_share_subjects(
     let apart = check(&[(
         "STACKPASS_IDENTITY__ISSUERS",
         &format!(
-            r#"[{dev},{{name="ci",kind="oidc",issuer="https://ci.example.com",audiences=["stackpass"],subjects=["service:ci/*"]}}]"#
+            r#"[{dev},{{name="ci",kind="oidc",issuer="https://ci.example.com",audiences=["stackpass"],subjects=["service:ci/*","service:ci/deployer"]}}]"#
         ),
     )]);
     assert!(apart.status.success(), "{}", stderr(&apart));
+
+    let backstage_components = check(&[(
+        "STACKPASS_IDENTITY__ISSUERS",
+        r#"[{name="backstage",kind="backstage",url="https://backstage.example.com",subjects=["component:ci/*"]}]"#,
+    )]);
+    assert!(!backstage_components.status.success());
+    assert!(
+        stderr(&backstage_components).contains(
+            "identity.issuers[0].subjects: component:ci/* names no user, but a backstage issuer's tokens are user tokens"
+        ),
+        "{}",
+        stderr(&backstage_components)
+    );
 
     let group = check(&[(
         "STACKPASS_IDENTITY__ISSUERS",
