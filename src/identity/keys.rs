@@ -339,3 +339,55 @@ impl KeySource for StaticKeys {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A P-256 public key as a JWK (the point is RFC 7515 appendix A.3's).
+    fn ec_jwk(kid: &str) -> serde_json::Value {
+        json!({
+            "kty": "EC", "crv": "P-256", "kid": kid,
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+        })
+    }
+
+    fn with(mut jwk: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
+        jwk[key] = value;
+        jwk
+    }
+
+    #[test]
+    fn only_signature_keys_are_kept() {
+        let cache = parse_key_set(vec![
+            ec_jwk("plain"),
+            with(ec_jwk("sig"), "use", json!("sig")),
+            with(ec_jwk("verify"), "key_ops", json!(["verify"])),
+            with(ec_jwk("es256"), "alg", json!("ES256")),
+            with(ec_jwk("enc"), "use", json!("enc")),
+            with(ec_jwk("wrap"), "key_ops", json!(["wrapKey"])),
+            with(ec_jwk("oaep"), "alg", json!("RSA-OAEP")),
+            with(ec_jwk("hmac"), "alg", json!("HS256")),
+            with(ec_jwk("unknown-alg"), "alg", json!("ES999")),
+        ]);
+        let mut kept: Vec<&str> = cache.keys.keys().map(String::as_str).collect();
+        kept.sort();
+        assert_eq!(kept, ["es256", "plain", "sig", "verify"]);
+        assert!(cache.ambiguous.is_empty());
+    }
+
+    #[test]
+    fn a_kid_published_twice_names_no_key() {
+        let cache = parse_key_set(vec![
+            ec_jwk("twice"),
+            ec_jwk("once"),
+            // The second entry is not even usable; the kid is still ambiguous.
+            with(ec_jwk("twice"), "use", json!("enc")),
+        ]);
+        assert!(cache.ambiguous.contains("twice"));
+        assert!(!cache.keys.contains_key("twice"));
+        assert!(cache.keys.contains_key("once"));
+    }
+}

@@ -336,3 +336,57 @@ fn map_jwt_error(kind: &jsonwebtoken::errors::ErrorKind) -> IdentityError {
         _ => IdentityError::Malformed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn token_with_header(header: serde_json::Value) -> String {
+        let encode = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!("{}.{}.sig", encode(header), encode(json!({})))
+    }
+
+    #[test]
+    fn any_crit_header_is_refused() {
+        assert!(refuse_critical_extensions(&token_with_header(json!({ "alg": "ES256" }))).is_ok());
+        for crit in [json!(["b64"]), json!([]), json!("b64"), json!(null)] {
+            let token = token_with_header(json!({ "alg": "ES256", "crit": crit }));
+            assert!(
+                matches!(
+                    refuse_critical_extensions(&token),
+                    Err(IdentityError::CriticalExtension(_))
+                ),
+                "{crit}"
+            );
+        }
+    }
+
+    #[test]
+    fn typ_compares_as_a_media_type() {
+        let expected = BACKSTAGE_USER_TOKEN_TYPE;
+        assert!(same_media_type("vnd.backstage.user", expected));
+        assert!(same_media_type("application/vnd.backstage.user", expected));
+        assert!(same_media_type("VND.Backstage.User", expected));
+        assert!(!same_media_type("vnd.backstage.limited-user", expected));
+        assert!(!same_media_type("JWT", expected));
+        assert!(!same_media_type("", expected));
+    }
+
+    #[test]
+    fn a_dedicated_audience_must_be_the_only_one() {
+        let claims = |aud: serde_json::Value| {
+            VerifiedClaims(json!({ "aud": aud }).as_object().unwrap().clone())
+        };
+        assert!(only_audience_is(&claims(json!("stackpass")), "stackpass"));
+        assert!(only_audience_is(&claims(json!(["stackpass"])), "stackpass"));
+        assert!(!only_audience_is(
+            &claims(json!(["backstage", "stackpass"])),
+            "stackpass"
+        ));
+        assert!(!only_audience_is(&claims(json!("backstage")), "stackpass"));
+        assert!(!only_audience_is(&claims(json!([])), "stackpass"));
+    }
+}

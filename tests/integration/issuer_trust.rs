@@ -301,7 +301,29 @@ async fn an_issuer_vouches_only_for_its_own_subjects() {
             ci.issuer()
         ),
     ]));
+    options.extra_config = r#"
+[[policy.rules]]
+name = "owners-deploy-prod"
+provider = "aws"
+tags = { environment = ["prod"], aws-account = ["*"] }
+role = "arn:aws:iam::{tags.aws-account}:role/{component}-prod-deployer"
+approval = { count = 1, approvers = ["group:default/team-payments"] }
+"#
+    .into();
     let broker = Broker::start(options).await;
+    let asked = call(
+        &broker,
+        &backstage.user_token("user:default/jane"),
+        "POST",
+        "/v1/access-requests",
+        Some(credential_request("pulumi:acme/payments/prod")),
+    )
+    .await;
+    assert_eq!(asked.status, 201, "{}", asked.text);
+    let approve_path = format!(
+        "/v1/access-requests/{}/approve",
+        asked.body["access_request"]["id"].as_str().unwrap()
+    );
 
     // ci's tokens for people, the auditor and an approver included, are refused.
     let refused = broker
@@ -332,7 +354,7 @@ async fn an_issuer_vouches_only_for_its_own_subjects() {
         &broker,
         &ci.user_token("user:default/alex"),
         "POST",
-        "/v1/access-requests/ar-1/approve",
+        &approve_path,
         None,
     )
     .await
@@ -352,11 +374,16 @@ async fn an_issuer_vouches_only_for_its_own_subjects() {
         &broker,
         &backstage.user_token("user:default/alex"),
         "POST",
-        "/v1/access-requests/ar-1/approve",
+        &approve_path,
         None,
     )
     .await;
-    assert_ne!(approve.status, 401, "{}", approve.text);
+    assert_eq!(approve.status, 200, "{}", approve.text);
+    assert_eq!(
+        approve.body["access_request"]["approvers"],
+        json!(["user:default/alex"]),
+        "only the approval through alex's own issuer counted"
+    );
     let deployer = broker
         .request_credentials(
             Some(&ci.user_token("component:ci/deployer")),
