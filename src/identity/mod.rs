@@ -184,7 +184,7 @@ impl Verifier {
                     found: if found.is_empty() {
                         "missing".into()
                     } else {
-                        format!("{found:?}")
+                        echoed(&format!("{found:?}"))
                     },
                     expected: expected.clone(),
                 });
@@ -274,9 +274,20 @@ fn refuse_critical_extensions(token: &str) -> Result<(), IdentityError> {
         None => Ok(()),
         Some(serde_json::Value::Array(names)) if !names.is_empty() => {
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            Err(IdentityError::CriticalExtension(names.join(", ")))
+            Err(IdentityError::CriticalExtension(echoed(&names.join(", "))))
         }
-        Some(other) => Err(IdentityError::CriticalExtension(other.to_string())),
+        Some(other) => Err(IdentityError::CriticalExtension(echoed(&other.to_string()))),
+    }
+}
+
+/// Header values echoed into an error (and so a log line and a 401): already
+/// JSON- or Debug-escaped by the caller, and cut short so a token cannot fill
+/// the log.
+fn echoed(text: &str) -> String {
+    const LIMIT: usize = 80;
+    match text.char_indices().nth(LIMIT) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }
 
@@ -362,6 +373,16 @@ mod tests {
                 "{crit}"
             );
         }
+    }
+
+    #[test]
+    fn echoed_header_values_are_cut_short() {
+        let token = token_with_header(json!({ "alg": "ES256", "crit": ["x".repeat(5000)] }));
+        let Err(IdentityError::CriticalExtension(names)) = refuse_critical_extensions(&token)
+        else {
+            panic!("refused")
+        };
+        assert_eq!(names.chars().count(), 81);
     }
 
     #[test]
