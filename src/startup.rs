@@ -16,6 +16,7 @@ use crate::catalog::{
 };
 use crate::config::{CatalogKind, Config, ConfigError, IssuerKind, StacksKind};
 use crate::database::{Database, DatabaseError};
+use crate::http_client::{self, TlsTrust};
 use crate::identity::{
     CatalogEntityMapping, FetchSettings, KeySource, RemoteJwks, StaticKeys, TrustedIssuer, Verifier,
 };
@@ -54,6 +55,11 @@ pub enum StartupError {
     Catalog(#[from] CatalogError),
     #[error("catalog.token_file: could not read {path}: {message}")]
     CatalogToken { path: String, message: String },
+    #[error("{key}: {error}")]
+    Tls {
+        key: String,
+        error: crate::http_client::TlsTrustError,
+    },
     #[error("stacks: {0}")]
     Stacks(#[from] StackSourceError),
     #[error("{0}")]
@@ -268,6 +274,7 @@ fn build_verifier(config: &Config) -> Result<Verifier, StartupError> {
     let fetch = FetchSettings {
         refresh_interval: identity.jwks_refresh_interval,
         min_refetch_interval: identity.jwks_min_refetch_interval,
+        max_key_age: identity.jwks_max_key_age,
         timeout: identity.fetch_timeout,
     };
     let mut issuers = Vec::new();
@@ -286,6 +293,13 @@ fn build_verifier(config: &Config) -> Result<Verifier, StartupError> {
                     .expect("validated: remote issuers have a discovery URL"),
                 issuer_id.clone(),
                 fetch,
+                http_client::build_trusting(identity.fetch_timeout, &issuer.tls_trust()).map_err(
+                    |error| StartupError::Tls {
+                        key: format!("identity.issuers[{index}].ca_file"),
+                        error,
+                    },
+                )?,
+                issuer.insecure_allow_http,
             )),
         };
         issuers.push(TrustedIssuer {
@@ -299,6 +313,12 @@ fn build_verifier(config: &Config) -> Result<Verifier, StartupError> {
             max_token_lifetime: issuer.max_token_lifetime,
             keys,
             mapping: Arc::new(CatalogEntityMapping),
+            token_type: issuer.token_type().map(str::to_owned),
+            subjects: issuer
+                .parsed_subjects()
+                .expect("validated: subject patterns parse"),
+            users_only: issuer.kind == IssuerKind::Backstage,
+            dedicated_audience: issuer.dedicated_audience.clone(),
         });
     }
     Ok(Verifier::new(issuers, identity.max_token_bytes))
@@ -363,17 +383,52 @@ fn build_catalog(config: &Config) -> Result<Arc<dyn Catalog>, StartupError> {
                 token,
                 cache_ttl: catalog.cache_ttl,
                 cache_capacity: catalog.cache_capacity,
-                timeout: catalog.timeout,
+                http: http_client::build_trusting(catalog.timeout, &catalog_tls(config))
+                    .map_err(catalog_tls_error)?,
             }))
         }
     })
 }
 
+fn catalog_tls(config: &Config) -> TlsTrust {
+    TlsTrust {
+        ca_file: config.catalog.ca_file.clone(),
+        public_roots: config.catalog.trust_public_roots,
+    }
+}
+
+fn catalog_tls_error(error: crate::http_client::TlsTrustError) -> StartupError {
+    StartupError::Tls {
+        key: "catalog.ca_file".into(),
+        error,
+    }
+}
+
+/// Every configured CA bundle reads and holds certificates.
+fn check_ca_bundles(config: &Config) -> Result<(), StartupError> {
+    for (index, issuer) in config.identity.issuers.iter().enumerate() {
+        issuer
+            .tls_trust()
+            .certificates()
+            .map_err(|error| StartupError::Tls {
+                key: format!("identity.issuers[{index}].ca_file"),
+                error,
+            })?;
+    }
+    if config.catalog.kind == CatalogKind::Backstage {
+        catalog_tls(config)
+            .certificates()
+            .map_err(catalog_tls_error)?;
+    }
+    Ok(())
+}
+
 /// What `stackpass config check` verifies beyond the config file itself: the files
-/// it names load, the policy validates, the signing keys load and every
-/// provider's algorithm has one. No network, no writes. Returns the number of
-/// rules.
+/// it names load (CA bundles included), the policy validates, the signing keys
+/// load and every provider's algorithm has one. No network, no writes. Returns
+/// the number of rules.
 pub fn check(config: &Config) -> Result<usize, StartupError> {
+    check_ca_bundles(config)?;
     let providers = config.providers()?;
     if let Some(source) = key_source(config, false)? {
         let ring = source

@@ -441,6 +441,7 @@ mod tests {
             kind: PrincipalKind::Human,
             actor: None,
             groups: vec![],
+            dedicated_audience: false,
         };
         assert!(is_a_person(&principal));
         principal.actor = Some("agent:bot".into());

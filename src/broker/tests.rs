@@ -150,6 +150,7 @@ fn person(subject: &str) -> Principal {
         kind: PrincipalKind::Human,
         actor: None,
         groups: Vec::new(),
+        dedicated_audience: false,
     }
 }
 

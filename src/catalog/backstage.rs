@@ -1,6 +1,8 @@
 //! The Backstage catalog over its REST API
 //! (`GET /api/catalog/entities/by-name/{kind}/{namespace}/{name}`), authenticated
-//! with a static external-access token and cached with a bounded TTL.
+//! with a static external-access token and cached with a bounded TTL. Its URL's
+//! scheme (https unless loopback or `insecure_allow_http`) is checked when the
+//! configuration loads, and its client trusts the CAs configured for it.
 //!
 //! Owners come from the `ownedBy` relation (falling back to `spec.owner`), groups
 //! from `memberOf` relations (falling back to `spec.memberOf`): relations are what
@@ -24,7 +26,8 @@ pub struct BackstageCatalogSettings {
     pub token: Option<SecretString>,
     pub cache_ttl: Duration,
     pub cache_capacity: u64,
-    pub timeout: Duration,
+    /// Built by startup with the catalog's timeout and trusted CAs.
+    pub http: reqwest::Client,
 }
 
 pub struct BackstageCatalog {
@@ -61,7 +64,7 @@ struct Relation {
 impl BackstageCatalog {
     pub fn new(settings: BackstageCatalogSettings) -> Self {
         BackstageCatalog {
-            http: http_client::build(settings.timeout),
+            http: settings.http,
             base_url: settings.base_url,
             token: settings.token,
             owners: Cache::builder()

@@ -205,7 +205,10 @@ impl Config {
         };
         self.issuer.resolve_paths(base);
         for issuer in &mut self.identity.issuers {
-            if let Some(p) = issuer.key_file.as_mut() {
+            for p in [issuer.key_file.as_mut(), issuer.ca_file.as_mut()]
+                .into_iter()
+                .flatten()
+            {
                 resolve(p)
             }
         }
@@ -215,6 +218,7 @@ impl Config {
         for p in [
             &mut self.catalog.file,
             &mut self.catalog.token_file,
+            &mut self.catalog.ca_file,
             &mut self.stacks.file,
             &mut self.audit.checkpoint_dir,
         ]

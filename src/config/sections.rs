@@ -181,6 +181,19 @@ pub struct CatalogConfig {
     pub cache_capacity: u64,
     #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Lets the catalog (ownership and group membership) come over plain http
+    /// from a host that is not loopback: anyone on that path can rewrite it.
+    #[serde(default)]
+    pub insecure_allow_http: bool,
+    /// A PEM bundle of CAs to trust for the catalog (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// `false`: trust only `ca_file`, not the public CAs.
+    #[serde(default = "default_trust_public_roots")]
+    pub trust_public_roots: bool,
+}
+
+fn default_trust_public_roots() -> bool {
+    true
 }
 
 fn optional_secret<'de, D: serde::Deserializer<'de>>(

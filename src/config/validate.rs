@@ -131,6 +131,9 @@ impl Config {
                 problem(key("leeway"), "must be at most 5m".into());
             }
         }
+        for found in self.identity.trust_problems() {
+            problem(found.key, found.message);
+        }
 
         match self.catalog.kind {
             CatalogKind::Backstage if self.catalog.url.is_none() => {
@@ -146,6 +149,23 @@ impl Config {
                 );
             }
             _ => {}
+        }
+        if let Some(Err(e)) = self
+            .catalog
+            .url
+            .as_ref()
+            .map(|url| crate::http_client::check_scheme(url, self.catalog.insecure_allow_http))
+        {
+            problem(
+                "catalog.url".into(),
+                format!("{e}; use https (with catalog.ca_file for a private CA), or set catalog.insecure_allow_http = true if you accept that risk"),
+            );
+        }
+        if !self.catalog.trust_public_roots && self.catalog.ca_file.is_none() {
+            problem(
+                "catalog.trust_public_roots".into(),
+                "false needs a ca_file, or no server could be trusted".into(),
+            );
         }
         if self.catalog.token.is_some() && self.catalog.token_file.is_some() {
             problem(

@@ -56,12 +56,24 @@ pub struct CatalogEntityMapping;
 impl ClaimMapping for CatalogEntityMapping {
     fn principal(&self, claims: &VerifiedClaims) -> Result<MappedPrincipal, IdentityError> {
         let sub = claims.text("sub")?.unwrap_or_default();
+        if sub.chars().any(char::is_control) {
+            return Err(IdentityError::InvalidClaims(
+                "sub contains a control character".into(),
+            ));
+        }
         let subject = EntityRef::parse_strict(sub).map_err(|_| {
             IdentityError::InvalidClaims("sub is not a catalog entity reference".into())
         })?;
         let actor = match claims.0.get("act") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::Object(act)) => match act.get("sub") {
+                // A control character (NUL above all) has no place in a name that
+                // is logged, audited and shown to approvers.
+                Some(serde_json::Value::String(actor)) if actor.chars().any(char::is_control) => {
+                    return Err(IdentityError::InvalidClaims(
+                        "act.sub contains a control character".into(),
+                    ))
+                }
                 Some(serde_json::Value::String(actor))
                     if !actor.is_empty() && actor.len() <= 256 =>
                 {
@@ -121,6 +133,9 @@ mod tests {
             serde_json::json!({ "sub": "user:default/jane", "act": "agent" }),
             serde_json::json!({ "sub": "user:default/jane", "act": { "sub": "" } }),
             serde_json::json!({ "sub": "user:default/jane", "act": { "sub": 1 } }),
+            serde_json::json!({ "sub": "user:default/jane", "act": { "sub": "bot\u{0}" } }),
+            serde_json::json!({ "sub": "user:default/jane", "act": { "sub": "bot\u{1b}[2J" } }),
+            serde_json::json!({ "sub": "user:default/jane\u{0}" }),
         ] {
             assert!(map(bad.clone()).is_err(), "{bad}");
         }

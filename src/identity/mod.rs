@@ -3,14 +3,17 @@
 //! and each issuer's mapping from its claims to a [`Principal`].
 //!
 //! The order of checks matters and is kept here in one place: size limit, then
-//! shape, then the issuer (an unknown issuer is refused before any network call),
-//! then the algorithm allow-list, then the key (fetched, cached, refetched on an
-//! unknown `kid` at a bounded rate), then signature and claims, then the
-//! issuer's claim mapping. This module reads no configuration: startup builds
-//! each [`TrustedIssuer`] from it.
+//! shape and header (`crit` extensions refused, the issuer's token type
+//! required), then the issuer (an unknown issuer is refused before any network
+//! call), then the algorithm allow-list, then the key (fetched, cached, refetched
+//! on an unknown `kid` at a bounded rate), then signature and claims, then the
+//! issuer's claim mapping, then whether the issuer may vouch for that subject.
+//! This module reads no configuration: startup builds each [`TrustedIssuer`]
+//! from it.
 
 mod keys;
 mod mapping;
+mod subjects;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,11 @@ use serde::{Deserialize, Serialize};
 
 pub use keys::{FetchSettings, KeySource, KeySourceError, RemoteJwks, StaticKeys};
 pub use mapping::{CatalogEntityMapping, ClaimMapping, MappedPrincipal, VerifiedClaims};
+pub use subjects::{SubjectPattern, SubjectPatternError};
+
+/// The `typ` header of a Backstage user identity token (Backstage's
+/// `tokenTypes.user.typParam`); limited-user and plugin tokens carry others.
+pub const BACKSTAGE_USER_TOKEN_TYPE: &str = "vnd.backstage.user";
 
 use crate::catalog::EntityRef;
 
@@ -55,6 +63,10 @@ pub struct Principal {
     /// An agent acting for `subject` (the token's RFC 8693 `act.sub`).
     pub actor: Option<String>,
     pub groups: Vec<EntityRef>,
+    /// The token was minted for this broker alone: its every audience is the
+    /// issuer's `dedicated_audience`, so no other service could have been sent
+    /// it (unlike a Backstage token, which every backend plugin receives).
+    pub dedicated_audience: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +77,10 @@ pub enum IdentityError {
     TooLarge { limit: usize },
     #[error("the token is not a well-formed JWT")]
     Malformed,
+    #[error("the token's header marks extensions {0} as critical, which this broker does not implement (RFC 7515 section 4.1.11)")]
+    CriticalExtension(String),
+    #[error("the token's type (typ header) is {found}, but this issuer's tokens must be {expected:?}; send a Backstage user identity token")]
+    WrongTokenType { found: String, expected: String },
     #[error("the token's issuer is not trusted by this broker")]
     UntrustedIssuer,
     #[error("the token is signed with {0:?}, which this issuer is not allowed to use")]
@@ -73,6 +89,8 @@ pub enum IdentityError {
     MissingKeyId,
     #[error("the token is signed with a key the issuer does not publish")]
     UnknownKey,
+    #[error("the issuer publishes more than one key under the token's kid, so none of them is trusted; the issuer's operator must give each key its own kid")]
+    AmbiguousKey,
     #[error("the token's signature is invalid")]
     BadSignature,
     #[error("the token has expired; get a fresh one from Backstage")]
@@ -85,6 +103,16 @@ pub enum IdentityError {
     LifetimeTooLong,
     #[error("the token's claims are invalid: {0}")]
     InvalidClaims(String),
+    #[error("issuer {issuer} may not vouch for {subject}; each subject is only trusted from the issuer configured for it (identity.issuers[].subjects)")]
+    SubjectNotVouched { issuer: String, subject: String },
+    #[error(
+        "{subject} is a group, and a group is never a caller; tokens must name a user or a service"
+    )]
+    GroupSubject { subject: String },
+    #[error(
+        "issuer {issuer} issues user tokens, but this token names {subject}, which is not a user"
+    )]
+    NotAUser { issuer: String, subject: String },
     #[error("the issuer's signing keys could not be fetched: {0}")]
     KeysUnavailable(String),
 }
@@ -109,6 +137,16 @@ pub struct TrustedIssuer {
     pub max_token_lifetime: Duration,
     pub keys: Arc<dyn KeySource>,
     pub mapping: Arc<dyn ClaimMapping>,
+    /// The `typ` header every token must carry (compared as RFC 7515 says:
+    /// case-insensitively, `application/` optional); `None`: any or none.
+    pub token_type: Option<String>,
+    /// The subjects this issuer may vouch for; empty vouches for nobody.
+    pub subjects: Vec<SubjectPattern>,
+    /// Its tokens name people only (Backstage user tokens): any other subject
+    /// is refused rather than treated as a service.
+    pub users_only: bool,
+    /// An audience of this broker's own; it is also in `audiences`.
+    pub dedicated_audience: Option<String>,
 }
 
 pub struct Verifier {
@@ -132,12 +170,26 @@ impl Verifier {
             });
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| IdentityError::Malformed)?;
+        refuse_critical_extensions(token)?;
         let unverified_issuer = peek_issuer(token)?;
         let issuer = self
             .issuers
             .iter()
             .find(|i| i.issuer == unverified_issuer)
             .ok_or(IdentityError::UntrustedIssuer)?;
+        if let Some(expected) = &issuer.token_type {
+            let found = header.typ.as_deref().unwrap_or_default();
+            if !same_media_type(found, expected) {
+                return Err(IdentityError::WrongTokenType {
+                    found: if found.is_empty() {
+                        "missing".into()
+                    } else {
+                        echoed(&format!("{found:?}"))
+                    },
+                    expected: expected.clone(),
+                });
+            }
+        }
         if !issuer.algorithms.contains(&header.alg) {
             return Err(IdentityError::AlgorithmNotAllowed(header.alg));
         }
@@ -148,6 +200,7 @@ impl Verifier {
             .await
             .map_err(|e| match e {
                 KeySourceError::UnknownKey => IdentityError::UnknownKey,
+                KeySourceError::AmbiguousKey => IdentityError::AmbiguousKey,
                 other => IdentityError::KeysUnavailable(other.to_string()),
             })?;
 
@@ -172,6 +225,28 @@ impl Verifier {
             return Err(IdentityError::LifetimeTooLong);
         }
         let mapped = issuer.mapping.principal(&claims)?;
+        let subject = &mapped.subject;
+        if subject.kind() == "group" {
+            return Err(IdentityError::GroupSubject {
+                subject: subject.to_string(),
+            });
+        }
+        if issuer.users_only && subject.kind() != "user" {
+            return Err(IdentityError::NotAUser {
+                issuer: issuer.name.clone(),
+                subject: subject.to_string(),
+            });
+        }
+        if !issuer.subjects.iter().any(|p| p.matches(subject)) {
+            return Err(IdentityError::SubjectNotVouched {
+                issuer: issuer.name.clone(),
+                subject: subject.to_string(),
+            });
+        }
+        let dedicated_audience = issuer
+            .dedicated_audience
+            .as_deref()
+            .is_some_and(|own| only_audience_is(&claims, own));
         Ok(Principal {
             issuer: issuer.issuer.clone(),
             issuer_name: issuer.name.clone(),
@@ -179,7 +254,64 @@ impl Verifier {
             kind: mapped.kind,
             actor: mapped.actor,
             groups: Vec::new(),
+            dedicated_audience,
         })
+    }
+}
+
+/// RFC 7515 section 4.1.11: a recipient must refuse a token whose `crit`
+/// header names an extension it does not understand, and this broker
+/// understands none. jsonwebtoken does not read `crit`, so the header's JSON is
+/// read here.
+fn refuse_critical_extensions(token: &str) -> Result<(), IdentityError> {
+    let header = token.split('.').next().ok_or(IdentityError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| IdentityError::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| IdentityError::Malformed)?;
+    match header.get("crit") {
+        None => Ok(()),
+        Some(serde_json::Value::Array(names)) if !names.is_empty() => {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            Err(IdentityError::CriticalExtension(echoed(&names.join(", "))))
+        }
+        Some(other) => Err(IdentityError::CriticalExtension(echoed(&other.to_string()))),
+    }
+}
+
+/// Header values echoed into an error (and so a log line and a 401): already
+/// JSON- or Debug-escaped by the caller, and cut short so a token cannot fill
+/// the log.
+fn echoed(text: &str) -> String {
+    const LIMIT: usize = 80;
+    match text.char_indices().nth(LIMIT) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// RFC 7515 section 4.1.9: `typ` is a media type, compared case-insensitively,
+/// with `application/` optional.
+fn same_media_type(found: &str, expected: &str) -> bool {
+    let bare = |t: &str| {
+        let t = t.trim();
+        match t.get(..12) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("application/") => t[12..].to_owned(),
+            _ => t.to_owned(),
+        }
+    };
+    bare(found).eq_ignore_ascii_case(&bare(expected))
+}
+
+/// The token's `aud` (a string or an array) names `own` and nothing else.
+fn only_audience_is(claims: &VerifiedClaims, own: &str) -> bool {
+    match claims.0.get("aud") {
+        Some(serde_json::Value::String(aud)) => aud == own,
+        Some(serde_json::Value::Array(auds)) => {
+            !auds.is_empty() && auds.iter().all(|a| a.as_str() == Some(own))
+        }
+        _ => false,
     }
 }
 
@@ -213,5 +345,69 @@ fn map_jwt_error(kind: &jsonwebtoken::errors::ErrorKind) -> IdentityError {
         }
         Json(_) => IdentityError::InvalidClaims("a claim has the wrong type".into()),
         _ => IdentityError::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn token_with_header(header: serde_json::Value) -> String {
+        let encode = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!("{}.{}.sig", encode(header), encode(json!({})))
+    }
+
+    #[test]
+    fn any_crit_header_is_refused() {
+        assert!(refuse_critical_extensions(&token_with_header(json!({ "alg": "ES256" }))).is_ok());
+        for crit in [json!(["b64"]), json!([]), json!("b64"), json!(null)] {
+            let token = token_with_header(json!({ "alg": "ES256", "crit": crit }));
+            assert!(
+                matches!(
+                    refuse_critical_extensions(&token),
+                    Err(IdentityError::CriticalExtension(_))
+                ),
+                "{crit}"
+            );
+        }
+    }
+
+    #[test]
+    fn echoed_header_values_are_cut_short() {
+        let token = token_with_header(json!({ "alg": "ES256", "crit": ["x".repeat(5000)] }));
+        let Err(IdentityError::CriticalExtension(names)) = refuse_critical_extensions(&token)
+        else {
+            panic!("refused")
+        };
+        assert_eq!(names.chars().count(), 81);
+    }
+
+    #[test]
+    fn typ_compares_as_a_media_type() {
+        let expected = BACKSTAGE_USER_TOKEN_TYPE;
+        assert!(same_media_type("vnd.backstage.user", expected));
+        assert!(same_media_type("application/vnd.backstage.user", expected));
+        assert!(same_media_type("VND.Backstage.User", expected));
+        assert!(!same_media_type("vnd.backstage.limited-user", expected));
+        assert!(!same_media_type("JWT", expected));
+        assert!(!same_media_type("", expected));
+    }
+
+    #[test]
+    fn a_dedicated_audience_must_be_the_only_one() {
+        let claims = |aud: serde_json::Value| {
+            VerifiedClaims(json!({ "aud": aud }).as_object().unwrap().clone())
+        };
+        assert!(only_audience_is(&claims(json!("stackpass")), "stackpass"));
+        assert!(only_audience_is(&claims(json!(["stackpass"])), "stackpass"));
+        assert!(!only_audience_is(
+            &claims(json!(["backstage", "stackpass"])),
+            "stackpass"
+        ));
+        assert!(!only_audience_is(&claims(json!("backstage")), "stackpass"));
+        assert!(!only_audience_is(&claims(json!([])), "stackpass"));
     }
 }

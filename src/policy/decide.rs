@@ -142,6 +142,11 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Miss>
             Err(Miss::Conditions(reasons))
         };
     }
+    if rule.require_dedicated_audience && !principal.dedicated_audience {
+        reasons.push(
+            "the rule needs a token minted for this broker alone (its issuer's dedicated_audience); this token's audience is shared, so another service could be replaying it".into(),
+        );
+    }
     if rule.require_owner {
         match (input.component, input.owner) {
             (None, _) => reasons

@@ -64,6 +64,9 @@ pub struct Rule {
     pub groups: Vec<EntityRef>,
     /// Owner membership is required unless a rule widens it explicitly.
     pub require_owner: bool,
+    /// Allow rules only: the requester's token must have been minted for this
+    /// broker alone ([`Principal::dedicated_audience`]).
+    pub require_dedicated_audience: bool,
     /// Allow rules only: what the grant lets the requester become (the `role`
     /// key; an AWS role ARN, for example).
     pub target: Option<TargetTemplate>,

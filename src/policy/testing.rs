@@ -74,6 +74,9 @@ struct TestPrincipal {
     groups: Vec<EntityRef>,
     kind: Option<PrincipalKind>,
     actor: Option<String>,
+    /// The token was minted for the broker alone (see `require_dedicated_audience`).
+    #[serde(default)]
+    dedicated_audience: bool,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +200,7 @@ fn check(case: &Case, rules: &[super::Rule], tests: &TestFile) -> Result<(), Str
         ),
         actor: case.principal.actor.clone(),
         groups: case.principal.groups.clone(),
+        dedicated_audience: case.principal.dedicated_audience,
     };
     let stack = Stack {
         reference: case.stack.reference.clone(),

@@ -25,6 +25,7 @@ fn principal(subject: &str, groups: &[&str]) -> Principal {
         kind: PrincipalKind::Human,
         actor: None,
         groups: groups.iter().map(|g| entity(g)).collect(),
+        dedicated_audience: false,
     }
 }
 
@@ -53,6 +54,7 @@ fn nonprod() -> Rule {
         requester_kinds: Vec::new(),
         groups: Vec::new(),
         require_owner: true,
+        require_dedicated_audience: false,
         target: target("arn:aws:iam::{tags.aws-account}:role/{component}-deployer"),
         max_duration: Duration::from_secs(3600),
         default_duration: Duration::from_secs(900),
@@ -186,6 +188,21 @@ fn rows() -> Vec<Row> {
             name: "an owner gets the rendered role for the provider's default duration",
             rules: || vec![nonprod()],
             change: |_| {},
+            expect: Allow { rule: "team-deploys-nonprod", target: PAYMENTS_DEV, duration: 900 },
+        },
+        Row {
+            name: "a rule that needs a dedicated-audience token refuses a shared one",
+            rules: || vec![Rule { require_dedicated_audience: true, ..nonprod() }],
+            change: |_| {},
+            expect: Deny {
+                denied_by: None,
+                reasons: &["the rule needs a token minted for this broker alone (its issuer's dedicated_audience); this token's audience is shared, so another service could be replaying it"],
+            },
+        },
+        Row {
+            name: "a rule that needs a dedicated-audience token grants with one",
+            rules: || vec![Rule { require_dedicated_audience: true, ..nonprod() }],
+            change: |c| c.principal.dedicated_audience = true,
             expect: Allow { rule: "team-deploys-nonprod", target: PAYMENTS_DEV, duration: 900 },
         },
         Row {

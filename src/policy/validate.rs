@@ -205,6 +205,8 @@ pub fn validate(
             requester_kinds: config.requester_kinds.clone(),
             groups: config.groups.clone(),
             require_owner: config.require_owner && config.effect == Effect::Allow,
+            require_dedicated_audience: config.require_dedicated_audience
+                && config.effect == Effect::Allow,
             target,
             max_duration: config.max_duration,
             default_duration: limits
@@ -293,5 +295,6 @@ pub(super) fn covers(earlier: &Rule, later: &Rule) -> bool {
     let groups = earlier.groups.is_empty()
         || (!later.groups.is_empty() && later.groups.iter().all(|g| earlier.groups.contains(g)));
     let owner = !earlier.require_owner || later.require_owner;
-    earlier.provider == later.provider && tags && kinds && groups && owner
+    let audience = !earlier.require_dedicated_audience || later.require_dedicated_audience;
+    earlier.provider == later.provider && tags && kinds && groups && owner && audience
 }

@@ -29,6 +29,10 @@ pub struct RuleConfig {
     pub groups: Vec<EntityRef>,
     #[serde(default = "default_true")]
     pub require_owner: bool,
+    /// Only tokens minted for this broker alone (the issuer's
+    /// `dedicated_audience`), not tokens Backstage sends every plugin.
+    #[serde(default)]
+    pub require_dedicated_audience: bool,
     /// Target template in the provider's syntax, e.g. an AWS role
     /// `arn:aws:iam::{tags.aws-account}:role/{component}-deployer`. Written
     /// `role` or `target`.

@@ -224,6 +224,8 @@ async function main() {
   });
   check('token header: alg ES256', header.alg === 'ES256', header);
   check('token header: kid present', typeof header.kid === 'string' && header.kid.length > 0, header);
+  check('token header: typ is vnd.backstage.user (stackpass pins Backstage user tokens to it)', header.typ === 'vnd.backstage.user', header);
+  check('token header: no crit (stackpass refuses critical extensions)', header.crit === undefined, header);
   check('jwks: has the token kid, kty EC, crv P-256', !!jwk && jwk.kty === 'EC' && jwk.crv === 'P-256', jwks.body);
   check('jwks: key is not restricted to another use/alg', !!jwk && (jwk.use === undefined || jwk.use === 'sig') && (jwk.alg === undefined || jwk.alg === 'ES256'), jwk);
   check('token: ES256 signature verifies with the published key', signatureValid === true, signatureValid);
@@ -231,7 +233,7 @@ async function main() {
   check('token: aud is "backstage"', payload.aud === 'backstage' || (Array.isArray(payload.aud) && payload.aud.includes('backstage')), payload.aud);
   check('token: sub is user:default/jane', payload.sub === 'user:default/jane', payload.sub);
   check('token: iat and exp are numbers', Number.isInteger(payload.iat) && Number.isInteger(payload.exp), payload);
-  check('token: lifetime within stackpass default max (24h)', payload.exp - payload.iat <= 24 * 3600, payload.exp - payload.iat);
+  check('token: lifetime within stackpass default max_token_lifetime (1h)', payload.exp - payload.iat <= 3600, payload.exp - payload.iat);
 
   // (d) catalog by-name with the static token.
   const component = await request('GET', '/api/catalog/entities/by-name/component/default/payments', { token: staticToken });

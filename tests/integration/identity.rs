@@ -69,6 +69,86 @@ async fn bad_tokens_are_401_and_reach_neither_catalog_nor_sts_nor_audit() {
             )),
         ),
         (
+            "lifetime longer than Backstage's own 1h (the default max_token_lifetime)",
+            sign(&with_claims(&claims, json!({ "exp": now + 2 * 3600 }))),
+        ),
+        (
+            "crit names an extension the broker does not implement",
+            sign_jwt(
+                &json!({ "alg": "ES256", "kid": b.key.kid, "typ": "vnd.backstage.user",
+                         "crit": ["https://example.com/must-check"], "https://example.com/must-check": true }),
+                &claims,
+                Signer::Es256(&b.key),
+            ),
+        ),
+        (
+            "crit is empty",
+            sign_jwt(
+                &json!({ "alg": "ES256", "kid": b.key.kid, "typ": "vnd.backstage.user", "crit": [] }),
+                &claims,
+                Signer::Es256(&b.key),
+            ),
+        ),
+        (
+            "no typ (not a Backstage user token)",
+            sign_jwt(
+                &json!({ "alg": "ES256", "kid": b.key.kid }),
+                &claims,
+                Signer::Es256(&b.key),
+            ),
+        ),
+        (
+            "Backstage limited-user token",
+            sign_jwt(
+                &json!({ "alg": "ES256", "kid": b.key.kid, "typ": "vnd.backstage.limited-user" }),
+                &claims,
+                Signer::Es256(&b.key),
+            ),
+        ),
+        (
+            "Backstage plugin token",
+            sign_jwt(
+                &json!({ "alg": "ES256", "kid": b.key.kid, "typ": "vnd.backstage.plugin" }),
+                &claims,
+                Signer::Es256(&b.key),
+            ),
+        ),
+        (
+            "the owning group as subject",
+            sign(&with_claims(
+                &claims,
+                json!({ "sub": "group:default/team-payments" }),
+            )),
+        ),
+        (
+            "a component as subject of a Backstage user token",
+            sign(&with_claims(
+                &claims,
+                json!({ "sub": "component:default/payments" }),
+            )),
+        ),
+        (
+            "NUL in act.sub",
+            sign(&with_claims(
+                &claims,
+                json!({ "act": { "sub": "agent:deploy-bot\u{0}" } }),
+            )),
+        ),
+        (
+            "terminal escape in act.sub",
+            sign(&with_claims(
+                &claims,
+                json!({ "act": { "sub": "agent:\u{1b}[2Jdeploy-bot" } }),
+            )),
+        ),
+        (
+            "NUL in sub",
+            sign(&with_claims(
+                &claims,
+                json!({ "sub": "user:default/jane\u{0}" }),
+            )),
+        ),
+        (
             "subject not an entity ref",
             sign(&with_claims(&claims, json!({ "sub": "jane@example.com" }))),
         ),
@@ -125,7 +205,7 @@ async fn bad_tokens_are_401_and_reach_neither_catalog_nor_sts_nor_audit() {
         (
             "RS256 not allowed",
             sign_jwt(
-                &json!({ "alg": "RS256", "kid": b.key.kid }),
+                &json!({ "alg": "RS256", "kid": b.key.kid, "typ": "vnd.backstage.user" }),
                 &claims,
                 Signer::Es256(&b.key),
             ),
@@ -137,14 +217,18 @@ async fn bad_tokens_are_401_and_reach_neither_catalog_nor_sts_nor_audit() {
         (
             "unknown kid",
             sign_jwt(
-                &json!({ "alg": "ES256", "kid": unknown_kid.kid }),
+                &json!({ "alg": "ES256", "kid": unknown_kid.kid, "typ": "vnd.backstage.user" }),
                 &claims,
                 Signer::Es256(&unknown_kid),
             ),
         ),
         (
             "no kid",
-            sign_jwt(&json!({ "alg": "ES256" }), &claims, Signer::Es256(&b.key)),
+            sign_jwt(
+                &json!({ "alg": "ES256", "typ": "vnd.backstage.user" }),
+                &claims,
+                Signer::Es256(&b.key),
+            ),
         ),
         ("tampered payload", {
             let token = sign(&claims);
@@ -177,12 +261,27 @@ async fn bad_tokens_are_401_and_reach_neither_catalog_nor_sts_nor_audit() {
         ),
     ];
 
+    // Every case is tried before failing, so one run names all that got in.
+    let mut admitted = Vec::new();
     for (name, token) in &cases {
         let response = w
             .broker
             .request_credentials(Some(token), credential_request("pulumi:acme/payments/dev"))
             .await;
-        assert_eq!(response.status, 401, "{name}: {}", response.text);
+        if response.status != 401 {
+            admitted.push(format!("{name}: {} {}", response.status, response.text));
+        }
+    }
+    assert!(
+        admitted.is_empty(),
+        "not refused with 401:\n{}",
+        admitted.join("\n")
+    );
+    for (name, token) in &cases {
+        let response = w
+            .broker
+            .request_credentials(Some(token), credential_request("pulumi:acme/payments/dev"))
+            .await;
         response.assert_problem(401, "unauthenticated");
         assert_eq!(
             response.header("www-authenticate"),
@@ -253,7 +352,7 @@ async fn unknown_kids_refetch_keys_at_a_bounded_rate() {
     for i in 0..20 {
         let key = TestKey::generate(&format!("forged-{i}"));
         let forged = sign_jwt(
-            &json!({ "alg": "ES256", "kid": key.kid }),
+            &json!({ "alg": "ES256", "kid": key.kid, "typ": "vnd.backstage.user" }),
             &claims,
             Signer::Es256(&key),
         );
@@ -352,4 +451,126 @@ async fn an_agent_token_is_recorded_with_its_actor() {
     assert_eq!(rows[0]["requester"], "user:default/jane");
     assert_eq!(rows[0]["requester_kind"], "agent");
     assert_eq!(rows[0]["actor"], "agent:deploy-bot");
+}
+
+/// RFC 7517: a key for another use, other operations or a non-signature
+/// algorithm is not a verification key; a kid published twice names no key.
+#[tokio::test]
+async fn keys_that_do_not_fit_or_share_a_kid_are_not_used() {
+    let w = World::with_sts(StsBehaviour::Outage).await;
+    let b = &w.backstage;
+    let with = |key: &TestKey, changes: Value| {
+        let mut jwk = key.jwk();
+        for (k, v) in changes.as_object().unwrap() {
+            if v.is_null() {
+                jwk.as_object_mut().unwrap().remove(k);
+            } else {
+                jwk[k] = v.clone();
+            }
+        }
+        jwk
+    };
+    let encryption_alg = TestKey::generate("ec-key-with-an-encryption-alg");
+    b.publish_raw_jwk(with(&encryption_alg, json!({ "alg": "RSA-OAEP" })));
+    let encryption_use = TestKey::generate("ec-key-for-encryption");
+    b.publish_raw_jwk(with(&encryption_use, json!({ "use": "enc", "alg": null })));
+    let wrap_only = TestKey::generate("ec-key-for-wrapping");
+    b.publish_raw_jwk(with(&wrap_only, json!({ "key_ops": ["wrapKey"] })));
+    // Two keys under one kid; the signer's is published last, so a key set
+    // read into a map keyed by kid would keep it and trust it.
+    let decoy = TestKey::generate("shared-kid");
+    let signer = TestKey::generate("shared-kid");
+    b.publish_raw_jwk(decoy.jwk());
+    b.publish_raw_jwk(signer.jwk());
+    let fitting = TestKey::generate("ec-key-for-signing");
+    b.publish_raw_jwk(with(
+        &fitting,
+        json!({ "use": "sig", "key_ops": ["verify"] }),
+    ));
+
+    let token = |key: &TestKey| {
+        sign_jwt(
+            &json!({ "alg": "ES256", "kid": key.kid, "typ": "vnd.backstage.user" }),
+            &b.user_claims("user:default/jane"),
+            Signer::Es256(key),
+        )
+    };
+    let broker = &w.broker;
+    let ask = |token: String| async move {
+        broker
+            .request_credentials(Some(&token), credential_request("pulumi:acme/nope/dev"))
+            .await
+    };
+    let fits = ask(token(&fitting)).await;
+    assert_eq!(fits.status, 404, "a fitting key verifies: {}", fits.text);
+    for (name, key) in [
+        ("alg RSA-OAEP", &encryption_alg),
+        ("use enc", &encryption_use),
+        ("key_ops wrapKey", &wrap_only),
+    ] {
+        let response = ask(token(key)).await;
+        response.assert_problem(401, "unauthenticated");
+        assert!(
+            response.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("a key the issuer does not publish"),
+            "{name}: {}",
+            response.text
+        );
+    }
+    let shared = ask(token(&signer)).await;
+    shared.assert_problem(401, "unauthenticated");
+    assert!(
+        shared.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than one key under the token's kid"),
+        "{}",
+        shared.text
+    );
+}
+
+/// Stale keys bridge a short outage of the issuer, but not forever.
+#[tokio::test]
+async fn keys_stop_verifying_when_refreshes_fail_past_their_maximum_age() {
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Outage).await;
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    for (key, value) in [
+        ("STACKPASS_IDENTITY__JWKS_REFRESH_INTERVAL", "1s"),
+        ("STACKPASS_IDENTITY__JWKS_MIN_REFETCH_INTERVAL", "0s"),
+        ("STACKPASS_IDENTITY__JWKS_MAX_KEY_AGE", "3s"),
+    ] {
+        options.env.push((key.into(), value.into()));
+    }
+    let broker = Broker::start(options).await;
+    let token = backstage.user_token("user:default/jane");
+    let ask =
+        || broker.request_credentials(Some(&token), credential_request("pulumi:acme/nope/dev"));
+    assert_eq!(ask().await.status, 404, "keys fetched");
+
+    backstage.set_keys_unavailable(true);
+    let fetched = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let fetches = backstage.key_fetches();
+    let stale = ask().await;
+    assert_eq!(stale.status, 404, "within the maximum age: {}", stale.text);
+    assert!(backstage.key_fetches() > fetches, "a refresh was tried");
+
+    tokio::time::sleep(std::time::Duration::from_secs(3).saturating_sub(fetched.elapsed())).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let expired = ask().await;
+    expired.assert_problem(503, "identity-unavailable");
+
+    backstage.set_keys_unavailable(false);
+    assert_eq!(ask().await.status, 404, "the issuer is back");
+    let said_why = async {
+        while !broker.logs().contains("jwks_max_key_age") {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), said_why)
+        .await
+        .expect("the log says why the keys are no longer trusted");
 }

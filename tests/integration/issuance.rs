@@ -544,22 +544,31 @@ async fn catalog_answers_are_cached() {
 
 #[tokio::test]
 async fn several_trusted_issuers_are_accepted() {
-    let first = BackstageDouble::start().await;
+    // Each issuer vouches for its own namespace of people (issuers may not
+    // share subjects); the catalog knows both.
+    let mut partner = user("jane", &["team-payments"]);
+    partner["metadata"]["namespace"] = "partners".into();
+    let mut entities = default_entities();
+    entities.push(partner);
+    let first = BackstageDouble::start_with(entities).await;
     let second = BackstageDouble::start().await;
     let moto = Moto::start().await;
     let mut options = BrokerOptions::new(&first, &moto.url);
     options.env.push((
         "STACKPASS_IDENTITY__ISSUERS".into(),
         format!(
-            "[{{name=\"first\",kind=\"backstage\",url=\"{}\"}},{{name=\"second\",kind=\"backstage\",url=\"{}\"}}]",
+            "[{{name=\"first\",kind=\"backstage\",url=\"{}\",subjects=[\"user:default/*\"]}},{{name=\"second\",kind=\"backstage\",url=\"{}\",subjects=[\"user:partners/*\"]}}]",
             first.url, second.url
         ),
     ));
     let broker = Broker::start(options).await;
-    for (double, name) in [(&first, "first"), (&second, "second")] {
+    for (double, name, jane) in [
+        (&first, "first", "user:default/jane"),
+        (&second, "second", "user:partners/jane"),
+    ] {
         let response = broker
             .request_credentials(
-                Some(&double.user_token("user:default/jane")),
+                Some(&double.user_token(jane)),
                 credential_request("pulumi:acme/payments/dev"),
             )
             .await;

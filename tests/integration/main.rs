@@ -20,6 +20,7 @@ mod exhaustion;
 mod gcp;
 mod identity;
 mod issuance;
+mod issuer_trust;
 mod keys;
 mod notifications;
 mod policy;

@@ -1,11 +1,13 @@
 //! [`BackstageDouble`]: Backstage's auth backend (OIDC discovery, JWKS, ES256
 //! user tokens) and catalog API (`/api/catalog/entities/by-name/...` with a static
-//! token), following Backstage's documented responses, with request counters; and
-//! the catalog entities it serves ([`group`], [`user`], [`component`],
-//! [`default_entities`]).
+//! token), following Backstage's documented responses, with request counters,
+//! served over http or over https behind a private CA ([`BackstageDouble::start_tls`]);
+//! switches for what a broken or hostile issuer publishes (raw JWKs, a plain-http
+//! `jwks_uri`, an outage); and the catalog entities it serves ([`group`],
+//! [`user`], [`component`], [`default_entities`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path as UrlPath, State};
@@ -16,6 +18,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::process::spawn_router;
+use super::tls::{serve_tls, TestCa};
 use super::tokens::{now, sign_jwt, Signer, TestKey};
 
 pub const STATIC_CATALOG_TOKEN: &str = "catalog-static-token-3f9a7c1e5b";
@@ -30,6 +33,12 @@ pub struct Counters {
 struct BackstageState {
     base_url: Mutex<String>,
     keys: Mutex<Vec<TestKey>>,
+    /// Published as they are, after `keys`.
+    raw_keys: Mutex<Vec<Value>>,
+    /// Replaces the `jwks_uri` discovery names.
+    jwks_uri: Mutex<Option<String>>,
+    /// Discovery and JWKS answer 503, as an auth backend that is down.
+    keys_unavailable: AtomicBool,
     entities: HashMap<(String, String, String), Value>,
     counters: Arc<Counters>,
 }
@@ -37,6 +46,8 @@ struct BackstageState {
 /// Backstage's auth backend and catalog, as the broker sees them over HTTP.
 pub struct BackstageDouble {
     pub url: String,
+    /// The same double over plain http (equal to `url` unless started with TLS).
+    pub plain_url: String,
     pub key: TestKey,
     state: Arc<BackstageState>,
 }
@@ -47,10 +58,23 @@ impl BackstageDouble {
     }
 
     pub async fn start_with(entities: Vec<Value>) -> BackstageDouble {
+        Self::start_on(entities, None).await
+    }
+
+    /// Over https (`https://localhost:PORT`) with a certificate `ca` signed;
+    /// [`BackstageDouble::plain_url`] serves the same over http.
+    pub async fn start_tls(ca: &TestCa) -> BackstageDouble {
+        Self::start_on(default_entities(), Some(ca)).await
+    }
+
+    async fn start_on(entities: Vec<Value>, tls: Option<&TestCa>) -> BackstageDouble {
         let key = TestKey::generate("53dedcff-a84a-4301-b1b5-b48fdb0acb5c");
         let state = Arc::new(BackstageState {
             base_url: Mutex::new(String::new()),
             keys: Mutex::new(vec![key.clone()]),
+            raw_keys: Mutex::new(Vec::new()),
+            jwks_uri: Mutex::new(None),
+            keys_unavailable: AtomicBool::new(false),
             entities: entities
                 .into_iter()
                 .map(|e| {
@@ -73,9 +97,18 @@ impl BackstageDouble {
                 get(entity_by_name),
             )
             .with_state(state.clone());
-        let url = spawn_router(router).await;
+        let plain_url = spawn_router(router.clone()).await;
+        let url = match tls {
+            Some(ca) => serve_tls(router, ca).await,
+            None => plain_url.clone(),
+        };
         *state.base_url.lock().unwrap() = url.clone();
-        BackstageDouble { url, key, state }
+        BackstageDouble {
+            url,
+            plain_url,
+            key,
+            state,
+        }
     }
 
     pub fn issuer(&self) -> String {
@@ -98,6 +131,21 @@ impl BackstageDouble {
     /// Publishes an additional key, as Backstage does when it rotates.
     pub fn publish_key(&self, key: TestKey) {
         self.state.keys.lock().unwrap().push(key);
+    }
+
+    /// Publishes a JWK exactly as given (odd `alg`/`use`, a repeated kid, ...).
+    pub fn publish_raw_jwk(&self, jwk: Value) {
+        self.state.raw_keys.lock().unwrap().push(jwk);
+    }
+
+    /// Makes discovery name this `jwks_uri` instead of its own.
+    pub fn set_jwks_uri(&self, uri: &str) {
+        *self.state.jwks_uri.lock().unwrap() = Some(uri.to_owned());
+    }
+
+    /// Discovery and JWKS answer 503 while `down`.
+    pub fn set_keys_unavailable(&self, down: bool) {
+        self.state.keys_unavailable.store(down, Ordering::SeqCst);
     }
 
     /// Claims of a Backstage user identity token. Recent Backstage versions no
@@ -127,16 +175,25 @@ impl BackstageDouble {
     }
 }
 
-async fn discovery(State(state): State<Arc<BackstageState>>) -> Json<Value> {
+async fn discovery(State(state): State<Arc<BackstageState>>) -> Response {
     state.counters.discovery.fetch_add(1, Ordering::SeqCst);
+    if state.keys_unavailable.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let base = format!("{}/api/auth", state.base_url.lock().unwrap());
+    let jwks_uri = state
+        .jwks_uri
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| format!("{base}/.well-known/jwks.json"));
     // Field for field what a real Backstage auth backend serves (see
     // tests/backstage-real/README.md for the recording this follows).
     Json(json!({
         "issuer": base,
         "token_endpoint": format!("{base}/v1/token"),
         "userinfo_endpoint": format!("{base}/v1/userinfo"),
-        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "jwks_uri": jwks_uri,
         "response_types_supported": ["code", "id_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"],
@@ -147,18 +204,23 @@ async fn discovery(State(state): State<Arc<BackstageState>>) -> Json<Value> {
         "authorization_endpoint": format!("{base}/v1/authorize"),
         "code_challenge_methods_supported": ["S256", "plain"],
     }))
+    .into_response()
 }
 
-async fn jwks(State(state): State<Arc<BackstageState>>) -> Json<Value> {
+async fn jwks(State(state): State<Arc<BackstageState>>) -> Response {
     state.counters.jwks.fetch_add(1, Ordering::SeqCst);
-    let keys: Vec<Value> = state
+    if state.keys_unavailable.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let mut keys: Vec<Value> = state
         .keys
         .lock()
         .unwrap()
         .iter()
         .map(TestKey::jwk)
         .collect();
-    Json(json!({ "keys": keys }))
+    keys.extend(state.raw_keys.lock().unwrap().iter().cloned());
+    Json(json!({ "keys": keys })).into_response()
 }
 
 fn backstage_error(status: StatusCode, name: &str, message: &str, url: &str) -> Response {

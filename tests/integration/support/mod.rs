@@ -20,6 +20,7 @@
 //!   credentials with a federated assertion, with its AADSTS errors.
 //! - [`audit`]: reading, crashing and verifying the audit log from outside.
 //! - [`process`]: paths, the `stackpass` CLI, free ports, local HTTP servers.
+//! - [`tls`]: [`TestCa`], a private CA made in the test, and [`serve_tls`].
 
 pub mod audit;
 pub mod backstage;
@@ -29,6 +30,7 @@ pub mod google;
 pub mod postgres;
 pub mod process;
 pub mod sts;
+pub mod tls;
 pub mod tokens;
 pub mod webhook;
 
@@ -40,5 +42,6 @@ pub use google::*;
 pub use postgres::*;
 pub use process::*;
 pub use sts::*;
+pub use tls::*;
 pub use tokens::*;
 pub use webhook::*;
