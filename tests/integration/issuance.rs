@@ -578,3 +578,35 @@ async fn several_trusted_issuers_are_accepted() {
     assert_eq!(rows[0]["issuer"], first.issuer());
     assert_eq!(rows[3]["issuer"], second.issuer());
 }
+
+#[tokio::test]
+async fn the_client_address_comes_through_trusted_proxies_only() {
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let token = backstage.user_token("user:default/jane");
+    let issue_via = |broker: &Broker| {
+        let request = reqwest::Client::new()
+            .post(format!("{}/v1/credentials", broker.url))
+            .bearer_auth(&token)
+            .header("x-forwarded-for", "6.6.6.6, 198.51.100.4")
+            .json(&credential_request("pulumi:acme/payments/dev"));
+        async move { assert_eq!(request.send().await.unwrap().status(), 200) }
+    };
+    // No trusted proxies: the header is the client's word, and ignored.
+    let direct = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
+    issue_via(&direct).await;
+    for row in direct.audit_rows().await {
+        assert_eq!(row["client_addr"], "127.0.0.1", "{row}");
+    }
+    // Behind a trusted proxy (the test's loopback), the hop it saw.
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    options.env = vec![(
+        "STACKPASS_SERVER__TRUSTED_PROXIES".into(),
+        r#"["127.0.0.0/8"]"#.into(),
+    )];
+    let proxied = Broker::start(options).await;
+    issue_via(&proxied).await;
+    for row in proxied.audit_rows().await {
+        assert_eq!(row["client_addr"], "198.51.100.4", "{row}");
+    }
+}
