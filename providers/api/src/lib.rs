@@ -13,6 +13,8 @@
 //!   the output formats the CLI prints it in.
 
 mod credential;
+#[cfg(feature = "http")]
+pub mod http;
 mod kind;
 mod target;
 
@@ -341,6 +343,31 @@ pub trait ProviderFactory: Send + Sync {
     /// credentials read `success: false`). `None`: print nothing.
     fn render_failure(&self, _format: &str, _message: &str) -> Option<String> {
         None
+    }
+}
+
+/// Checks a cloud endpoint setting and normalises it (no trailing `/`). A
+/// subject token travels to it, so it must be https; plain http is accepted
+/// only to a loopback host (an emulator or a local double).
+pub fn check_endpoint(key: &str, endpoint: &mut String, problems: &mut Vec<SettingProblem>) {
+    let loopback = |url: &url::Url| match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url::Url::parse(endpoint) {
+        Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && loopback(&url)) => {
+            *endpoint = url.as_str().trim_end_matches('/').to_owned();
+        }
+        Ok(url) if url.scheme() == "http" => problems.push(SettingProblem::new(
+            key,
+            format!("{endpoint:?} is plain http to a host that is not loopback, so subject tokens would cross the network readable; use https"),
+        )),
+        _ => problems.push(SettingProblem::new(
+            key,
+            format!("{endpoint:?} is not an https URL"),
+        )),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use stackpass_provider::{parse_settings, SettingProblem, SettingsContext};
+use stackpass_provider::{check_endpoint, parse_settings, SettingProblem, SettingsContext};
 
 /// The audience AWS expects in web identity tokens for an IAM OIDC provider.
 pub const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
@@ -63,16 +63,8 @@ impl AwsSettings {
         if settings.region.is_empty() {
             problems.push(SettingProblem::new("region", "must not be empty"));
         }
-        if let Some(endpoint) = &settings.endpoint_url {
-            match url::Url::parse(endpoint) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") => {
-                    settings.endpoint_url = Some(url.as_str().trim_end_matches('/').to_owned());
-                }
-                _ => problems.push(SettingProblem::new(
-                    "endpoint_url",
-                    format!("{endpoint:?} is not an http(s) URL"),
-                )),
-            }
+        if let Some(endpoint) = &mut settings.endpoint_url {
+            check_endpoint("endpoint_url", endpoint, &mut problems);
         }
         if problems.is_empty() {
             Ok(settings)
@@ -114,6 +106,28 @@ mod tests {
         .unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["max_attempts", "timeout", "endpoint_url"]);
+    }
+
+    #[test]
+    fn endpoints_are_https_except_to_loopback() {
+        let endpoint = |url: &str| {
+            AwsSettings::parse(serde_json::json!({ "endpoint_url": url }), &context())
+                .map(|s| s.endpoint_url.unwrap())
+        };
+        assert_eq!(
+            endpoint("https://sts.eu-west-1.amazonaws.com/").unwrap(),
+            "https://sts.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            endpoint("http://127.0.0.1:5000").unwrap(),
+            "http://127.0.0.1:5000"
+        );
+        assert_eq!(
+            endpoint("http://localhost:5000").unwrap(),
+            "http://localhost:5000"
+        );
+        let refused = endpoint("http://sts.internal.example.com").unwrap_err();
+        assert!(refused[0].message.contains("use https"), "{refused:?}");
     }
 
     #[test]

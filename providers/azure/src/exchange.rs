@@ -3,11 +3,9 @@
 //! `client_assertion`. Refusals are mapped by their AADSTS code to the
 //! federated-credential setting that has to change.
 
-use std::time::Duration;
-
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use stackpass_provider::ProviderError;
+use stackpass_provider::{http, ProviderError};
 use time::OffsetDateTime;
 
 use crate::settings::AzureSettings;
@@ -15,8 +13,6 @@ use crate::target::AzureTarget;
 use crate::KIND;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-/// Token responses are small; anything larger is not Entra.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 pub struct EntraToken {
     pub access_token: SecretString,
@@ -30,13 +26,10 @@ pub struct Exchanger {
 
 impl Exchanger {
     pub fn new(settings: AzureSettings) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("stackpass-azure/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the TLS backend is compiled in, so building a client cannot fail");
+        let client = http::client(
+            settings.timeout,
+            concat!("stackpass-azure/", env!("CARGO_PKG_VERSION")),
+        );
         Exchanger { client, settings }
     }
 
@@ -66,31 +59,7 @@ impl Exchanger {
             self.settings.authority_host, target.tenant
         );
         let started = OffsetDateTime::now_utc();
-        let response = self
-            .client
-            .post(&url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| ProviderError::Unavailable {
-                provider: KIND,
-                message: format!(
-                    "Entra {}",
-                    if e.is_timeout() {
-                        "did not answer in time"
-                    } else {
-                        "could not be reached"
-                    }
-                ),
-            })?;
-        let status = response.status();
-        let body = read_bounded(response).await?;
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(ProviderError::Unavailable {
-                provider: KIND,
-                message: format!("Entra answered HTTP {status}"),
-            });
-        }
+        let (status, body) = http::send(self.client.post(&url).form(&form), KIND, "Entra").await?;
         if !status.is_success() {
             return Err(refusal(status, &body, target, &self.settings));
         }
@@ -101,24 +70,6 @@ impl Exchanger {
             expires_at: started + time::Duration::seconds(answer.expires_in),
         })
     }
-}
-
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|_| ProviderError::Unavailable {
-            provider: KIND,
-            message: "Entra closed the connection mid-answer".into(),
-        })?
-    {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(invalid("Entra sent more than 64 KiB"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 fn invalid(message: &str) -> ProviderError {
@@ -194,7 +145,7 @@ mod tests {
         let settings = AzureSettings::parse(
             serde_json::json!({}),
             &stackpass_provider::SettingsContext {
-                cloud_budget: Duration::from_secs(15),
+                cloud_budget: std::time::Duration::from_secs(15),
             },
         )
         .unwrap();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use stackpass_provider::{parse_settings, SettingProblem, SettingsContext};
+use stackpass_provider::{check_endpoint, parse_settings, SettingProblem, SettingsContext};
 
 /// What Entra federated identity credentials list as their audience.
 pub const DEFAULT_AUDIENCE: &str = "api://AzureADTokenExchange";
@@ -50,15 +50,11 @@ impl AzureSettings {
     ) -> Result<Self, Vec<SettingProblem>> {
         let mut settings: AzureSettings = parse_settings(table)?;
         let mut problems = Vec::new();
-        match url::Url::parse(&settings.authority_host) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {
-                settings.authority_host = url.as_str().trim_end_matches('/').to_owned();
-            }
-            _ => problems.push(SettingProblem::new(
-                "authority_host",
-                format!("{:?} is not an http(s) URL", settings.authority_host),
-            )),
-        }
+        check_endpoint(
+            "authority_host",
+            &mut settings.authority_host,
+            &mut problems,
+        );
         if settings.audience.is_empty() {
             problems.push(SettingProblem::new("audience", "must not be empty"));
         }

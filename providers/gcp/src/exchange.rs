@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use stackpass_provider::ProviderError;
+use stackpass_provider::{http, ProviderError};
 use time::OffsetDateTime;
 
 use crate::settings::GcpSettings;
@@ -17,9 +17,6 @@ use crate::KIND;
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
-/// Token responses are small; anything larger is not Google.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-
 pub struct GoogleToken {
     pub access_token: SecretString,
     pub expires_at: OffsetDateTime,
@@ -32,13 +29,10 @@ pub struct Exchanger {
 
 impl Exchanger {
     pub fn new(settings: GcpSettings) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("stackpass-gcp/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the TLS backend is compiled in, so building a client cannot fail");
+        let client = http::client(
+            settings.timeout,
+            concat!("stackpass-gcp/", env!("CARGO_PKG_VERSION")),
+        );
         Exchanger { client, settings }
     }
 
@@ -69,7 +63,8 @@ impl Exchanger {
         ];
         let url = format!("{}/v1/token", self.settings.sts_endpoint);
         let started = OffsetDateTime::now_utc();
-        let (status, body) = send(self.client.post(&url).form(&form), "Google STS").await?;
+        let (status, body) =
+            http::send(self.client.post(&url).form(&form), KIND, "Google STS").await?;
         if !status.is_success() {
             return Err(sts_refusal(status, &body));
         }
@@ -108,7 +103,7 @@ impl Exchanger {
             .post(&url)
             .bearer_auth(federated.expose_secret())
             .json(&body);
-        let (status, body) = send(request, "IAM Credentials").await?;
+        let (status, body) = http::send(request, KIND, "IAM Credentials").await?;
         if !status.is_success() {
             return Err(iam_refusal(status, &body, service_account));
         }
@@ -123,50 +118,6 @@ impl Exchanger {
             expires_at,
         })
     }
-}
-
-async fn send(
-    request: reqwest::RequestBuilder,
-    service: &str,
-) -> Result<(reqwest::StatusCode, Vec<u8>), ProviderError> {
-    let mut response = request
-        .send()
-        .await
-        .map_err(|e| ProviderError::Unavailable {
-            provider: KIND,
-            message: format!(
-                "{service} {}",
-                if e.is_timeout() {
-                    "did not answer in time"
-                } else {
-                    "could not be reached"
-                }
-            ),
-        })?;
-    let status = response.status();
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|_| ProviderError::Unavailable {
-            provider: KIND,
-            message: format!("{service} closed the connection mid-answer"),
-        })?
-    {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(invalid(&format!(
-                "{service} sent more than {MAX_RESPONSE_BYTES} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        return Err(ProviderError::Unavailable {
-            provider: KIND,
-            message: format!("{service} answered HTTP {status}"),
-        });
-    }
-    Ok((status, body))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8], service: &str) -> Result<T, ProviderError> {

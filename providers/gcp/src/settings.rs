@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use stackpass_provider::{parse_settings, SettingProblem, SettingsContext};
+use stackpass_provider::{check_endpoint, parse_settings, SettingProblem, SettingsContext};
 
 pub const DEFAULT_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// `generateAccessToken` refuses more than 1 hour unless the organisation
@@ -67,15 +67,7 @@ impl GcpSettings {
                 &mut settings.iam_credentials_endpoint,
             ),
         ] {
-            match url::Url::parse(endpoint) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") => {
-                    *endpoint = url.as_str().trim_end_matches('/').to_owned();
-                }
-                _ => problems.push(SettingProblem::new(
-                    key,
-                    format!("{endpoint:?} is not an http(s) URL"),
-                )),
-            }
+            check_endpoint(key, endpoint, &mut problems);
         }
         if settings.scopes.is_empty() {
             problems.push(SettingProblem::new(
