@@ -8,6 +8,7 @@ use crate::support;
 fn the_quickstart_demo_passes() {
     let output = Command::new(support::workspace_root().join("examples/quickstart/demo.sh"))
         .env("STACKPASS", support::stackpass_binary())
+        .env_remove(support::TEST_POSTGRES_URL)
         .output()
         .expect("run demo.sh");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::audit::audit_rows;
 use super::backstage::{BackstageDouble, STATIC_CATALOG_TOKEN};
-use super::process::stackpass_binary;
+use super::process::{stackpass_binary, TEST_POSTGRES_URL};
 use super::sts::{Moto, StsBehaviour, StsRecorder};
 
 pub const STACKS_TOML: &str = r#"
@@ -143,6 +143,7 @@ impl Broker {
             .env("STACKPASS_LOG", "debug")
             .env_remove("STACKPASS_TOKEN")
             .env_remove("STACKPASS_URL")
+            .env_remove(TEST_POSTGRES_URL)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(url) = &options.audit_url {

@@ -7,7 +7,7 @@
 /// `scripts/test`) makes sure one listens at the default; point
 /// `STACKPASS_TEST_POSTGRES_URL` elsewhere to use another.
 pub fn postgres_admin_url() -> String {
-    std::env::var("STACKPASS_TEST_POSTGRES_URL")
+    std::env::var(super::process::TEST_POSTGRES_URL)
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 

@@ -42,9 +42,15 @@ pub fn stackpass(args: &[&str]) -> Command {
         .args(args)
         .env_remove("STACKPASS_TOKEN")
         .env_remove("STACKPASS_URL")
-        .env_remove("STACKPASS_CONFIG");
+        .env_remove("STACKPASS_CONFIG")
+        .env_remove(TEST_POSTGRES_URL);
     command
 }
+
+/// The test suite's own knob (see `postgres`). It shares the `STACKPASS_`
+/// prefix of configuration overrides, so every `stackpass` the tests start
+/// must not inherit it, or its configuration gains an unknown key.
+pub const TEST_POSTGRES_URL: &str = "STACKPASS_TEST_POSTGRES_URL";
 
 pub fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
