@@ -228,6 +228,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
             target,
             algorithm,
             overlap,
+            force,
         } => {
             let (dir, config) = key_target(&target)?;
             let longest = config
@@ -239,8 +240,13 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 })?;
             let overlap = stackpass::issuer::choose_overlap(overlap, longest)
                 .map_err(|e| CliError::plain(e.to_string()))?;
+            let min_next_age = if force {
+                Duration::ZERO
+            } else {
+                stackpass::issuer::JWKS_CACHE_MAX_AGE
+            };
             let rotation = dir
-                .rotate(algorithm.map(Into::into), overlap, now)
+                .rotate(algorithm.map(Into::into), overlap, min_next_age, now)
                 .map_err(|e| CliError::new(e.to_string(), "nothing was changed"))?;
             println!(
                 "rotated {} (overlap {})",

@@ -37,6 +37,7 @@ pub use serve::{serve, ConnectionLimits};
 
 use crate::broker::Broker;
 use crate::config::ServerConfig;
+use crate::issuer::JWKS_CACHE_MAX_AGE;
 
 /// Where one HTTP request comes from. `request_id` is the broker's own id,
 /// echoed in `x-request-id`, in every problem body and in every audit record,
@@ -207,13 +208,14 @@ async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
     }
 }
 
-/// Clouds cache these documents; an hour keeps rotations visible within a day.
+/// Clouds cache these documents for as long as `keys rotate` waits before it
+/// promotes a newly published key.
 fn cacheable(body: serde_json::Value) -> Response {
     let mut response = Json(body).into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=3600"),
-    );
+    let cache = format!("public, max-age={}", JWKS_CACHE_MAX_AGE.as_secs());
+    if let Ok(value) = HeaderValue::from_str(&cache) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
     response
 }
 

@@ -137,6 +137,11 @@ pub enum KeysCommand {
         /// --config's providers issue).
         #[arg(long, value_parser = humantime::parse_duration)]
         overlap: Option<Duration>,
+        /// Promote next keys published less than an hour ago. Clouds cache the
+        /// JWKS for up to an hour, so some may refuse tokens signed with a key
+        /// they have not fetched yet: only for a key that must go now.
+        #[arg(long)]
+        force: bool,
     },
     /// Print each key's kid, algorithm, state and retire_after (no secrets).
     List {

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 pub use keyset::{
     choose_overlap, rotate, KeyDir, KeyEntry, KeySetError, Manifest, Rotation, DEFAULT_OVERLAP,
-    MANIFEST, MIN_OVERLAP,
+    JWKS_CACHE_MAX_AGE, MANIFEST, MIN_OVERLAP,
 };
 pub use ring::{KeyRing, KeyState, RingKey};
 pub use signing_key::{SigningKey, SigningKeyError, RSA_BITS};
@@ -536,6 +536,7 @@ mod tests {
         keys.rotate(
             Some(SigningAlgorithm::Rs256),
             Duration::from_secs(3600),
+            Duration::ZERO,
             OffsetDateTime::now_utc(),
         )
         .unwrap();

@@ -149,8 +149,10 @@ async fn verifies_with_jwks(broker: &Broker, token: &str, audience: &str) -> boo
     jsonwebtoken::decode::<Value>(token, &key, &validation).is_ok()
 }
 
+/// `keys rotate --force`: these tests rotate keys published moments ago;
+/// the hour `keys rotate` otherwise waits is checked on its own.
 fn rotate(dir: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["keys", "rotate", "--dir", dir.to_str().unwrap()];
+    let mut args = vec!["keys", "rotate", "--dir", dir.to_str().unwrap(), "--force"];
     args.extend_from_slice(extra);
     stackpass(&args).output().unwrap()
 }
@@ -613,6 +615,27 @@ async fn an_independent_oidc_client_verifies_es256_and_rs256_subject_tokens() {
 /// A configuration from before key sets: one `issuer.signing_key`, and a
 /// provider that needs RS256. `config check` names the provider and the command
 /// that moves the key into a key set; after it, the ES256 kid is unchanged.
+#[test]
+fn a_next_key_published_moments_ago_is_not_promoted_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let generated = stackpass(&["keys", "generate", "--dir", keys.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let before = list_keys(&keys);
+    let refused = stackpass(&["keys", "rotate", "--dir", keys.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let text = stderr(&refused);
+    assert!(
+        text.contains("clouds may cache the JWKS for 1h") && text.contains("--force"),
+        "{text}"
+    );
+    assert_eq!(list_keys(&keys), before, "nothing changed");
+}
+
 #[test]
 fn a_single_signing_key_moves_into_a_key_set_keeping_its_kid() {
     let dir = tempfile::tempdir().unwrap();

@@ -227,12 +227,15 @@ impl KeyDir {
 
     /// Rotates `algorithm` (or every algorithm the set has) at `now`: see
     /// [`rotate`]. The whole set must load first, so a broken set is never
-    /// rotated further. New key files are written before the manifest that
-    /// names them; pruned keys' files are deleted after it.
+    /// rotated further, and its next keys must have been published for
+    /// `min_next_age` (see [`check_next_published`]). New key files are written
+    /// before the manifest that names them; pruned keys' files are deleted
+    /// after it.
     pub fn rotate(
         &self,
         algorithm: Option<SigningAlgorithm>,
         overlap: Duration,
+        min_next_age: Duration,
         now: OffsetDateTime,
     ) -> Result<Rotation, KeySetError> {
         if !self.exists() {
@@ -245,6 +248,7 @@ impl KeyDir {
             Some(algorithm) => vec![algorithm],
             None => manifest.algorithms(),
         };
+        check_next_published(&manifest, &algorithms, now, min_next_age)?;
         let fresh: Vec<_> = random_keys(&algorithms)?
             .into_iter()
             .map(|(key, pem)| (KeyEntry::new(&key, KeyState::Next, now), pem))

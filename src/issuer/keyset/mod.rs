@@ -65,6 +65,12 @@ pub enum KeySetError {
     },
     #[error("the key set has no next {0} key to make current; it was edited by hand: restore {MANIFEST} from a backup")]
     NoNextKey(SigningAlgorithm),
+    #[error("the next {algorithm} key was published at {published_at}; clouds may cache the JWKS for {}, so until {ready_at} some would refuse tokens it signs. Rotate after that, or pass --force", humantime::format_duration(JWKS_CACHE_MAX_AGE))]
+    NextTooNew {
+        algorithm: SigningAlgorithm,
+        published_at: OffsetDateTime,
+        ready_at: OffsetDateTime,
+    },
     #[error(
         "the key set has no {0} keys; it was edited by hand: restore {MANIFEST} from a backup"
     )]
@@ -338,6 +344,34 @@ pub struct Rotation {
 /// state `next`): their next key becomes current, their current key retires at
 /// `now + overlap`, the fresh key becomes next, and their retiring keys past
 /// `retire_after` are pruned. Other algorithms are left alone.
+/// How long clouds may cache the broker's JWKS (its `Cache-Control` max-age):
+/// a key published as `next` is in every cloud's copy only after this.
+pub const JWKS_CACHE_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// Refuses to promote a next key of `algorithms` that was published less than
+/// `min_age` before `now`: a token it signs could reach a cloud whose cached
+/// JWKS does not have it yet.
+pub fn check_next_published(
+    manifest: &Manifest,
+    algorithms: &[SigningAlgorithm],
+    now: OffsetDateTime,
+    min_age: Duration,
+) -> Result<(), KeySetError> {
+    for key in &manifest.keys {
+        if key.state == KeyState::Next && algorithms.contains(&key.algorithm) {
+            let ready_at = key.created_at + min_age;
+            if now < ready_at {
+                return Err(KeySetError::NextTooNew {
+                    algorithm: key.algorithm,
+                    published_at: key.created_at,
+                    ready_at,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn rotate(
     manifest: &Manifest,
     new_next: Vec<KeyEntry>,

@@ -266,7 +266,27 @@ fn a_key_set_is_created_once_rotated_and_loaded_from_disk() {
     assert_eq!(ring.algorithms(), [Es256, Rs256]);
     assert_eq!(ring.published(now).count(), 4);
 
-    let rotation = keys.rotate(Some(Rs256), 2 * HOUR, now).unwrap();
+    // The next key was published just now: clouds may not have it yet.
+    let too_new = keys.rotate(Some(Rs256), 2 * HOUR, JWKS_CACHE_MAX_AGE, now);
+    assert!(
+        matches!(
+            too_new,
+            Err(KeySetError::NextTooNew {
+                algorithm: Rs256,
+                ..
+            })
+        ),
+        "{too_new:?}"
+    );
+    assert_eq!(
+        keys.read_manifest().unwrap().keys,
+        created.keys,
+        "nothing changed"
+    );
+    // Forced (`--force`), it goes ahead.
+    let rotation = keys
+        .rotate(Some(Rs256), 2 * HOUR, Duration::ZERO, now)
+        .unwrap();
     assert_eq!(rotation.manifest.keys.len(), 5);
     assert_eq!(keys.read_manifest().unwrap(), rotation.manifest);
     let ring = keys.load(now).unwrap();
@@ -282,7 +302,9 @@ fn a_key_set_is_created_once_rotated_and_loaded_from_disk() {
     // the next rotation prunes it and deletes its file.
     let later = now + 2 * HOUR + Duration::from_secs(1);
     assert_eq!(keys.load(later).unwrap().published(later).count(), 4);
-    let rotation = keys.rotate(Some(Rs256), 2 * HOUR, later).unwrap();
+    let rotation = keys
+        .rotate(Some(Rs256), 2 * HOUR, JWKS_CACHE_MAX_AGE, later)
+        .unwrap();
     assert_eq!(rotation.pruned.len(), 1);
     assert!(!keys.path().join(rotation.pruned[0].file_name()).exists());
     let leftovers = std::fs::read_dir(keys.path())
@@ -355,8 +377,8 @@ fn a_held_lock_stops_a_second_change() {
     let now = OffsetDateTime::now_utc();
     keys.create(None, now).unwrap();
     let held = keys.lock().unwrap();
-    let err = keys.rotate(None, HOUR, now).err().unwrap();
+    let err = keys.rotate(None, HOUR, Duration::ZERO, now).err().unwrap();
     assert!(matches!(err, KeySetError::Locked { .. }), "{err}");
     drop(held);
-    keys.rotate(None, HOUR, now).unwrap();
+    keys.rotate(None, HOUR, Duration::ZERO, now).unwrap();
 }
