@@ -17,38 +17,24 @@ mod origin;
 mod problem;
 mod serve;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower::ServiceBuilder;
-use tracing::Instrument;
-use uuid::Uuid;
 
-use origin::TrustedProxies;
+use origin::{request_origin, Origin, TrustedProxies};
 pub use problem::Problem;
 pub use serve::{serve, ConnectionLimits};
 
 use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::issuer::JWKS_CACHE_MAX_AGE;
-
-/// Where one HTTP request comes from. `request_id` is the broker's own id,
-/// echoed in `x-request-id`, in every problem body and in every audit record,
-/// so a user's report can be matched to the logs; the client's own id, if it
-/// sent one, is recorded beside it.
-#[derive(Debug, Clone)]
-struct Origin {
-    request_id: String,
-    client_request_id: Option<String>,
-    client_addr: Option<std::net::IpAddr>,
-}
 
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
     let admission = admission::Admission {
@@ -95,44 +81,6 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
                 .timeout(config.request_timeout),
         )
         .with_state(broker)
-}
-
-/// Settles where the request comes from (see `origin`) before anything else
-/// runs, and stamps the broker's request id on every answer.
-async fn request_origin(
-    State(proxies): State<Arc<TrustedProxies>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let id = Uuid::new_v4().to_string();
-    let client_request_id = origin::client_request_id(request.headers());
-    let client_addr = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|peer| proxies.client_addr(peer.0.ip(), request.headers()));
-    let span = tracing::info_span!("request", request_id = %id, client_request_id = client_request_id.as_deref(),
-        method = %request.method(), path = %request.uri().path());
-    request.extensions_mut().insert(Origin {
-        request_id: id.clone(),
-        client_request_id,
-        client_addr,
-    });
-    let mut response = async move {
-        let response = next.run(request).await;
-        tracing::info!(status = response.status().as_u16(), "handled");
-        response
-    }
-    .instrument(span)
-    .await;
-    // Problems from anywhere inside (handlers, extractors, timeouts, panics)
-    // carry the request id, so a user can quote it to an operator.
-    if let Some(problem) = response.extensions_mut().remove::<Problem>() {
-        response = problem.with_request_id(&id).render();
-    }
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
 }
 
 async fn overloaded_or_timed_out(error: tower::BoxError) -> Problem {

@@ -4,10 +4,67 @@
 //! client's address, read through `X-Forwarded-For` only when the connection
 //! comes from a configured trusted proxy.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use axum::http::HeaderMap;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
 use ipnet::IpNet;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::Problem;
+
+/// Where one HTTP request comes from. `request_id` is the broker's own id,
+/// echoed in `x-request-id`, in every problem body and in every audit record,
+/// so a user's report can be matched to the logs; the client's own id, if it
+/// sent one, is recorded beside it.
+#[derive(Debug, Clone)]
+pub(super) struct Origin {
+    pub request_id: String,
+    pub client_request_id: Option<String>,
+    pub client_addr: Option<IpAddr>,
+}
+
+/// The middleware: settles where the request comes from before anything else
+/// runs, and stamps the broker's request id on every answer.
+pub(super) async fn request_origin(
+    State(proxies): State<Arc<TrustedProxies>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let id = Uuid::new_v4().to_string();
+    let client_request_id = client_request_id(request.headers());
+    let client_addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|peer| proxies.client_addr(peer.0.ip(), request.headers()));
+    let span = tracing::info_span!("request", request_id = %id, client_request_id = client_request_id.as_deref(),
+        method = %request.method(), path = %request.uri().path());
+    request.extensions_mut().insert(Origin {
+        request_id: id.clone(),
+        client_request_id,
+        client_addr,
+    });
+    let mut response = async move {
+        let response = next.run(request).await;
+        tracing::info!(status = response.status().as_u16(), "handled");
+        response
+    }
+    .instrument(span)
+    .await;
+    // Problems from anywhere inside (handlers, extractors, timeouts, panics)
+    // carry the request id, so a user can quote it to an operator.
+    if let Some(problem) = response.extensions_mut().remove::<Problem>() {
+        response = problem.with_request_id(&id).render();
+    }
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
 
 /// The proxies (load balancers, ingress) whose `X-Forwarded-For` is believed.
 #[derive(Debug, Clone, Default)]
@@ -54,7 +111,7 @@ impl TrustedProxies {
 
 /// A client's `x-request-id`, if it is short and plain enough to keep: it
 /// cannot forge log lines or bloat audit rows.
-pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
+fn client_request_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

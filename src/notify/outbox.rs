@@ -19,6 +19,7 @@ use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::records::{self, ReadError};
+use super::render;
 use crate::database::{format_timestamp, on_db, Database};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,7 +53,7 @@ pub async fn scan(db: &Database) -> Result<ScanReport, OutboxError> {
     if cursor >= head {
         return Ok(ScanReport::default());
     }
-    let due = records::candidates(db, cursor, head, SCAN_BATCH).await?;
+    let due = records::candidates(db, &render::ANNOUNCED, cursor, head, SCAN_BATCH).await?;
     let more = due.len() as i64 == SCAN_BATCH;
     let scanned_to = match (more, due.last()) {
         (true, Some(last)) => last.seq,

@@ -5,7 +5,6 @@
 
 use sqlx::Row;
 
-use super::render::ANNOUNCED;
 use crate::audit::{AuditEvent, Outcome};
 use crate::database::{on_db, Database};
 
@@ -69,16 +68,17 @@ pub async fn head(db: &Database) -> Result<i64, ReadError> {
     })
 }
 
-/// The announced records ([`ANNOUNCED`]) with `after < seq <= upto`, oldest
+/// The records of the `announced` kinds with `after < seq <= upto`, oldest
 /// first.
 pub async fn candidates(
     db: &Database,
+    announced: &[(AuditEvent, Outcome)],
     after: i64,
     upto: i64,
     limit: i64,
 ) -> Result<Vec<Candidate>, ReadError> {
     // Built from fixed names, never from input.
-    let announced = ANNOUNCED
+    let announced = announced
         .iter()
         .map(|(e, o)| format!("(event = '{}' AND outcome = '{}')", e.as_str(), o.as_str()))
         .collect::<Vec<_>>()
