@@ -452,19 +452,43 @@ pub fn spawn_policy_reloader(broker: Arc<Broker>, config: &Config) {
     if config.policy.files.is_empty() {
         return;
     }
-    let source = PolicySource {
+    let source = Arc::new(PolicySource {
         rules: config.policy.rules.clone(),
         files: config.policy.files.clone(),
         context: validation_context(config, broker.providers()),
-    };
-    let interval = config.policy.reload_interval;
+    });
+    let watched = source.clone();
+    spawn_watch(
+        config.policy.reload_interval,
+        move || watched.fingerprint(),
+        "a policy file changed",
+        move |reason| {
+            let (broker, source) = (broker.clone(), source.clone());
+            async move { reload(&broker, &source, reason).await }
+        },
+    );
+}
+
+/// Calls `reload` with the reason on SIGHUP, and whenever `fingerprint`
+/// changes (checked every `interval`): the one watch loop the policy and key
+/// reloaders share.
+fn spawn_watch<Fingerprint, Reload, Reloaded>(
+    interval: Duration,
+    fingerprint: impl Fn() -> Fingerprint + Send + 'static,
+    changed: &'static str,
+    mut reload: Reload,
+) where
+    Fingerprint: PartialEq + Send + 'static,
+    Reload: FnMut(&'static str) -> Reloaded + Send + 'static,
+    Reloaded: std::future::Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seen = source.fingerprint();
+        let mut seen = fingerprint();
         loop {
             #[cfg(unix)]
             let hangup_received = async {
@@ -478,15 +502,14 @@ pub fn spawn_policy_reloader(broker: Arc<Broker>, config: &Config) {
             let reason = tokio::select! {
                 _ = hangup_received => "SIGHUP",
                 _ = ticker.tick() => {
-                    let now = source.fingerprint();
-                    if now == seen {
+                    if fingerprint() == seen {
                         continue;
                     }
-                    "a policy file changed"
+                    changed
                 }
             };
-            seen = source.fingerprint();
-            reload(&broker, &source, reason).await;
+            seen = fingerprint();
+            reload(reason).await;
         }
     });
 }
@@ -528,56 +551,35 @@ pub fn spawn_key_reloader(broker: Arc<Broker>, config: &Config) {
     if matches!(broker.issuer().key_source(), SigningKeySource::Fixed) {
         return;
     }
-    let interval = config.issuer.key_reload_interval;
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seen = broker.issuer().key_source().fingerprint();
-        loop {
-            #[cfg(unix)]
-            let hangup_received = async {
-                match hangup.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hangup_received = std::future::pending::<Option<()>>();
-            let reason = tokio::select! {
-                _ = hangup_received => "SIGHUP",
-                _ = ticker.tick() => {
-                    if broker.issuer().key_source().fingerprint() == seen {
-                        continue;
-                    }
-                    "the key set changed"
-                }
-            };
-            seen = broker.issuer().key_source().fingerprint();
-            let reloading = broker.clone();
-            let reloaded =
-                tokio::task::spawn_blocking(move || reloading.issuer().reload_keys()).await;
-            let recorded = match reloaded {
-                Ok(Ok(Some(keys))) => broker.record_key_reload(reason, Ok(&keys)).await,
-                Ok(Ok(None)) => {
-                    tracing::debug!(reason, "signing keys unchanged");
-                    Ok(())
-                }
-                Ok(Err(error)) => {
-                    broker
-                        .record_key_reload(reason, Err(error.to_string()))
-                        .await
-                }
-                Err(error) => {
-                    tracing::error!(reason, %error, "the signing key reload failed");
-                    Ok(())
-                }
-            };
-            if let Err(error) = recorded {
-                tracing::error!(reason, %error, "could not record a signing key reload");
-            }
+    let watched = broker.clone();
+    spawn_watch(
+        config.issuer.key_reload_interval,
+        move || watched.issuer().key_source().fingerprint(),
+        "the key set changed",
+        move |reason| reload_keys(broker.clone(), reason),
+    );
+}
+
+async fn reload_keys(broker: Arc<Broker>, reason: &'static str) {
+    let reloading = broker.clone();
+    let reloaded = tokio::task::spawn_blocking(move || reloading.issuer().reload_keys()).await;
+    let recorded = match reloaded {
+        Ok(Ok(Some(keys))) => broker.record_key_reload(reason, Ok(&keys)).await,
+        Ok(Ok(None)) => {
+            tracing::debug!(reason, "signing keys unchanged");
+            Ok(())
         }
-    });
+        Ok(Err(error)) => {
+            broker
+                .record_key_reload(reason, Err(error.to_string()))
+                .await
+        }
+        Err(error) => {
+            tracing::error!(reason, %error, "the signing key reload failed");
+            Ok(())
+        }
+    };
+    if let Err(error) = recorded {
+        tracing::error!(reason, %error, "could not record a signing key reload");
+    }
 }
