@@ -786,7 +786,7 @@ async fn export_writes_every_record_as_a_json_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_credential_received_before_a_crash_has_a_committed_record() {
     let backstage = BackstageDouble::start().await;
-    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let sts = StsRecorder::start(BURST_STS).await;
     let broker = Broker::start(BrokerOptions::new(&backstage, &sts.url)).await;
     let received = burst_then_kill(&backstage, &broker, 120, 40).await;
     assert!(

@@ -143,7 +143,7 @@ async fn a_database_outage_fails_closed_and_the_chain_verifies_after_it() {
 async fn every_credential_received_before_a_crash_has_a_committed_record() {
     let db = PgDatabase::create().await;
     let backstage = BackstageDouble::start().await;
-    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let sts = StsRecorder::start(BURST_STS).await;
     let broker = pg_broker(&backstage, &sts, &db).await;
     let received = burst_then_kill(&backstage, &broker, 120, 40).await;
     assert!(

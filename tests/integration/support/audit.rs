@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::backstage::BackstageDouble;
 use super::broker::{credential_request, Broker};
 use super::process::stackpass;
+use super::sts::StsBehaviour;
 
 pub async fn audit_rows(path: &Path) -> Vec<Value> {
     use sqlx::{Column, Row};
@@ -40,6 +41,14 @@ pub async fn audit_rows(path: &Path) -> Vec<Value> {
         })
         .collect()
 }
+
+/// The STS for [`burst_then_kill`] with `kill_after` 40: the first 40
+/// issuances finish at once, the rest wait at STS until long after the kill,
+/// so the kill always lands mid-burst, however loaded the machine is.
+pub const BURST_STS: StsBehaviour = StsBehaviour::SlowAfter {
+    fast: 40,
+    delay: std::time::Duration::from_secs(10),
+};
 
 /// Fires a burst of issuances and SIGKILLs the broker in the middle of it.
 /// Returns the access key ids the client actually received.

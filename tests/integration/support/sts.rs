@@ -88,6 +88,9 @@ pub enum StsBehaviour {
     /// credentials exist from the moment the call arrives (see
     /// [`StsRecorder::minted`]), whether or not the caller waits for them.
     Slow(Duration),
+    /// `Succeed` for the first `fast` calls, then `Slow(delay)`: a burst whose
+    /// later requests are surely still in flight when a test kills the broker.
+    SlowAfter { fast: usize, delay: Duration },
 }
 
 struct RecorderState {
@@ -139,11 +142,11 @@ async fn record_sts(
     body: axum::body::Bytes,
 ) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    state
-        .calls
-        .lock()
-        .unwrap()
-        .push(StsCall { form: form.clone() });
+    let call_number = {
+        let mut calls = state.calls.lock().unwrap();
+        calls.push(StsCall { form: form.clone() });
+        calls.len()
+    };
     let upstream = match &state.behaviour {
         StsBehaviour::Forward(upstream) => upstream,
         StsBehaviour::RejectToken => {
@@ -166,6 +169,13 @@ async fn record_sts(
         StsBehaviour::Slow(delay) => {
             let answer = sts_success(&state, &form);
             tokio::time::sleep(*delay).await;
+            return answer;
+        }
+        StsBehaviour::SlowAfter { fast, delay } => {
+            let answer = sts_success(&state, &form);
+            if call_number > *fast {
+                tokio::time::sleep(*delay).await;
+            }
             return answer;
         }
     };
