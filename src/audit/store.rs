@@ -37,9 +37,16 @@ const COLUMNS: &str = "seq, record_id, recorded_at, event, outcome, request_id, 
      expires_at, credential_id, client_addr, detail, prev_hash, hash";
 
 /// Runs `$body` (which uses `$conn`, a connection) inside a transaction holding
-/// the chain lock, committing on `Ok` and rolling back on `Err`.
+/// the chain lock, committing on `Ok` and rolling back on `Err`. With
+/// `then rollback`, it rolls back on `Ok` too: a dry run of an append.
 macro_rules! with_chain_lock {
     ($db:expr, $conn:ident => $body:expr) => {
+        with_chain_lock!($db, $conn => $body, commit = true)
+    };
+    ($db:expr, $conn:ident => $body:expr, then rollback) => {
+        with_chain_lock!($db, $conn => $body, commit = false)
+    };
+    ($db:expr, $conn:ident => $body:expr, commit = $commit:expr) => {
         match $db {
             Database::Sqlite(pool) => {
                 let mut guard = pool.acquire().await.map_err(write_error)?;
@@ -53,7 +60,7 @@ macro_rules! with_chain_lock {
                 }
                 .await;
                 let result = match result {
-                    Ok(value) => sqlx::query("COMMIT")
+                    Ok(value) => sqlx::query(if $commit { "COMMIT" } else { "ROLLBACK" })
                         .execute(&mut *guard)
                         .await
                         .map(|_| value)
@@ -79,7 +86,11 @@ macro_rules! with_chain_lock {
                     $body
                 }
                 .await?;
-                tx.commit().await.map_err(write_error)?;
+                if $commit {
+                    tx.commit().await.map_err(write_error)?;
+                } else {
+                    tx.rollback().await.map_err(write_error)?;
+                }
                 Ok(value)
             }
         }
@@ -538,45 +549,18 @@ impl AuditStore for SqlAuditStore {
 
     async fn ping(&self) -> Result<(), AuditError> {
         let probe = AuditRecord::new(AuditEvent::Decision, Outcome::Allowed, "readiness-probe");
-        let heartbeat = "UPDATE audit_readiness SET checked_at = $1 WHERE id = 1";
+        with_chain_lock!(&self.db, conn => {
+            append_locked!(conn, [&probe]);
+            Ok(())
+        }, then rollback)?;
         let now = format_timestamp(OffsetDateTime::now_utc());
-        match &self.db {
-            Database::Sqlite(pool) => {
-                let mut conn = pool.acquire().await.map_err(write_error)?;
-                let probed: Result<(), AuditError> = async {
-                    sqlx::query("BEGIN IMMEDIATE")
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(write_error)?;
-                    append_locked!(&mut *conn, [&probe]);
-                    Ok(())
-                }
-                .await;
-                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    conn.close_on_drop();
-                }
-                probed?;
-                sqlx::query(heartbeat)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(write_error)?;
-            }
-            Database::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(write_error)?;
-                sqlx::query("SELECT 1 FROM audit_chain WHERE id = 1 FOR UPDATE")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(write_error)?;
-                append_locked!(&mut *tx, [&probe]);
-                tx.rollback().await.map_err(write_error)?;
-                sqlx::query(heartbeat)
-                    .bind(now)
-                    .execute(pool)
-                    .await
-                    .map_err(write_error)?;
-            }
-        }
+        on_db!(&self.db, pool => {
+            sqlx::query("UPDATE audit_readiness SET checked_at = $1 WHERE id = 1")
+                .bind(now)
+                .execute(pool)
+                .await
+                .map_err(write_error)?;
+        });
         Ok(())
     }
 
