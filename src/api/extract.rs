@@ -62,8 +62,9 @@ fn bearer_token(headers: &HeaderMap) -> Result<SecretString, IdentityError> {
     Ok(SecretString::from(token.trim().to_owned()))
 }
 
-/// A JSON body: `Content-Type: application/json`, within the size limit, and
-/// well formed for `T` (unknown fields included), or the problem saying which.
+/// A JSON body: `Content-Type: application/json` and well formed for `T`
+/// (unknown fields included), or the problem saying which. The body is the one
+/// `admission` already read whole, within the size limit and its deadline.
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<Broker>> for JsonBody<T> {
@@ -87,19 +88,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<Broker>> for JsonBody<T> {
         }
         let bytes = Bytes::from_request(request, broker)
             .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Problem::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload-too-large",
-                        "Request body too large",
-                        "the request body exceeds the broker's limit",
-                        "a credential request is a small JSON object; send only stack, provider and duration_seconds",
-                    )
-                } else {
-                    Problem::invalid_request("the request body could not be read")
-                }
-            })?;
+            .map_err(|_| Problem::invalid_request("the request body could not be read"))?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| Problem::invalid_request(format!("invalid JSON body: {e}")))

@@ -67,6 +67,8 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Admission enforces the limit; this only keeps axum's own extractors
+        // (2 MB by default) from refusing a body admission let through.
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(
             ServiceBuilder::new()
