@@ -239,13 +239,14 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, text: &str) -> PathBuf {
+    pub(in crate::config) fn write(dir: &Path, text: &str) -> PathBuf {
         let path = dir.join("stackpass.toml");
         std::fs::write(&path, text).unwrap();
         path
     }
 
-    const MINIMAL: &str = r#"
+    /// The smallest configuration that loads; other config tests build on it.
+    pub(in crate::config) const MINIMAL: &str = r#"
         [[identity.issuers]]
         name = "backstage"
         kind = "backstage"

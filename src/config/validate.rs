@@ -276,29 +276,15 @@ fn webhook_url_is_acceptable(text: &str) -> bool {
 #[cfg(test)]
 mod notification_tests {
     use super::webhook_url_is_acceptable;
+    use crate::config::tests::{write, MINIMAL};
     use crate::config::Config;
-
-    const MINIMAL: &str = r#"
-        [[identity.issuers]]
-        name = "backstage"
-        kind = "backstage"
-        url = "http://localhost:7007"
-        [catalog]
-        kind = "static"
-        file = "catalog.toml"
-        [stacks]
-        kind = "static"
-        file = "stacks.toml"
-    "#;
 
     fn load(notifications: &str) -> Result<Config, String> {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("stackpass.toml");
-        std::fs::write(
-            &path,
-            format!("{MINIMAL}\n[notifications]\n{notifications}"),
-        )
-        .unwrap();
+        let path = write(
+            dir.path(),
+            &format!("{MINIMAL}\n[notifications]\n{notifications}"),
+        );
         Config::load(&path).map_err(|e| e.to_string())
     }
 
