@@ -34,7 +34,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "stackpass.toml";
 
 /// Environment variables with the `STACKPASS_` prefix that belong to the CLI, not
 /// to the server configuration.
-const CLI_ONLY_VARIABLES: &[&str] = &["URL", "TOKEN", "CONFIG", "LOG"];
+const CLI_ONLY_VARIABLES: &[&str] = &["URL", "TOKEN", "CONFIG", "LOG", "STACK", "CACHE_DIR"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
