@@ -478,3 +478,132 @@ mod notification_tests {
         assert!(!webhook_url_is_acceptable("not a url"));
     }
 }
+
+#[cfg(test)]
+mod stack_source_tests {
+    use std::time::Duration;
+
+    use crate::config::tests::{write, MINIMAL};
+    use crate::config::{Config, StackSourceConfig};
+
+    /// MINIMAL's catalog and issuer, with `stacks` as the stacks section.
+    fn load(stacks: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let base = MINIMAL.replace(
+            "[stacks]\n        kind = \"static\"\n        file = \"stacks.toml\"",
+            "",
+        );
+        let path = write(dir.path(), &format!("{base}\n{stacks}"));
+        Config::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_single_static_source_still_loads_with_its_old_component_tag() {
+        let config = load("[stacks]\nkind = \"static\"\nfile = \"stacks.toml\"\n").unwrap();
+        assert_eq!(config.stacks.component_tag, "backstage.io/component");
+        assert!(config.stacks.pulumi.is_none() && config.stacks.terraform.is_none());
+    }
+
+    #[test]
+    fn per_tool_sources_load_with_defaults_that_every_source_accepts() {
+        let config = load(
+            r#"
+            [stacks.pulumi]
+            kind = "pulumi-cloud"
+            token_file = "pulumi-token"
+            [stacks.terraform]
+            kind = "hcp-terraform"
+            url = "https://tfe.example.com"
+            token = "not-in-files-please"
+            cache_ttl = "30s"
+            stale_window = "0s"
+            "#,
+        )
+        .unwrap();
+        let Some(StackSourceConfig::PulumiCloud(pulumi)) = &config.stacks.pulumi else {
+            panic!("{:?}", config.stacks.pulumi)
+        };
+        assert_eq!(pulumi.component_tag, "backstage-component");
+        assert_eq!(pulumi.cache_ttl, Duration::from_secs(60));
+        assert_eq!(pulumi.stale_window, Duration::from_secs(900));
+        assert_eq!(pulumi.negative_cache_ttl, Duration::from_secs(10));
+        assert!(pulumi.token_file.as_ref().unwrap().is_absolute());
+        let Some(StackSourceConfig::HcpTerraform(terraform)) = &config.stacks.terraform else {
+            panic!("{:?}", config.stacks.terraform)
+        };
+        assert_eq!(terraform.stale_window, Duration::ZERO);
+        assert!(!format!("{terraform:?}").contains("not-in-files-please"));
+        // Two requests of 5s each come out of the cloud's share.
+        assert_eq!(
+            config.cloud_budget(),
+            Duration::from_secs(30 - 5 - 10 - 5 - 5)
+        );
+    }
+
+    #[test]
+    fn bad_stack_sources_name_their_keys() {
+        let err = load(
+            r#"
+            [stacks]
+            environment_tag = "backstage.io/environment"
+            [stacks.pulumi]
+            kind = "hcp-terraform"
+            url = "http://tfe.example.com"
+            component_tag = "backstage.io/component"
+            [stacks.terraform]
+            kind = "hcp-terraform"
+            token = "a"
+            token_file = "b"
+            project_tags = ["team/owner"]
+            cache_ttl = "0s"
+            negative_cache_ttl = "1m"
+            "#,
+        )
+        .unwrap_err();
+        for key in [
+            "stacks.environment_tag",
+            "stacks.pulumi.kind",
+            "stacks.pulumi.url: http://tfe.example.com/ is plain http",
+            "stacks.pulumi.component_tag",
+            "stacks.pulumi.token_file",
+            "stacks.terraform.token: set token or token_file, not both",
+            "stacks.terraform.project_tags",
+            "stacks.terraform.cache_ttl",
+            "stacks.terraform.negative_cache_ttl",
+        ] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_refused() {
+        let err = load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nadress = \"x\"\n")
+            .unwrap_err();
+        assert!(err.contains("stacks.pulumi") && err.contains("adress"), "{err}");
+        let err = load("[stacks.pulumi]\nkind = \"pulumi\"\n").unwrap_err();
+        assert!(err.contains("pulumi-cloud"), "{err}");
+        let err = load("[stacks.pulumi]\nkind = \"static\"\nfile = \"s.toml\"\nproject_tags = []\n")
+            .unwrap_err();
+        assert!(err.contains("project_tags"), "{err}");
+        let err = load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nproject_tags = []\n")
+            .unwrap_err();
+        assert!(err.contains("stacks.pulumi.project_tags"), "{err}");
+    }
+
+    #[test]
+    fn some_source_is_required() {
+        let err = load("[stacks]\n").unwrap_err();
+        assert!(err.contains("stacks: no stack source"), "{err}");
+        let err = load("[stacks]\nfile = \"stacks.toml\"\n").unwrap_err();
+        assert!(err.contains("stacks.kind"), "{err}");
+        load("[stacks.terraform]\nkind = \"static\"\nfile = \"stacks.toml\"\n").unwrap();
+    }
+
+    #[test]
+    fn plain_http_is_for_loopback_unless_allowed() {
+        load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nurl = \"http://127.0.0.1:9\"\n")
+            .unwrap();
+        load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nurl = \"http://pulumi.internal\"\ninsecure_allow_http = true\n")
+            .unwrap();
+    }
+}
