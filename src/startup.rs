@@ -408,7 +408,7 @@ fn cache_settings(remote: &RemoteStacksConfig) -> CacheSettings {
     CacheSettings {
         ttl: remote.cache_ttl,
         stale_window: remote.stale_window,
-        negative_ttl: remote.negative_cache_ttl,
+        negative_ttl: remote.negative_ttl(),
         capacity: remote.cache_capacity,
     }
 }

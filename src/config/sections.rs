@@ -347,9 +347,10 @@ pub struct RemoteStacksConfig {
     /// the source is down (unreachable, 5xx, 429). `0s`: never.
     #[serde(default = "default_stale_window", with = "humantime_serde")]
     pub stale_window: Duration,
-    /// How long "no such stack" (404, or no access) is remembered. `0s`: never.
-    #[serde(default = "default_negative_cache_ttl", with = "humantime_serde")]
-    pub negative_cache_ttl: Duration,
+    /// How long "no such stack" (404, or no access) is remembered. `0s`: never;
+    /// unset: 10s, or `cache_ttl` if that is shorter.
+    #[serde(default, with = "humantime_serde")]
+    pub negative_cache_ttl: Option<Duration>,
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: u64,
     /// Lets tags come over plain http from a host that is not loopback: anyone
@@ -380,8 +381,11 @@ fn default_stale_window() -> Duration {
     Duration::from_secs(15 * 60)
 }
 
-fn default_negative_cache_ttl() -> Duration {
-    Duration::from_secs(10)
+impl RemoteStacksConfig {
+    pub fn negative_ttl(&self) -> Duration {
+        self.negative_cache_ttl
+            .unwrap_or(Duration::from_secs(10).min(self.cache_ttl))
+    }
 }
 
 fn default_environment_tag() -> String {

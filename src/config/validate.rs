@@ -397,7 +397,10 @@ fn stack_problems(stacks: &StacksConfig) -> Vec<ConfigProblem> {
                 "must be at most 1d; past it, a stack's tags may have changed hands".into(),
             );
         }
-        if remote.negative_cache_ttl > remote.cache_ttl {
+        if remote
+            .negative_cache_ttl
+            .is_some_and(|n| n > remote.cache_ttl)
+        {
             problem(
                 key("negative_cache_ttl"),
                 "must be at most cache_ttl".into(),
@@ -526,12 +529,13 @@ mod stack_source_tests {
         assert_eq!(pulumi.component_tag, "backstage-component");
         assert_eq!(pulumi.cache_ttl, Duration::from_secs(60));
         assert_eq!(pulumi.stale_window, Duration::from_secs(900));
-        assert_eq!(pulumi.negative_cache_ttl, Duration::from_secs(10));
+        assert_eq!(pulumi.negative_ttl(), Duration::from_secs(10));
         assert!(pulumi.token_file.as_ref().unwrap().is_absolute());
         let Some(StackSourceConfig::HcpTerraform(terraform)) = &config.stacks.terraform else {
             panic!("{:?}", config.stacks.terraform)
         };
         assert_eq!(terraform.stale_window, Duration::ZERO);
+        assert_eq!(terraform.negative_ttl(), Duration::from_secs(10));
         assert!(!format!("{terraform:?}").contains("not-in-files-please"));
         // Two requests of 5s each come out of the cloud's share.
         assert_eq!(
@@ -579,14 +583,19 @@ mod stack_source_tests {
     fn unknown_keys_and_kinds_are_refused() {
         let err = load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nadress = \"x\"\n")
             .unwrap_err();
-        assert!(err.contains("stacks.pulumi") && err.contains("adress"), "{err}");
+        assert!(
+            err.contains("stacks.pulumi") && err.contains("adress"),
+            "{err}"
+        );
         let err = load("[stacks.pulumi]\nkind = \"pulumi\"\n").unwrap_err();
         assert!(err.contains("pulumi-cloud"), "{err}");
-        let err = load("[stacks.pulumi]\nkind = \"static\"\nfile = \"s.toml\"\nproject_tags = []\n")
-            .unwrap_err();
+        let err =
+            load("[stacks.pulumi]\nkind = \"static\"\nfile = \"s.toml\"\nproject_tags = []\n")
+                .unwrap_err();
         assert!(err.contains("project_tags"), "{err}");
-        let err = load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nproject_tags = []\n")
-            .unwrap_err();
+        let err =
+            load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nproject_tags = []\n")
+                .unwrap_err();
         assert!(err.contains("stacks.pulumi.project_tags"), "{err}");
     }
 

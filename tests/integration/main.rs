@@ -27,5 +27,6 @@ mod policy;
 mod postgres;
 mod quickstart;
 mod setup;
+mod stack_sources;
 #[cfg(feature = "testcloud")]
 mod testcloud;
