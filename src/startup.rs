@@ -544,6 +544,18 @@ fn check_ca_bundles(config: &Config) -> Result<(), StartupError> {
             .certificates()
             .map_err(catalog_tls_error)?;
     }
+    for (tool, source) in config.stacks.tool_sources() {
+        if let StackSourceConfig::PulumiCloud(remote) | StackSourceConfig::HcpTerraform(remote) =
+            source
+        {
+            stacks_tls(remote)
+                .certificates()
+                .map_err(|error| StartupError::Tls {
+                    key: format!("stacks.{tool}.ca_file"),
+                    error,
+                })?;
+        }
+    }
     Ok(())
 }
 
