@@ -719,3 +719,53 @@ async fn reload_keys(broker: Arc<Broker>, reason: &'static str) {
         tracing::error!(reason, %error, "could not record a signing key reload");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stacks::StackRef;
+
+    /// `[stacks]`' file serves the tool without a table of its own, with its
+    /// own component tag; the other tool's table brings its source and key.
+    #[tokio::test]
+    async fn each_tool_gets_its_own_source_or_the_shared_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "shared.toml",
+            "[[stacks]]\nref = \"terraform:acme/w\"\n[[stacks]]\nref = \"pulumi:acme/p/shared\"\n",
+        );
+        write("pulumi.toml", "[[stacks]]\nref = \"pulumi:acme/p/own\"\n");
+        write("catalog.toml", "");
+        write(
+            "stackpass.toml",
+            r#"
+            [[identity.issuers]]
+            name = "backstage"
+            kind = "backstage"
+            url = "http://localhost:7007"
+            [catalog]
+            kind = "static"
+            file = "catalog.toml"
+            [stacks]
+            kind = "static"
+            file = "shared.toml"
+            [stacks.pulumi]
+            kind = "static"
+            file = "pulumi.toml"
+            "#,
+        );
+        let config = Config::load(&dir.path().join("stackpass.toml")).unwrap();
+        let (stacks, tags) = load_stacks(&config).unwrap();
+        assert_eq!(tags.pulumi, "backstage-component");
+        assert_eq!(tags.terraform, "backstage.io/component");
+        let found = |r: &str| {
+            let stacks = stacks.clone();
+            let r = StackRef::parse(r).unwrap();
+            async move { stacks.stack(&r).await.unwrap().is_some() }
+        };
+        assert!(found("terraform:acme/w").await);
+        assert!(found("pulumi:acme/p/own").await);
+        assert!(!found("pulumi:acme/p/shared").await);
+    }
+}
