@@ -14,7 +14,9 @@ use crate::broker::{Broker, BrokerParts};
 use crate::catalog::{
     BackstageCatalog, BackstageCatalogSettings, Catalog, CatalogError, StaticCatalog,
 };
-use crate::config::{CatalogKind, Config, ConfigError, IssuerKind, StacksKind};
+use crate::config::{
+    CatalogKind, Config, ConfigError, IssuerKind, RemoteStacksConfig, StackSourceConfig, StacksKind,
+};
 use crate::database::{Database, DatabaseError};
 use crate::http_client::{self, TlsTrust};
 use crate::identity::{
@@ -30,7 +32,11 @@ use crate::policy::{
     ValidationContext,
 };
 use crate::registry::Providers;
-use crate::stacks::{StackSource, StackSourceError, StaticStackRegistry};
+use crate::stacks::{
+    hcp_terraform, pulumi_cloud, ByTool, CacheSettings, Cached, ComponentTags, HcpTerraform,
+    HcpTerraformSettings, PulumiCloud, PulumiCloudSettings, StackSource, StackSourceError,
+    StaticStackRegistry,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -62,6 +68,12 @@ pub enum StartupError {
     },
     #[error("stacks: {0}")]
     Stacks(#[from] StackSourceError),
+    #[error("stacks.{tool}.token_file: could not read {path}: {message}")]
+    StacksToken {
+        tool: &'static str,
+        path: String,
+        message: String,
+    },
     #[error("{0}")]
     Policy(#[from] PolicyError),
     #[error("{0}")]
@@ -81,7 +93,7 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     let keys = key_source(config, true)?.expect("created when missing");
     let verifier = build_verifier(config)?;
     let catalog = build_catalog(config)?;
-    let stacks = load_stacks(config)?;
+    let (stacks, component_tags) = load_stacks(config)?;
     let providers = config.providers()?;
     let issuer = Issuer::load(
         keys,
@@ -114,7 +126,7 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         approvals: Arc::new(SqlApprovalStore::new(db)),
         notifier,
         auditor_groups: config.audit.auditor_groups.clone(),
-        component_tag: config.stacks.component_tag.clone(),
+        component_tags,
         environment_tag: config.stacks.environment_tag.clone(),
         cloud_budget: config.cloud_budget(),
     }))
@@ -324,13 +336,125 @@ fn build_verifier(config: &Config) -> Result<Verifier, StartupError> {
     Ok(Verifier::new(issuers, identity.max_token_bytes))
 }
 
-fn load_stacks(config: &Config) -> Result<Arc<dyn StackSource>, StartupError> {
-    let file = config.stacks.file.as_deref();
-    Ok(match config.stacks.kind {
-        StacksKind::Static => Arc::new(StaticStackRegistry::load(
-            file.expect("validated: static stacks have a file"),
-        )?),
+/// The stack source in force: each tool's own `[stacks.<tool>]` source, else
+/// `[stacks]`' static registry, else none (that tool has no stacks); and the
+/// component tag of each.
+fn load_stacks(config: &Config) -> Result<(Arc<dyn StackSource>, ComponentTags), StartupError> {
+    let stacks = &config.stacks;
+    let shared: Option<Arc<dyn StackSource>> = match stacks.kind {
+        Some(StacksKind::Static) => Some(Arc::new(StaticStackRegistry::load(
+            stacks
+                .file
+                .as_deref()
+                .expect("validated: static stacks have a file"),
+        )?)),
+        None => None,
+    };
+    let mut tags = ComponentTags::same(&stacks.component_tag);
+    let source_of = |tool: &'static str,
+                     own: &Option<StackSourceConfig>,
+                     tag: &mut String|
+     -> Result<Option<Arc<dyn StackSource>>, StartupError> {
+        match own {
+            Some(own) => {
+                *tag = own.component_tag().to_owned();
+                build_stack_source(tool, own).map(Some)
+            }
+            None => Ok(shared.clone()),
+        }
+    };
+    let pulumi = source_of("pulumi", &stacks.pulumi, &mut tags.pulumi)?;
+    let terraform = source_of("terraform", &stacks.terraform, &mut tags.terraform)?;
+    Ok((Arc::new(ByTool { pulumi, terraform }), tags))
+}
+
+fn build_stack_source(
+    tool: &'static str,
+    config: &StackSourceConfig,
+) -> Result<Arc<dyn StackSource>, StartupError> {
+    Ok(match config {
+        StackSourceConfig::Static(s) => Arc::new(StaticStackRegistry::load(&s.file)?),
+        StackSourceConfig::PulumiCloud(remote) => {
+            let source = PulumiCloud::new(PulumiCloudSettings {
+                url: remote_url(remote, pulumi_cloud::DEFAULT_URL),
+                token: stacks_token(tool, remote)?,
+                http: stacks_http(tool, remote)?,
+            });
+            Arc::new(Cached::new(source, "pulumi-cloud", cache_settings(remote)))
+        }
+        StackSourceConfig::HcpTerraform(remote) => {
+            let source = HcpTerraform::new(HcpTerraformSettings {
+                url: remote_url(remote, hcp_terraform::DEFAULT_URL),
+                token: stacks_token(tool, remote)?,
+                http: stacks_http(tool, remote)?,
+                project_tags: remote
+                    .project_tags
+                    .clone()
+                    .unwrap_or_else(|| vec![remote.component_tag.clone()]),
+            });
+            Arc::new(Cached::new(source, "hcp-terraform", cache_settings(remote)))
+        }
     })
+}
+
+fn remote_url(remote: &RemoteStacksConfig, default: &str) -> url::Url {
+    remote
+        .url
+        .clone()
+        .unwrap_or_else(|| url::Url::parse(default).expect("the default URL parses"))
+}
+
+fn cache_settings(remote: &RemoteStacksConfig) -> CacheSettings {
+    CacheSettings {
+        ttl: remote.cache_ttl,
+        stale_window: remote.stale_window,
+        negative_ttl: remote.negative_ttl(),
+        capacity: remote.cache_capacity,
+    }
+}
+
+fn stacks_tls(remote: &RemoteStacksConfig) -> TlsTrust {
+    TlsTrust {
+        ca_file: remote.ca_file.clone(),
+        public_roots: remote.trust_public_roots,
+    }
+}
+
+fn stacks_http(
+    tool: &'static str,
+    remote: &RemoteStacksConfig,
+) -> Result<reqwest::Client, StartupError> {
+    http_client::build_trusting(remote.timeout, &stacks_tls(remote)).map_err(|error| {
+        StartupError::Tls {
+            key: format!("stacks.{tool}.ca_file"),
+            error,
+        }
+    })
+}
+
+/// The source's token: inline (or from the environment), else its file.
+fn stacks_token(
+    tool: &'static str,
+    remote: &RemoteStacksConfig,
+) -> Result<SecretString, StartupError> {
+    if let Some(token) = &remote.token {
+        return Ok(token.clone());
+    }
+    let path = remote
+        .token_file
+        .as_ref()
+        .expect("validated: a remote stack source has a token or token_file");
+    let error = |message: String| StartupError::StacksToken {
+        tool,
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(error("the file is empty".into()));
+    }
+    Ok(SecretString::from(token.to_owned()))
 }
 
 /// The config's rules and the policy files', validated together against the
@@ -419,6 +543,18 @@ fn check_ca_bundles(config: &Config) -> Result<(), StartupError> {
         catalog_tls(config)
             .certificates()
             .map_err(catalog_tls_error)?;
+    }
+    for (tool, source) in config.stacks.tool_sources() {
+        if let StackSourceConfig::PulumiCloud(remote) | StackSourceConfig::HcpTerraform(remote) =
+            source
+        {
+            stacks_tls(remote)
+                .certificates()
+                .map_err(|error| StartupError::Tls {
+                    key: format!("stacks.{tool}.ca_file"),
+                    error,
+                })?;
+        }
     }
     Ok(())
 }
@@ -581,5 +717,55 @@ async fn reload_keys(broker: Arc<Broker>, reason: &'static str) {
     };
     if let Err(error) = recorded {
         tracing::error!(reason, %error, "could not record a signing key reload");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stacks::StackRef;
+
+    /// `[stacks]`' file serves the tool without a table of its own, with its
+    /// own component tag; the other tool's table brings its source and key.
+    #[tokio::test]
+    async fn each_tool_gets_its_own_source_or_the_shared_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "shared.toml",
+            "[[stacks]]\nref = \"terraform:acme/w\"\n[[stacks]]\nref = \"pulumi:acme/p/shared\"\n",
+        );
+        write("pulumi.toml", "[[stacks]]\nref = \"pulumi:acme/p/own\"\n");
+        write("catalog.toml", "");
+        write(
+            "stackpass.toml",
+            r#"
+            [[identity.issuers]]
+            name = "backstage"
+            kind = "backstage"
+            url = "http://localhost:7007"
+            [catalog]
+            kind = "static"
+            file = "catalog.toml"
+            [stacks]
+            kind = "static"
+            file = "shared.toml"
+            [stacks.pulumi]
+            kind = "static"
+            file = "pulumi.toml"
+            "#,
+        );
+        let config = Config::load(&dir.path().join("stackpass.toml")).unwrap();
+        let (stacks, tags) = load_stacks(&config).unwrap();
+        assert_eq!(tags.pulumi, "backstage-component");
+        assert_eq!(tags.terraform, "backstage.io/component");
+        let found = |r: &str| {
+            let stacks = stacks.clone();
+            let r = StackRef::parse(r).unwrap();
+            async move { stacks.stack(&r).await.unwrap().is_some() }
+        };
+        assert!(found("terraform:acme/w").await);
+        assert!(found("pulumi:acme/p/own").await);
+        assert!(!found("pulumi:acme/p/shared").await);
     }
 }

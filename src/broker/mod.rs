@@ -48,7 +48,7 @@ use crate::issuer::{Issuer, IssuerError, KeyRing};
 use crate::notify::Notifier;
 use crate::policy::{ApprovalRequirement, Decision, Denial, Grant, LivePolicy, LoadedPolicy, Rule};
 use crate::registry::{LookupError, Providers};
-use crate::stacks::{StackRef, StackSource, StackSourceError};
+use crate::stacks::{ComponentTags, StackRef, StackSource, StackSourceError};
 
 /// Facts about the HTTP request that belong in the audit log.
 #[derive(Debug, Clone)]
@@ -147,8 +147,9 @@ pub struct BrokerParts {
     pub notifier: Notifier,
     /// Members of these groups may read the whole audit log.
     pub auditor_groups: Vec<EntityRef>,
-    /// The stack tags that name the catalog component and the environment.
-    pub component_tag: String,
+    /// The stack tags that name the catalog component (per tool) and the
+    /// environment.
+    pub component_tags: ComponentTags,
     pub environment_tag: String,
     /// The longest the broker waits for a cloud (see `Config::cloud_budget`).
     pub cloud_budget: Duration,
@@ -179,7 +180,7 @@ impl Broker {
                 stacks: parts.stacks,
                 catalog: parts.catalog.clone(),
                 policy: policy.clone(),
-                component_tag: parts.component_tag,
+                component_tags: parts.component_tags,
                 environment_tag: parts.environment_tag,
             },
             approvals: Approvals {

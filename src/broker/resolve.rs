@@ -9,7 +9,7 @@ use super::{BrokerError, CredentialRequest};
 use crate::catalog::{Catalog, EntityRef};
 use crate::identity::Principal;
 use crate::policy::{self, Decision, LivePolicy, PolicyInput};
-use crate::stacks::{Stack, StackRef, StackSource};
+use crate::stacks::{ComponentTags, Stack, StackRef, StackSource};
 
 /// One request's facts, resolved from trusted sources before the policy decides.
 #[derive(Debug, Clone)]
@@ -26,8 +26,9 @@ pub(super) struct Resolver {
     pub stacks: Arc<dyn StackSource>,
     pub catalog: Arc<dyn Catalog>,
     pub policy: Arc<LivePolicy>,
-    /// The stack tags that name the catalog component and the environment.
-    pub component_tag: String,
+    /// The stack tags that name the catalog component (per tool: each tool's
+    /// source has its own key) and the environment.
+    pub component_tags: ComponentTags,
     pub environment_tag: String,
 }
 
@@ -42,7 +43,8 @@ impl Resolver {
         let Some(stack) = self.stacks.stack(stack).await? else {
             return Ok(None);
         };
-        let component = stack.tags.get(&self.component_tag).and_then(|value| {
+        let component_tag = self.component_tags.for_tool(stack.reference.tool());
+        let component = stack.tags.get(component_tag).and_then(|value| {
             EntityRef::parse(value, Some("component"), "default")
                 .inspect_err(|e| tracing::warn!(stack = %stack.reference, error = %e, "stack's component tag is not an entity reference"))
                 .ok()

@@ -17,7 +17,7 @@ use crate::fakes::{FailingAudit, FakeCloud};
 use crate::identity::PrincipalKind;
 use crate::issuer::SigningKey;
 use crate::policy::{load_rules, LoadedPolicy, ValidationContext};
-use crate::stacks::StaticStackRegistry;
+use crate::stacks::{ComponentTags, StaticStackRegistry};
 
 const CATALOG: &str = r#"
 [[components]]
@@ -122,7 +122,7 @@ async fn world() -> World {
         approvals: Arc::new(SqlApprovalStore::new(db)),
         notifier: Notifier::disabled(),
         auditor_groups: vec![EntityRef::parse_strict("group:default/security").unwrap()],
-        component_tag: "backstage.io/component".into(),
+        component_tags: ComponentTags::same("backstage.io/component"),
         environment_tag: "environment".into(),
         cloud_budget: Duration::from_secs(5),
     });

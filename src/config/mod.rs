@@ -25,7 +25,8 @@ use url::Url;
 pub use identity::{IdentityConfig, IssuerKind, TrustedIssuerConfig};
 pub use sections::{
     AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, NotificationsConfig, PolicyConfig,
-    ServerConfig, StacksConfig, StacksKind,
+    RemoteStacksConfig, ServerConfig, StackSourceConfig, StacksConfig, StacksKind,
+    StaticStacksConfig, SOURCE_COMPONENT_TAG,
 };
 
 use crate::registry::Providers;
@@ -161,14 +162,15 @@ impl Config {
     }
 
     /// The cloud call's share of the request timeout. A request waits for the
-    /// issuer's keys, the catalog, the audit log (intent and outcome share one
-    /// busy timeout) and the cloud, one after the other; if their timeouts add
+    /// issuer's keys, the stack source, the catalog, the audit log (intent and
+    /// outcome share one busy timeout) and the cloud, one after the other; if their timeouts add
     /// up to more than the request timeout, a slow-but-working dependency turns
     /// every request into a timeout.
     pub fn cloud_budget(&self) -> Duration {
         self.server
             .request_timeout
             .saturating_sub(self.identity.fetch_timeout)
+            .saturating_sub(self.stacks.longest_wait())
             .saturating_sub(self.catalog.timeout)
             .saturating_sub(self.audit.busy_timeout)
     }
@@ -214,6 +216,19 @@ impl Config {
         }
         for p in &mut self.policy.files {
             resolve(p);
+        }
+        for source in self.stacks.tool_sources_mut() {
+            match source {
+                StackSourceConfig::Static(s) => resolve(&mut s.file),
+                StackSourceConfig::PulumiCloud(r) | StackSourceConfig::HcpTerraform(r) => {
+                    for p in [r.token_file.as_mut(), r.ca_file.as_mut()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        resolve(p);
+                    }
+                }
+            }
         }
         for p in [
             &mut self.catalog.file,

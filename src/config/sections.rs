@@ -220,21 +220,172 @@ pub enum StacksKind {
     Static,
 }
 
+/// `[stacks]`: where stacks and their tags come from. The table itself is the
+/// original single source (a static registry for every tool); `[stacks.pulumi]`
+/// and `[stacks.terraform]` give a tool a source of its own, and a tool with
+/// neither has no stacks at all.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StacksConfig {
-    pub kind: StacksKind,
+    /// The source for every tool without a table of its own (only `static`).
+    pub kind: Option<StacksKind>,
     pub file: Option<PathBuf>,
-    /// The stack tag whose value names the catalog component.
+    /// The tag of `[stacks]`' own source whose value names the catalog component.
     #[serde(default = "default_component_tag")]
     pub component_tag: String,
-    /// The stack tag whose value names the environment.
+    /// The stack tag whose value names the environment, for every source (policy
+    /// rules select on it, so there is one).
     #[serde(default = "default_environment_tag")]
     pub environment_tag: String,
+    /// The source of `pulumi:` stacks.
+    pub pulumi: Option<StackSourceConfig>,
+    /// The source of `terraform:` workspaces.
+    pub terraform: Option<StackSourceConfig>,
+}
+
+impl StacksConfig {
+    /// The tables of the tools that have their own source, with their key.
+    pub fn tool_sources(&self) -> impl Iterator<Item = (&'static str, &StackSourceConfig)> {
+        [("pulumi", &self.pulumi), ("terraform", &self.terraform)]
+            .into_iter()
+            .filter_map(|(tool, source)| source.as_ref().map(|s| (tool, s)))
+    }
+
+    pub(super) fn tool_sources_mut(&mut self) -> impl Iterator<Item = &mut StackSourceConfig> {
+        [self.pulumi.as_mut(), self.terraform.as_mut()]
+            .into_iter()
+            .flatten()
+    }
+
+    /// The longest any one stack lookup can wait for its source.
+    pub fn longest_wait(&self) -> Duration {
+        self.tool_sources()
+            .map(|(_, s)| s.longest_wait())
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// One tool's stack source: `[stacks.pulumi]` or `[stacks.terraform]`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StackSourceConfig {
+    /// A static registry file, as `[stacks]` reads it.
+    Static(StaticStacksConfig),
+    /// Pulumi Cloud (or self-hosted Pulumi Cloud): the stack's tags.
+    PulumiCloud(RemoteStacksConfig),
+    /// HCP Terraform or Terraform Enterprise: the workspace's effective tag bindings.
+    HcpTerraform(RemoteStacksConfig),
+}
+
+impl StackSourceConfig {
+    pub fn component_tag(&self) -> &str {
+        match self {
+            StackSourceConfig::Static(s) => &s.component_tag,
+            StackSourceConfig::PulumiCloud(r) | StackSourceConfig::HcpTerraform(r) => {
+                &r.component_tag
+            }
+        }
+    }
+
+    /// The longest one lookup can wait for the source: HCP Terraform takes
+    /// two requests (the workspace, then its tag bindings), one after the other.
+    pub fn longest_wait(&self) -> Duration {
+        match self {
+            StackSourceConfig::Static(_) => Duration::ZERO,
+            StackSourceConfig::PulumiCloud(r) => r.timeout,
+            StackSourceConfig::HcpTerraform(r) => r.timeout * 2,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            StackSourceConfig::Static(_) => "static",
+            StackSourceConfig::PulumiCloud(_) => "pulumi-cloud",
+            StackSourceConfig::HcpTerraform(_) => "hcp-terraform",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticStacksConfig {
+    pub file: PathBuf,
+    #[serde(default = "default_source_component_tag")]
+    pub component_tag: String,
+}
+
+/// A stack source reached over HTTP, with its cache.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteStacksConfig {
+    /// Pulumi Cloud's API URL (`https://api.pulumi.com`, or a self-hosted API
+    /// component's) or the HCP Terraform / Terraform Enterprise address
+    /// (`https://app.terraform.io`); unset: the SaaS one.
+    pub url: Option<Url>,
+    /// The access token. Prefer `token_file` or the environment
+    /// (`STACKPASS_STACKS__PULUMI__TOKEN`, `STACKPASS_STACKS__TERRAFORM__TOKEN`).
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub token: Option<SecretString>,
+    pub token_file: Option<PathBuf>,
+    /// The tag whose value names the catalog component; valid in both Pulumi
+    /// Cloud and HCP Terraform (`backstage.io/component` is valid in neither).
+    #[serde(default = "default_source_component_tag")]
+    pub component_tag: String,
+    /// hcp-terraform only: tag keys whose value counts only when the workspace
+    /// inherits it from its project. A workspace binding of its own for one of
+    /// these keys (a workspace admin's override) makes the workspace unknown.
+    /// Unset: the component tag alone.
+    pub project_tags: Option<Vec<String>>,
+    /// How long one HTTP request to the source may take.
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long an answer is used without asking again.
+    #[serde(default = "default_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How long past `cache_ttl` a stack's last answer may still be used while
+    /// the source is down (unreachable, 5xx, 429). `0s`: never.
+    #[serde(default = "default_stale_window", with = "humantime_serde")]
+    pub stale_window: Duration,
+    /// How long "no such stack" (404, or no access) is remembered. `0s`: never;
+    /// unset: 10s, or `cache_ttl` if that is shorter.
+    #[serde(default, with = "humantime_serde")]
+    pub negative_cache_ttl: Option<Duration>,
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+    /// Lets tags come over plain http from a host that is not loopback: anyone
+    /// on that path could rewrite ownership.
+    #[serde(default)]
+    pub insecure_allow_http: bool,
+    /// A PEM bundle of CAs to trust for this source (a self-hosted service's
+    /// private CA).
+    pub ca_file: Option<PathBuf>,
+    /// `false`: trust only `ca_file`, not the public CAs.
+    #[serde(default = "default_trust_public_roots")]
+    pub trust_public_roots: bool,
 }
 
 fn default_component_tag() -> String {
     "backstage.io/component".into()
+}
+
+/// The component tag of `[stacks.<tool>]` sources: a key Pulumi Cloud, HCP
+/// Terraform and static files all accept.
+pub const SOURCE_COMPONENT_TAG: &str = "backstage-component";
+
+fn default_source_component_tag() -> String {
+    SOURCE_COMPONENT_TAG.into()
+}
+
+fn default_stale_window() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+impl RemoteStacksConfig {
+    pub fn negative_ttl(&self) -> Duration {
+        self.negative_cache_ttl
+            .unwrap_or(Duration::from_secs(10).min(self.cache_ttl))
+    }
 }
 
 fn default_environment_tag() -> String {

@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use super::{Config, ConfigProblem, IssuerKind};
+use super::{
+    Config, ConfigProblem, IssuerKind, StackSourceConfig, StacksConfig, StacksKind,
+    SOURCE_COMPONENT_TAG,
+};
 use crate::config::CatalogKind;
 use crate::database::{is_postgres_url, redact};
 use crate::registry::Providers;
+use crate::stacks::{hcp_terraform, pulumi_cloud};
 
 impl Config {
     pub(super) fn validate(&self) -> Vec<ConfigProblem> {
@@ -173,11 +177,8 @@ impl Config {
                 "set token or token_file, not both".into(),
             );
         }
-        if self.stacks.file.is_none() {
-            problem(
-                "stacks.file".into(),
-                "the static stack registry needs a file".into(),
-            );
+        for found in stack_problems(&self.stacks) {
+            problem(found.key, found.message);
         }
 
         if let Err(found) = Providers::configure(&self.providers, &self.settings_context()) {
@@ -259,6 +260,159 @@ impl Config {
     }
 }
 
+/// The stack sources: a source for at least one tool, kinds in the right
+/// tables, tag keys each source can hold, and the remote sources' endpoints,
+/// tokens and cache timings.
+fn stack_problems(stacks: &StacksConfig) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    let mut problem = |key: String, message: String| problems.push(ConfigProblem { key, message });
+    match (stacks.kind, &stacks.file) {
+        (Some(StacksKind::Static), None) => problem(
+            "stacks.file".into(),
+            "the static stack registry needs a file".into(),
+        ),
+        (None, Some(_)) => problem(
+            "stacks.kind".into(),
+            "set kind = \"static\" to use stacks.file".into(),
+        ),
+        (None, None) if stacks.pulumi.is_none() && stacks.terraform.is_none() => problem(
+            "stacks".into(),
+            "no stack source: set kind = \"static\" and file, or add a [stacks.pulumi] or [stacks.terraform] table".into(),
+        ),
+        _ => {}
+    }
+    for (tool, source) in stacks.tool_sources() {
+        let key = |field: &str| format!("stacks.{tool}.{field}");
+        let (remote, accepts, service): (_, fn(&str) -> bool, _) = match source {
+            StackSourceConfig::Static(_) => continue,
+            StackSourceConfig::PulumiCloud(remote) => {
+                if tool != "pulumi" {
+                    problem(
+                        key("kind"),
+                        "pulumi-cloud serves pulumi: stacks; use hcp-terraform or static here"
+                            .into(),
+                    );
+                }
+                if remote.project_tags.is_some() {
+                    problem(
+                        key("project_tags"),
+                        "only HCP Terraform workspaces inherit tags from a project".into(),
+                    );
+                }
+                (
+                    remote,
+                    pulumi_cloud::valid_tag_name as fn(&str) -> bool,
+                    "Pulumi Cloud",
+                )
+            }
+            StackSourceConfig::HcpTerraform(remote) => {
+                if tool != "terraform" {
+                    problem(
+                        key("kind"),
+                        "hcp-terraform serves terraform: workspaces; use pulumi-cloud or static here".into(),
+                    );
+                }
+                for tag in remote.project_tags.iter().flatten() {
+                    if !hcp_terraform::valid_tag_key(tag) {
+                        problem(
+                            key("project_tags"),
+                            format!("{tag:?} is not a key HCP Terraform can hold"),
+                        );
+                    }
+                }
+                (
+                    remote,
+                    hcp_terraform::valid_tag_key as fn(&str) -> bool,
+                    "HCP Terraform",
+                )
+            }
+        };
+        if !accepts(&remote.component_tag) {
+            problem(
+                key("component_tag"),
+                format!(
+                    "{:?} is not a tag key {service} accepts (letters, digits, '-', '_', '.', ':'; no '/'), so no stack could name its component; the default is {SOURCE_COMPONENT_TAG:?}",
+                    remote.component_tag
+                ),
+            );
+        }
+        if !accepts(&stacks.environment_tag) {
+            problem(
+                "stacks.environment_tag".into(),
+                format!(
+                    "{:?} is not a tag key {service} accepts, so no {tool} stack could name its environment",
+                    stacks.environment_tag
+                ),
+            );
+        }
+        if let Some(url) = &remote.url {
+            if url.query().is_some() || url.fragment().is_some() || url.cannot_be_a_base() {
+                problem(
+                    key("url"),
+                    "must be a base URL without query or fragment".into(),
+                );
+            }
+            if let Err(e) = crate::http_client::check_scheme(url, remote.insecure_allow_http) {
+                problem(
+                    key("url"),
+                    format!("{e}; use https (with ca_file for a private CA), or set insecure_allow_http = true if you accept that risk"),
+                );
+            }
+        }
+        match (&remote.token, &remote.token_file) {
+            (Some(_), Some(_)) => problem(key("token"), "set token or token_file, not both".into()),
+            (None, None) => problem(
+                key("token_file"),
+                format!(
+                    "{service} needs the broker's own access token: set token_file, or STACKPASS_STACKS__{}__TOKEN",
+                    tool.to_uppercase()
+                ),
+            ),
+            _ => {}
+        }
+        if !remote.trust_public_roots && remote.ca_file.is_none() {
+            problem(
+                key("trust_public_roots"),
+                "false needs a ca_file, or no server could be trusted".into(),
+            );
+        }
+        let within = |d: Duration, min: Duration, max: Duration| d >= min && d <= max;
+        if !within(
+            remote.timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        ) {
+            problem(key("timeout"), "must be between 1s and 1m".into());
+        }
+        if !within(
+            remote.cache_ttl,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        ) {
+            problem(key("cache_ttl"), "must be between 1s and 1h".into());
+        }
+        if remote.stale_window > Duration::from_secs(24 * 3600) {
+            problem(
+                key("stale_window"),
+                "must be at most 1d; past it, a stack's tags may have changed hands".into(),
+            );
+        }
+        if remote
+            .negative_cache_ttl
+            .is_some_and(|n| n > remote.cache_ttl)
+        {
+            problem(
+                key("negative_cache_ttl"),
+                "must be at most cache_ttl".into(),
+            );
+        }
+        if remote.cache_capacity == 0 {
+            problem(key("cache_capacity"), "must be positive".into());
+        }
+    }
+    problems
+}
+
 /// https, or http to a loopback host (a local relay, tests).
 fn webhook_url_is_acceptable(text: &str) -> bool {
     let Ok(url) = url::Url::parse(text) else {
@@ -325,5 +479,140 @@ mod notification_tests {
         assert!(!webhook_url_is_acceptable("http://hooks.example.com/hook"));
         assert!(!webhook_url_is_acceptable("ftp://127.0.0.1/hook"));
         assert!(!webhook_url_is_acceptable("not a url"));
+    }
+}
+
+#[cfg(test)]
+mod stack_source_tests {
+    use std::time::Duration;
+
+    use crate::config::tests::{write, MINIMAL};
+    use crate::config::{Config, StackSourceConfig};
+
+    /// MINIMAL's catalog and issuer, with `stacks` as the stacks section.
+    fn load(stacks: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let base = MINIMAL.replace(
+            "[stacks]\n        kind = \"static\"\n        file = \"stacks.toml\"",
+            "",
+        );
+        let path = write(dir.path(), &format!("{base}\n{stacks}"));
+        Config::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_single_static_source_still_loads_with_its_old_component_tag() {
+        let config = load("[stacks]\nkind = \"static\"\nfile = \"stacks.toml\"\n").unwrap();
+        assert_eq!(config.stacks.component_tag, "backstage.io/component");
+        assert!(config.stacks.pulumi.is_none() && config.stacks.terraform.is_none());
+    }
+
+    #[test]
+    fn per_tool_sources_load_with_defaults_that_every_source_accepts() {
+        let config = load(
+            r#"
+            [stacks.pulumi]
+            kind = "pulumi-cloud"
+            token_file = "pulumi-token"
+            [stacks.terraform]
+            kind = "hcp-terraform"
+            url = "https://tfe.example.com"
+            token = "not-in-files-please"
+            cache_ttl = "30s"
+            stale_window = "0s"
+            "#,
+        )
+        .unwrap();
+        let Some(StackSourceConfig::PulumiCloud(pulumi)) = &config.stacks.pulumi else {
+            panic!("{:?}", config.stacks.pulumi)
+        };
+        assert_eq!(pulumi.component_tag, "backstage-component");
+        assert_eq!(pulumi.cache_ttl, Duration::from_secs(60));
+        assert_eq!(pulumi.stale_window, Duration::from_secs(900));
+        assert_eq!(pulumi.negative_ttl(), Duration::from_secs(10));
+        assert!(pulumi.token_file.as_ref().unwrap().is_absolute());
+        let Some(StackSourceConfig::HcpTerraform(terraform)) = &config.stacks.terraform else {
+            panic!("{:?}", config.stacks.terraform)
+        };
+        assert_eq!(terraform.stale_window, Duration::ZERO);
+        assert_eq!(terraform.negative_ttl(), Duration::from_secs(10));
+        assert!(!format!("{terraform:?}").contains("not-in-files-please"));
+        // Two requests of 5s each come out of the cloud's share.
+        assert_eq!(
+            config.cloud_budget(),
+            Duration::from_secs(30 - 5 - 10 - 5 - 5)
+        );
+    }
+
+    #[test]
+    fn bad_stack_sources_name_their_keys() {
+        let err = load(
+            r#"
+            [stacks]
+            environment_tag = "backstage.io/environment"
+            [stacks.pulumi]
+            kind = "hcp-terraform"
+            url = "http://tfe.example.com"
+            component_tag = "backstage.io/component"
+            [stacks.terraform]
+            kind = "hcp-terraform"
+            token = "a"
+            token_file = "b"
+            project_tags = ["team/owner"]
+            cache_ttl = "0s"
+            negative_cache_ttl = "1m"
+            "#,
+        )
+        .unwrap_err();
+        for key in [
+            "stacks.environment_tag",
+            "stacks.pulumi.kind",
+            "stacks.pulumi.url: http://tfe.example.com/ is plain http",
+            "stacks.pulumi.component_tag",
+            "stacks.pulumi.token_file",
+            "stacks.terraform.token: set token or token_file, not both",
+            "stacks.terraform.project_tags",
+            "stacks.terraform.cache_ttl",
+            "stacks.terraform.negative_cache_ttl",
+        ] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_refused() {
+        let err = load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nadress = \"x\"\n")
+            .unwrap_err();
+        assert!(
+            err.contains("stacks.pulumi") && err.contains("adress"),
+            "{err}"
+        );
+        let err = load("[stacks.pulumi]\nkind = \"pulumi\"\n").unwrap_err();
+        assert!(err.contains("pulumi-cloud"), "{err}");
+        let err =
+            load("[stacks.pulumi]\nkind = \"static\"\nfile = \"s.toml\"\nproject_tags = []\n")
+                .unwrap_err();
+        assert!(err.contains("project_tags"), "{err}");
+        let err =
+            load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nproject_tags = []\n")
+                .unwrap_err();
+        assert!(err.contains("stacks.pulumi.project_tags"), "{err}");
+    }
+
+    #[test]
+    fn some_source_is_required() {
+        let err = load("[stacks]\n").unwrap_err();
+        assert!(err.contains("stacks: no stack source"), "{err}");
+        let err = load("[stacks]\nfile = \"stacks.toml\"\n").unwrap_err();
+        assert!(err.contains("stacks.kind"), "{err}");
+        load("[stacks.terraform]\nkind = \"static\"\nfile = \"stacks.toml\"\n").unwrap();
+    }
+
+    #[test]
+    fn plain_http_is_for_loopback_unless_allowed() {
+        load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nurl = \"http://127.0.0.1:9\"\n")
+            .unwrap();
+        load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nurl = \"http://pulumi.internal\"\ninsecure_allow_http = true\n")
+            .unwrap();
     }
 }

@@ -28,5 +28,6 @@ mod postgres;
 mod quickstart;
 mod run;
 mod setup;
+mod stack_sources;
 #[cfg(feature = "testcloud")]
 mod testcloud;

@@ -18,6 +18,11 @@
 //!   federation does.
 //! - [`entra`]: [`EntraDouble`], the Microsoft Entra token endpoint for client
 //!   credentials with a federated assertion, with its AADSTS errors.
+//! - [`pulumi_cloud`]: [`PulumiCloudDouble`], Pulumi Cloud's Get Stack, with
+//!   its token check, 404 for stacks it hides, a request counter and an outage.
+//! - [`hcp_terraform`]: [`HcpTerraformDouble`], HCP Terraform's Show Workspace
+//!   and effective tag bindings (projects' bindings inherited, workspace
+//!   overrides), with the same counter and outage.
 //! - [`audit`]: reading, crashing and verifying the audit log from outside.
 //! - [`process`]: paths, the `stackpass` CLI, free ports, local HTTP servers.
 //! - [`tls`]: [`TestCa`], a private CA made in the test, and [`serve_tls`].
@@ -27,8 +32,10 @@ pub mod backstage;
 pub mod broker;
 pub mod entra;
 pub mod google;
+pub mod hcp_terraform;
 pub mod postgres;
 pub mod process;
+pub mod pulumi_cloud;
 pub mod sts;
 pub mod tls;
 pub mod tokens;
@@ -39,8 +46,10 @@ pub use backstage::*;
 pub use broker::*;
 pub use entra::*;
 pub use google::*;
+pub use hcp_terraform::*;
 pub use postgres::*;
 pub use process::*;
+pub use pulumi_cloud::*;
 pub use sts::*;
 pub use tls::*;
 pub use tokens::*;
