@@ -26,6 +26,7 @@ fn principal(subject: &str, groups: &[&str]) -> Principal {
         actor: None,
         groups: groups.iter().map(|g| entity(g)).collect(),
         dedicated_audience: false,
+        pipeline: None,
     }
 }
 
@@ -55,6 +56,7 @@ fn nonprod() -> Rule {
         groups: Vec::new(),
         require_owner: true,
         require_dedicated_audience: false,
+        run_phases: Vec::new(),
         target: target("arn:aws:iam::{tags.aws-account}:role/{component}-deployer"),
         max_duration: Duration::from_secs(3600),
         default_duration: Duration::from_secs(900),
