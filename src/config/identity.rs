@@ -608,3 +608,86 @@ impl IdentityConfig {
         problems
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{write, MINIMAL};
+    use crate::config::Config;
+
+    fn load(issuers: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        Config::load(&write(dir.path(), &format!("{MINIMAL}\n{issuers}")))
+            .map_err(|e| e.to_string())
+    }
+
+    const GITHUB: &str = r#"
+        [[identity.issuers]]
+        name = "github"
+        kind = "github-actions"
+        audiences = ["https://stackpass.example.com"]
+        subjects = ["component:default/*"]
+        repository_owner_ids = ["7"]
+    "#;
+
+    #[test]
+    fn machine_issuers_have_their_well_known_urls_and_rsa() {
+        let config = load(GITHUB).unwrap();
+        let github = &config.identity.issuers[1];
+        assert_eq!(
+            github.issuer_id().as_deref(),
+            Some("https://token.actions.githubusercontent.com")
+        );
+        assert_eq!(
+            github.discovery().unwrap().as_str(),
+            "https://token.actions.githubusercontent.com/.well-known/openid-configuration"
+        );
+        assert_eq!(github.algorithm_names(), ["RS256"]);
+        assert_eq!(github.run_web_url().as_deref(), Some("https://github.com"));
+        assert!(github.github_events().contains(&"push".to_owned()));
+    }
+
+    #[test]
+    fn machine_issuers_need_their_pins_and_audiences() {
+        for (issuer, expected) in [
+            (GITHUB.replace("repository_owner_ids = [\"7\"]", ""), "identity.issuers[1].repository_owner_ids"),
+            (GITHUB.replace("[\"7\"]", "[\"acme\"]"), "\"acme\" is not a numeric id"),
+            (GITHUB.replace("audiences = [\"https://stackpass.example.com\"]", ""), "identity.issuers[1].audiences"),
+            (GITHUB.replace("subjects = [\"component:default/*\"]", ""), "identity.issuers[1].subjects"),
+            (GITHUB.replace("component:default/*", "user:default/*"), "names no component"),
+            (format!("{GITHUB}events = [\"push\", \"pull_request_target\"]\n"), "pull_request_target can never be trusted"),
+            (format!("{GITHUB}namespace_ids = [\"1\"]\n"), "is only for gitlab-ci issuers"),
+            (
+                "[[identity.issuers]]\nname = \"gl\"\nkind = \"gitlab-ci\"\naudiences = [\"sp\"]\nsubjects = [\"component:gl/*\"]\nnamespace_ids = [\"5\"]\n".into(),
+                "set issuer to your GitLab instance's URL",
+            ),
+            (
+                "[[identity.issuers]]\nname = \"tf\"\nkind = \"hcp-terraform\"\naudiences = [\"sp\"]\nsubjects = [\"component:tf/*\"]\norganization_ids = [\"acme\"]\n".into(),
+                "is not an organization id",
+            ),
+            (
+                "[[identity.issuers]]\nname = \"pd\"\nkind = \"pulumi-deployments\"\nsubjects = [\"component:pd/*\"]\n".into(),
+                "list your Pulumi organization names",
+            ),
+            (
+                "[[identity.issuers]]\nname = \"k8s\"\nkind = \"kubernetes\"\nissuer = \"https://kubernetes.default.svc\"\naudiences = [\"sp\"]\nsubjects = [\"component:k8s/*\"]\nservice_accounts = { \"deployer\" = \"component:k8s/payments\" }\n".into(),
+                "\"deployer\" is not NAMESPACE/NAME",
+            ),
+        ] {
+            let err = load(&issuer).unwrap_err();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
+
+    #[test]
+    fn machine_issuers_may_not_overlap_other_issuers() {
+        let err = load(&format!(
+            "{GITHUB}\n[[identity.issuers]]\nname = \"gl\"\nkind = \"gitlab-ci\"\nissuer = \"https://gitlab.example.com\"\naudiences = [\"sp\"]\nsubjects = [\"component:default/payments\"]\nnamespace_ids = [\"5\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("overlaps component:default/*"), "{err}");
+        let ok = format!(
+            "{GITHUB}\n[[identity.issuers]]\nname = \"tf\"\nkind = \"hcp-terraform\"\naudiences = [\"sp\"]\nsubjects = [\"component:terraform/*\"]\norganization_ids = [\"org-AbC\"]\nmax_token_lifetime = \"2h\"\n"
+        );
+        load(&ok).unwrap();
+    }
+}
