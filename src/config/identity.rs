@@ -555,9 +555,17 @@ impl IdentityConfig {
                                 format!("{pattern} names no user, but a backstage issuer's tokens are user tokens and name users only; use user:NAMESPACE/* patterns"),
                             );
                         }
+                        // Two machine issuers may share components: neither
+                        // names its caller, each reaches only the components
+                        // its own binding (annotation and id, stack tag,
+                        // explicit map) leads to. An issuer that names its
+                        // subject directly must never share one.
+                        let both_machines = |j: usize| {
+                            issuer.kind.is_machine() && self.issuers[j].kind.is_machine()
+                        };
                         if let Some((other, theirs)) = vouched
                             .iter()
-                            .find(|(j, p)| *j != i && p.overlaps(&pattern))
+                            .find(|(j, p)| *j != i && p.overlaps(&pattern) && !both_machines(*j))
                         {
                             problem(
                                 key("subjects"),
@@ -679,14 +687,14 @@ mod tests {
     }
 
     #[test]
-    fn machine_issuers_may_not_overlap_other_issuers() {
+    fn machine_issuers_may_share_components_but_not_with_naming_issuers() {
         let err = load(&format!(
-            "{GITHUB}\n[[identity.issuers]]\nname = \"gl\"\nkind = \"gitlab-ci\"\nissuer = \"https://gitlab.example.com\"\naudiences = [\"sp\"]\nsubjects = [\"component:default/payments\"]\nnamespace_ids = [\"5\"]\n"
+            "{GITHUB}\n[[identity.issuers]]\nname = \"ci\"\nkind = \"oidc\"\nissuer = \"https://ci.example.com\"\naudiences = [\"sp\"]\nsubjects = [\"component:default/payments\"]\n"
         ))
         .unwrap_err();
         assert!(err.contains("overlaps component:default/*"), "{err}");
         let ok = format!(
-            "{GITHUB}\n[[identity.issuers]]\nname = \"tf\"\nkind = \"hcp-terraform\"\naudiences = [\"sp\"]\nsubjects = [\"component:terraform/*\"]\norganization_ids = [\"org-AbC\"]\nmax_token_lifetime = \"2h\"\n"
+            "{GITHUB}\n[[identity.issuers]]\nname = \"tf\"\nkind = \"hcp-terraform\"\naudiences = [\"sp\"]\nsubjects = [\"component:default/*\"]\norganization_ids = [\"org-AbC\"]\nmax_token_lifetime = \"2h\"\n"
         );
         load(&ok).unwrap();
     }
