@@ -304,3 +304,38 @@ impl Catalog for BackstageCatalog {
 fn unshare(error: Arc<CatalogError>) -> CatalogError {
     Arc::try_unwrap(error).unwrap_or_else(|shared| (*shared).clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value that would add a condition of its own to the filter is never
+    /// sent: it cannot match, so nothing is asked (the catalog here is a
+    /// closed port, which any request would fail on).
+    #[tokio::test]
+    async fn annotation_values_cannot_extend_the_filter() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let catalog = BackstageCatalog::new(BackstageCatalogSettings {
+            base_url: Url::parse(&url).unwrap(),
+            token: None,
+            cache_ttl: Duration::from_secs(1),
+            cache_capacity: 10,
+            http: reqwest::Client::new(),
+        });
+        for value in ["acme/payments,kind=user", "a=b", ""] {
+            let found = catalog
+                .annotated("component", "github.com/project-slug", value)
+                .await
+                .unwrap();
+            assert!(found.is_empty(), "{value}");
+        }
+        assert!(matches!(
+            catalog
+                .annotated("component", "github.com/project-slug", "acme/payments")
+                .await,
+            Err(CatalogError::Unavailable(_))
+        ));
+    }
+}

@@ -101,10 +101,12 @@ async fn component_by_annotation(
     id_key: &str,
     id: &str,
 ) -> Result<EntityRef, IdentityError> {
-    let found = catalog
+    let mut found = catalog
         .annotated("component", key, value)
         .await
         .map_err(catalog_down)?;
+    // Whatever the catalog answers, only a component can be a pipeline's caller.
+    found.retain(|e| e.reference.kind() == "component");
     let entity = match found.as_slice() {
         [] => {
             return Err(nobody(format!(
@@ -164,6 +166,69 @@ impl StackComponents {
                     self.component_tag
                 ))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::AnnotatedEntity;
+
+    /// A catalog that cannot be reached.
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl Catalog for Down {
+        async fn owner_of(&self, _: &EntityRef) -> Result<Option<EntityRef>, CatalogError> {
+            Err(CatalogError::Unavailable("connection refused".into()))
+        }
+        async fn groups_of(&self, _: &EntityRef) -> Result<Vec<EntityRef>, CatalogError> {
+            Err(CatalogError::Unavailable("connection refused".into()))
+        }
+        async fn annotated(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+        ) -> Result<Vec<AnnotatedEntity>, CatalogError> {
+            Err(CatalogError::Unavailable("connection refused".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_catalog_is_unavailable_not_a_refusal() {
+        let error = component_by_annotation(&Down, "k", "v", "id", "1")
+            .await
+            .unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+    }
+
+    #[tokio::test]
+    async fn two_components_with_one_slug_trust_neither() {
+        let catalog = test_support::catalog(
+            r#"
+            [[components]]
+            ref = "component:default/a"
+            owner = "group:default/x"
+            annotations = { "github.com/project-slug" = "acme/r", "stackpass.dev/github-repository-id" = "1" }
+            [[components]]
+            ref = "component:default/b"
+            owner = "group:default/x"
+            annotations = { "github.com/project-slug" = "ACME/R", "stackpass.dev/github-repository-id" = "1" }
+            "#,
+        );
+        let error = component_by_annotation(
+            catalog.as_ref(),
+            "github.com/project-slug",
+            "acme/r",
+            GITHUB_REPOSITORY_ID_ANNOTATION,
+            "1",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error, IdentityError::NoCatalogEntity(m) if m.contains("neither is trusted"))
+        );
     }
 }
 
