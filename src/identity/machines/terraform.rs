@@ -30,12 +30,18 @@ impl HcpTerraformMapping {
             "terraform_organization_name",
             claims.required_text("terraform_organization_name")?,
         )?;
-        let org_id = claims.required_text("terraform_organization_id")?;
+        let org_id = plain(
+            "terraform_organization_id",
+            claims.required_text("terraform_organization_id")?,
+        )?;
         let workspace = plain(
             "terraform_workspace_name",
             claims.required_text("terraform_workspace_name")?,
         )?;
-        let phase_text = claims.required_text("terraform_run_phase")?;
+        let phase_text = plain(
+            "terraform_run_phase",
+            claims.required_text("terraform_run_phase")?,
+        )?;
         let run_id = plain(
             "terraform_run_id",
             claims.required_text("terraform_run_id")?,
@@ -53,16 +59,14 @@ impl HcpTerraformMapping {
         }
         if !self.organization_ids.iter().any(|id| id == org_id) {
             return Err(refused(format!(
-                "HCP Terraform organization {org} ({}) is not one this issuer trusts (organization_ids)",
-                org_id.escape_debug()
+                "HCP Terraform organization {org} ({org_id}) is not one this issuer trusts (organization_ids)"
             )));
         }
         let phase = RunPhase::parse(phase_text)
             .filter(|p| matches!(p, RunPhase::Plan | RunPhase::Apply))
             .ok_or_else(|| {
                 refused(format!(
-                    "run phase {:?} is neither plan nor apply",
-                    phase_text.escape_debug().to_string()
+                    "run phase {phase_text:?} is neither plan nor apply"
                 ))
             })?;
         let stack = StackRef::parse(&format!("terraform:{org}/{workspace}"))
