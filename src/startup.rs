@@ -19,8 +19,13 @@ use crate::config::{
 };
 use crate::database::{Database, DatabaseError};
 use crate::http_client::{self, TlsTrust};
+use crate::identity::machines::{
+    GithubActionsMapping, GitlabCiMapping, HcpTerraformMapping, KubernetesMapping,
+    PulumiDeploymentsMapping, StackComponents,
+};
 use crate::identity::{
-    CatalogEntityMapping, FetchSettings, KeySource, RemoteJwks, StaticKeys, TrustedIssuer, Verifier,
+    CatalogEntityMapping, ClaimMapping, FetchSettings, KeySource, RemoteJwks, StaticKeys,
+    TrustedIssuer, Verifier,
 };
 use crate::issuer::{
     Issuer, IssuerError, KeyDir, KeyRing, KeySetError, SigningKey, SigningKeyError,
@@ -91,9 +96,9 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         ));
     }
     let keys = key_source(config, true)?.expect("created when missing");
-    let verifier = build_verifier(config)?;
     let catalog = build_catalog(config)?;
     let (stacks, component_tags) = load_stacks(config)?;
+    let verifier = build_verifier(config, &catalog, &stacks, &component_tags)?;
     let providers = config.providers()?;
     let issuer = Issuer::load(
         keys,
@@ -281,7 +286,12 @@ pub fn longest_subject_token(config: &Config) -> Result<Duration, StartupError> 
 /// One trusted issuer per `[[identity.issuers]]`. Remote issuers fetch keys
 /// lazily, on the first token they see, so a Backstage outage does not stop the
 /// broker; a development issuer's key is created on first start.
-fn build_verifier(config: &Config) -> Result<Verifier, StartupError> {
+fn build_verifier(
+    config: &Config,
+    catalog: &Arc<dyn Catalog>,
+    stacks: &Arc<dyn StackSource>,
+    component_tags: &ComponentTags,
+) -> Result<Verifier, StartupError> {
     let identity = &config.identity;
     let fetch = FetchSettings {
         refresh_interval: identity.jwks_refresh_interval,
@@ -324,7 +334,7 @@ fn build_verifier(config: &Config) -> Result<Verifier, StartupError> {
             leeway: issuer.leeway,
             max_token_lifetime: issuer.max_token_lifetime,
             keys,
-            mapping: Arc::new(CatalogEntityMapping),
+            mapping: claim_mapping(issuer, catalog, stacks, component_tags),
             token_type: issuer.token_type().map(str::to_owned),
             subjects: issuer
                 .parsed_subjects()
@@ -334,6 +344,50 @@ fn build_verifier(config: &Config) -> Result<Verifier, StartupError> {
         });
     }
     Ok(Verifier::new(issuers, identity.max_token_bytes))
+}
+
+/// How the issuer's claims become a principal: Backstage-style `sub` for
+/// people and services, a catalog or stack lookup for machine callers.
+fn claim_mapping(
+    issuer: &crate::config::TrustedIssuerConfig,
+    catalog: &Arc<dyn Catalog>,
+    stacks: &Arc<dyn StackSource>,
+    component_tags: &ComponentTags,
+) -> Arc<dyn ClaimMapping> {
+    let stack_components = || StackComponents {
+        stacks: stacks.clone(),
+        component_tags: component_tags.clone(),
+    };
+    let validated = "validated: machine issuers have their pins";
+    match issuer.kind {
+        IssuerKind::Backstage | IssuerKind::Oidc | IssuerKind::Development => {
+            Arc::new(CatalogEntityMapping)
+        }
+        IssuerKind::GithubActions => Arc::new(GithubActionsMapping {
+            catalog: catalog.clone(),
+            owner_ids: issuer.repository_owner_ids.clone().expect(validated),
+            events: issuer.github_events(),
+            web_url: issuer.run_web_url(),
+        }),
+        IssuerKind::GitlabCi => Arc::new(GitlabCiMapping {
+            catalog: catalog.clone(),
+            namespace_ids: issuer.namespace_ids.clone().expect(validated),
+            sources: issuer.gitlab_sources(),
+            web_url: issuer.run_web_url().expect(validated),
+        }),
+        IssuerKind::PulumiDeployments => Arc::new(PulumiDeploymentsMapping {
+            stacks: stack_components(),
+            organizations: issuer.audiences.clone().expect(validated),
+        }),
+        IssuerKind::HcpTerraform => Arc::new(HcpTerraformMapping {
+            stacks: stack_components(),
+            organization_ids: issuer.organization_ids.clone().expect(validated),
+            web_url: issuer.run_web_url().expect(validated),
+        }),
+        IssuerKind::Kubernetes => Arc::new(KubernetesMapping {
+            service_accounts: issuer.service_accounts.clone().expect(validated),
+        }),
+    }
 }
 
 /// The stack source in force: each tool's own `[stacks.<tool>]` source, else

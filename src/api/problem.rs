@@ -229,8 +229,20 @@ fn from_identity_error(error: &IdentityError) -> Problem {
             StatusCode::SERVICE_UNAVAILABLE,
             "identity-unavailable",
             "Identity provider unavailable",
-            "the token issuer's signing keys could not be fetched",
-            "retry shortly; if it persists, the operator should check the identity issuer",
+            "the token issuer's signing keys, or the catalog or stack source that names the caller, could not be reached",
+            "retry shortly; if it persists, the operator should check the identity issuer, the catalog and the stack source",
+        );
+    }
+    if matches!(
+        error,
+        IdentityError::PipelineRefused(_) | IdentityError::NoCatalogEntity(_)
+    ) {
+        return Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Authentication failed",
+            error.to_string(),
+            "the token is genuine, but this broker does not trust the pipeline it names as any caller; the detail says what binds it",
         );
     }
     Problem::new(

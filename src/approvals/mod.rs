@@ -442,6 +442,7 @@ mod tests {
             actor: None,
             groups: vec![],
             dedicated_audience: false,
+            pipeline: None,
         };
         assert!(is_a_person(&principal));
         principal.actor = Some("agent:bot".into());

@@ -278,7 +278,16 @@ impl Broker {
             |group: &EntityRef| principal.subject == *group || principal.groups.contains(group);
         let owner = resolved.owner.as_ref().is_some_and(member);
         let auditor = self.auditor_groups.iter().any(member);
-        if owner || auditor {
+        // A pipeline stands for its component: its own stacks' reasons are
+        // its to see. A token bound to another stack is told so; the denial
+        // names only that stack and the one asked for.
+        let pipeline = principal.pipeline.as_ref();
+        let own_component =
+            pipeline.is_some() && resolved.component.as_ref() == Some(&principal.subject);
+        let bound_elsewhere = pipeline
+            .and_then(|run| run.bound_stack.as_ref())
+            .is_some_and(|bound| *bound != asked.request.stack);
+        if owner || auditor || own_component || bound_elsewhere {
             return denial;
         }
         Denial {

@@ -151,6 +151,7 @@ fn person(subject: &str) -> Principal {
         actor: None,
         groups: Vec::new(),
         dedicated_audience: false,
+        pipeline: None,
     }
 }
 

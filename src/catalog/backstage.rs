@@ -1,5 +1,7 @@
 //! The Backstage catalog over its REST API
-//! (`GET /api/catalog/entities/by-name/{kind}/{namespace}/{name}`), authenticated
+//! (`GET /api/catalog/entities/by-name/{kind}/{namespace}/{name}`, and
+//! `GET /api/catalog/entities/by-query?filter=kind=…,metadata.annotations.KEY=VALUE`
+//! to find machine callers' components by annotation), authenticated
 //! with a static external-access token and cached with a bounded TTL. Its URL's
 //! scheme (https unless loopback or `insecure_allow_http`) is checked when the
 //! configuration loads, and its client trusts the CAs configured for it.
@@ -15,7 +17,7 @@ use moka::future::Cache;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::{Catalog, CatalogError, EntityRef};
+use super::{AnnotatedEntity, Catalog, CatalogError, EntityRef};
 use crate::http_client::{self, FetchError};
 
 const MAX_ENTITY_BYTES: usize = 1024 * 1024;
@@ -36,6 +38,28 @@ pub struct BackstageCatalog {
     token: Option<SecretString>,
     owners: Cache<EntityRef, Option<EntityRef>>,
     groups: Cache<EntityRef, Vec<EntityRef>>,
+    annotated: Cache<(String, String, String), Vec<AnnotatedEntity>>,
+}
+
+/// `GET /entities/by-query`'s answer (`pageInfo` is not followed: a lookup
+/// asks for two items, and two already mean "ambiguous").
+#[derive(serde::Deserialize)]
+struct QueryPage {
+    items: Vec<QueriedEntity>,
+}
+
+#[derive(serde::Deserialize)]
+struct QueriedEntity {
+    kind: String,
+    metadata: QueriedMetadata,
+}
+
+#[derive(serde::Deserialize)]
+struct QueriedMetadata {
+    name: String,
+    namespace: Option<String>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -75,6 +99,10 @@ impl BackstageCatalog {
                 .max_capacity(settings.cache_capacity)
                 .time_to_live(settings.cache_ttl)
                 .build(),
+            annotated: Cache::builder()
+                .max_capacity(settings.cache_capacity)
+                .time_to_live(settings.cache_ttl)
+                .build(),
         }
     }
 
@@ -89,7 +117,14 @@ impl BackstageCatalog {
     }
 
     async fn fetch(&self, entity: &EntityRef) -> Result<Option<Entity>, CatalogError> {
-        let url = self.entity_url(entity);
+        self.get(self.entity_url(entity), &entity.to_string()).await
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        url: Url,
+        entity: &str,
+    ) -> Result<Option<T>, CatalogError> {
         let mut request = self.http.get(url.clone());
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose_secret());
@@ -102,15 +137,57 @@ impl BackstageCatalog {
                     ..
                 } => CatalogError::Unauthorized(status),
                 FetchError::InvalidJson { message, .. } => CatalogError::InvalidResponse {
-                    entity: entity.to_string(),
+                    entity: entity.to_owned(),
                     message,
                 },
                 FetchError::TooLarge { limit, .. } => CatalogError::InvalidResponse {
-                    entity: entity.to_string(),
+                    entity: entity.to_owned(),
                     message: format!("the entity is larger than {limit} bytes"),
                 },
                 other => CatalogError::Unavailable(other.to_string()),
             })
+    }
+
+    async fn fetch_annotated(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<AnnotatedEntity>, CatalogError> {
+        let what = format!("{kind} with annotation {key}={value}");
+        let mut url = self.base_url.clone();
+        url.path_segments_mut()
+            .expect("validated as an http(s) URL at start")
+            .pop_if_empty()
+            .extend(["api", "catalog", "entities", "by-query"]);
+        url.query_pairs_mut()
+            .append_pair(
+                "filter",
+                &format!("kind={kind},metadata.annotations.{key}={value}"),
+            )
+            .append_pair("limit", "2");
+        let Some(page) = self.get::<QueryPage>(url, &what).await? else {
+            return Ok(Vec::new());
+        };
+        page.items
+            .into_iter()
+            .map(|item| {
+                let namespace = item.metadata.namespace.as_deref().unwrap_or("default");
+                EntityRef::parse(
+                    &format!("{}:{}/{}", item.kind, namespace, item.metadata.name),
+                    None,
+                    namespace,
+                )
+                .map(|reference| AnnotatedEntity {
+                    reference,
+                    annotations: item.metadata.annotations,
+                })
+                .map_err(|e| CatalogError::InvalidResponse {
+                    entity: what.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
     }
 
     async fn fetch_owner(&self, component: &EntityRef) -> Result<Option<EntityRef>, CatalogError> {
@@ -196,9 +273,69 @@ impl Catalog for BackstageCatalog {
             .await
             .map_err(unshare)
     }
+
+    async fn annotated(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<AnnotatedEntity>, CatalogError> {
+        // The filter syntax separates conditions with ',' and key from value
+        // with '=': a value holding either could add a condition of its own.
+        if [kind, key, value]
+            .iter()
+            .any(|part| part.is_empty() || part.contains([',', '=']))
+        {
+            return Ok(Vec::new());
+        }
+        let cache_key = (
+            kind.to_ascii_lowercase(),
+            key.to_owned(),
+            value.to_ascii_lowercase(),
+        );
+        self.annotated
+            .try_get_with(cache_key, self.fetch_annotated(kind, key, value))
+            .await
+            .map_err(unshare)
+    }
 }
 
 /// moka shares one error between all callers that waited on the same lookup.
 fn unshare(error: Arc<CatalogError>) -> CatalogError {
     Arc::try_unwrap(error).unwrap_or_else(|shared| (*shared).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value that would add a condition of its own to the filter is never
+    /// sent: it cannot match, so nothing is asked (the catalog here is a
+    /// closed port, which any request would fail on).
+    #[tokio::test]
+    async fn annotation_values_cannot_extend_the_filter() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let catalog = BackstageCatalog::new(BackstageCatalogSettings {
+            base_url: Url::parse(&url).unwrap(),
+            token: None,
+            cache_ttl: Duration::from_secs(1),
+            cache_capacity: 10,
+            http: reqwest::Client::new(),
+        });
+        for value in ["acme/payments,kind=user", "a=b", ""] {
+            let found = catalog
+                .annotated("component", "github.com/project-slug", value)
+                .await
+                .unwrap();
+            assert!(found.is_empty(), "{value}");
+        }
+        assert!(matches!(
+            catalog
+                .annotated("component", "github.com/project-slug", "acme/payments")
+                .await,
+            Err(CatalogError::Unavailable(_))
+        ));
+    }
 }

@@ -13,6 +13,16 @@ pub use backstage::{BackstageCatalog, BackstageCatalogSettings};
 pub use entity_ref::{EntityRef, EntityRefError, DEFAULT_NAMESPACE};
 pub use static_file::StaticCatalog;
 
+use std::collections::BTreeMap;
+
+/// A catalog entity found by one of its annotations, with all of them: the
+/// caller checks the others (a repository id beside the slug, say) itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnotatedEntity {
+    pub reference: EntityRef,
+    pub annotations: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CatalogError {
     #[error("could not read the static catalog {path}: {message}")]
@@ -33,4 +43,15 @@ pub trait Catalog: Send + Sync {
 
     /// The groups `member` belongs to directly. Unknown entities belong to none.
     async fn groups_of(&self, member: &EntityRef) -> Result<Vec<EntityRef>, CatalogError>;
+
+    /// The entities of `kind` whose annotation `key` is `value` (compared
+    /// case-insensitively, as Backstage's filters do). Machine callers are
+    /// found this way: the component whose `github.com/project-slug` names
+    /// the repository a pipeline ran in.
+    async fn annotated(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<AnnotatedEntity>, CatalogError>;
 }

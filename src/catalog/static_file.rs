@@ -4,21 +4,24 @@
 //! [[components]]
 //! ref = "component:default/payments"
 //! owner = "group:default/team-payments"
+//! # found by machine callers (see identity's machine mappings)
+//! annotations = { "github.com/project-slug" = "acme/payments", "stackpass.dev/github-repository-id" = "123456" }
 //!
 //! [[users]]
 //! ref = "user:default/jane"
 //! member_of = ["group:default/team-payments"]
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use super::{Catalog, CatalogError, EntityRef};
+use super::{AnnotatedEntity, Catalog, CatalogError, EntityRef};
 
 #[derive(Debug, Default)]
 pub struct StaticCatalog {
     owners: HashMap<EntityRef, EntityRef>,
     groups: HashMap<EntityRef, Vec<EntityRef>>,
+    annotations: Vec<AnnotatedEntity>,
 }
 
 #[derive(serde::Deserialize)]
@@ -36,6 +39,8 @@ struct ComponentEntry {
     #[serde(rename = "ref")]
     reference: EntityRef,
     owner: EntityRef,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -67,6 +72,12 @@ impl StaticCatalog {
                     component.reference, component.owner
                 ));
             }
+            if !component.annotations.is_empty() {
+                catalog.annotations.push(AnnotatedEntity {
+                    reference: component.reference.clone(),
+                    annotations: component.annotations,
+                });
+            }
             if catalog
                 .owners
                 .insert(component.reference.clone(), component.owner)
@@ -96,6 +107,25 @@ impl Catalog for StaticCatalog {
 
     async fn groups_of(&self, member: &EntityRef) -> Result<Vec<EntityRef>, CatalogError> {
         Ok(self.groups.get(member).cloned().unwrap_or_default())
+    }
+
+    async fn annotated(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<AnnotatedEntity>, CatalogError> {
+        Ok(self
+            .annotations
+            .iter()
+            .filter(|e| e.reference.kind().eq_ignore_ascii_case(kind))
+            .filter(|e| {
+                e.annotations
+                    .get(key)
+                    .is_some_and(|v| v.eq_ignore_ascii_case(value))
+            })
+            .cloned()
+            .collect())
     }
 }
 
@@ -130,6 +160,38 @@ mod tests {
         );
         assert_eq!(catalog.groups_of(&jane).await.unwrap().len(), 1);
         assert!(catalog.groups_of(&bob).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn finds_components_by_annotation() {
+        let catalog = StaticCatalog::parse(
+            r#"
+            [[components]]
+            ref = "component:default/payments"
+            owner = "group:default/team-payments"
+            annotations = { "github.com/project-slug" = "Acme/Payments" }
+            [[components]]
+            ref = "component:default/billing"
+            owner = "group:default/team-billing"
+            "#,
+        )
+        .unwrap();
+        let found = catalog
+            .annotated("component", "github.com/project-slug", "acme/payments")
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].reference.to_string(), "component:default/payments");
+        assert!(catalog
+            .annotated("component", "github.com/project-slug", "acme/billing")
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(catalog
+            .annotated("user", "github.com/project-slug", "acme/payments")
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Config {
                     "list the audiences this issuer's tokens are meant for".into(),
                 );
             }
-            if issuer.algorithms.is_empty() {
+            if issuer.algorithm_names().is_empty() {
                 problem(
                     key("algorithms"),
                     "list at least one algorithm, e.g. [\"ES256\"]".into(),

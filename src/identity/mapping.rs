@@ -1,10 +1,12 @@
 //! How an issuer's claims become a principal. Each trusted issuer carries its
 //! own mapping, so a CI system's or a cluster's tokens (whose `sub` is not a
-//! catalog entity) can be added without touching the verification steps.
+//! catalog entity) can be added without touching the verification steps: the
+//! machine issuers' mappings live in `machines/` and may look their caller
+//! up in the catalog or the stack source, hence the trait is async.
 
 use serde::Deserialize;
 
-use super::{IdentityError, PrincipalKind};
+use super::{IdentityError, PipelineRun, PrincipalKind};
 use crate::catalog::EntityRef;
 
 /// A token's claims after its signature, issuer, audience and times were
@@ -18,6 +20,28 @@ impl VerifiedClaims {
         match self.0.get(name) {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(serde_json::Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(wrong_type()),
+        }
+    }
+
+    /// A claim that must be a string, present and not empty: `what` names
+    /// it in the error.
+    pub fn required_text(&self, name: &str) -> Result<&str, IdentityError> {
+        match self.text(name)? {
+            Some(text) if !text.is_empty() => Ok(text),
+            _ => Err(IdentityError::InvalidClaims(format!(
+                "the {name} claim is missing"
+            ))),
+        }
+    }
+
+    /// An identifier that issuers write as a string (GitHub, GitLab) or a
+    /// number: its decimal text.
+    pub fn id(&self, name: &str) -> Result<Option<String>, IdentityError> {
+        match self.0.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(text)) if !text.is_empty() => Ok(Some(text.clone())),
+            Some(serde_json::Value::Number(n)) if n.is_u64() => Ok(Some(n.to_string())),
             Some(_) => Err(wrong_type()),
         }
     }
@@ -41,10 +65,13 @@ pub struct MappedPrincipal {
     pub subject: EntityRef,
     pub kind: PrincipalKind,
     pub actor: Option<String>,
+    /// Machine callers: the pipeline run their token describes.
+    pub pipeline: Option<PipelineRun>,
 }
 
+#[async_trait::async_trait]
 pub trait ClaimMapping: Send + Sync {
-    fn principal(&self, claims: &VerifiedClaims) -> Result<MappedPrincipal, IdentityError>;
+    async fn principal(&self, claims: &VerifiedClaims) -> Result<MappedPrincipal, IdentityError>;
 }
 
 /// Backstage's mapping (also used for OIDC issuers and the development issuer
@@ -53,8 +80,15 @@ pub trait ClaimMapping: Send + Sync {
 /// the caller an agent acting for `sub`.
 pub struct CatalogEntityMapping;
 
+#[async_trait::async_trait]
 impl ClaimMapping for CatalogEntityMapping {
-    fn principal(&self, claims: &VerifiedClaims) -> Result<MappedPrincipal, IdentityError> {
+    async fn principal(&self, claims: &VerifiedClaims) -> Result<MappedPrincipal, IdentityError> {
+        CatalogEntityMapping::map(claims)
+    }
+}
+
+impl CatalogEntityMapping {
+    fn map(claims: &VerifiedClaims) -> Result<MappedPrincipal, IdentityError> {
         let sub = claims.text("sub")?.unwrap_or_default();
         if sub.chars().any(char::is_control) {
             return Err(IdentityError::InvalidClaims(
@@ -97,6 +131,7 @@ impl ClaimMapping for CatalogEntityMapping {
             subject,
             kind,
             actor,
+            pipeline: None,
         })
     }
 }
@@ -111,7 +146,7 @@ mod tests {
 
     #[test]
     fn catalog_entities_map_to_humans_services_and_agents() {
-        let map = |value| CatalogEntityMapping.principal(&claims(value));
+        let map = |value| CatalogEntityMapping::map(&claims(value));
         let jane = map(serde_json::json!({ "sub": "user:default/jane" })).unwrap();
         assert_eq!(jane.kind, PrincipalKind::Human);
         assert_eq!(jane.subject.to_string(), "user:default/jane");
@@ -126,7 +161,7 @@ mod tests {
 
     #[test]
     fn malformed_claims_are_refused() {
-        let map = |value| CatalogEntityMapping.principal(&claims(value));
+        let map = |value| CatalogEntityMapping::map(&claims(value));
         for bad in [
             serde_json::json!({ "sub": "jane" }),
             serde_json::json!({ "sub": 7 }),

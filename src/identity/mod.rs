@@ -9,10 +9,14 @@
 //! on an unknown `kid` at a bounded rate), then signature and claims, then the
 //! issuer's claim mapping, then whether the issuer may vouch for that subject.
 //! This module reads no configuration: startup builds each [`TrustedIssuer`]
-//! from it.
+//! from it. Machine issuers (CI systems, deployment services, clusters) map
+//! their claims to a catalog component through `machines/`, which may ask
+//! the catalog or the stack source, and describe the run in [`PipelineRun`].
 
 mod keys;
+pub mod machines;
 mod mapping;
+mod pipeline;
 mod subjects;
 
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use keys::{FetchSettings, KeySource, KeySourceError, RemoteJwks, StaticKeys};
 pub use mapping::{CatalogEntityMapping, ClaimMapping, MappedPrincipal, VerifiedClaims};
+pub use pipeline::{PipelineRun, PipelineSystem, RunPhase};
 pub use subjects::{SubjectPattern, SubjectPatternError};
 
 /// The `typ` header of a Backstage user identity token (Backstage's
@@ -67,6 +72,9 @@ pub struct Principal {
     /// issuer's `dedicated_audience`, so no other service could have been sent
     /// it (unlike a Backstage token, which every backend plugin receives).
     pub dedicated_audience: bool,
+    /// A machine caller's pipeline run (CI job, deployment, workload); `None`
+    /// for people, agents and Backstage-style service tokens.
+    pub pipeline: Option<PipelineRun>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,12 +123,21 @@ pub enum IdentityError {
     NotAUser { issuer: String, subject: String },
     #[error("the issuer's signing keys could not be fetched: {0}")]
     KeysUnavailable(String),
+    #[error("this pipeline is not trusted: {0}")]
+    PipelineRefused(String),
+    #[error("the token maps to no catalog entity: {0}")]
+    NoCatalogEntity(String),
+    #[error("the caller could not be looked up: {0}")]
+    LookupUnavailable(String),
 }
 
 impl IdentityError {
     /// Failures that are the broker's or issuer's fault rather than the token's.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, IdentityError::KeysUnavailable(_))
+        matches!(
+            self,
+            IdentityError::KeysUnavailable(_) | IdentityError::LookupUnavailable(_)
+        )
     }
 }
 
@@ -224,7 +241,7 @@ impl Verifier {
         if exp.saturating_sub(iat) > issuer.max_token_lifetime.as_secs() as i64 {
             return Err(IdentityError::LifetimeTooLong);
         }
-        let mapped = issuer.mapping.principal(&claims)?;
+        let mapped = issuer.mapping.principal(&claims).await?;
         let subject = &mapped.subject;
         if subject.kind() == "group" {
             return Err(IdentityError::GroupSubject {
@@ -255,6 +272,7 @@ impl Verifier {
             actor: mapped.actor,
             groups: Vec::new(),
             dedicated_audience,
+            pipeline: mapped.pipeline,
         })
     }
 }

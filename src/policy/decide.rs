@@ -12,6 +12,9 @@ use crate::catalog::{EntityRef, DEFAULT_NAMESPACE};
 use crate::identity::Principal;
 
 pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
+    if let Some(denial) = outside_bound_stack(input) {
+        return Decision::Deny(denial);
+    }
     let mut misses = Vec::new();
     for rule in rules {
         match evaluate(rule, input) {
@@ -77,6 +80,21 @@ pub fn decide(rules: &[Rule], input: &PolicyInput<'_>) -> Decision {
     })
 }
 
+/// A deployment system's token names the one stack its run deploys; it gets
+/// credentials for that stack and no other, whatever the rules say.
+fn outside_bound_stack(input: &PolicyInput<'_>) -> Option<Denial> {
+    let run = input.principal.pipeline.as_ref()?;
+    let bound = run.bound_stack.as_ref()?;
+    (*bound != input.stack.reference).then(|| Denial {
+        summary: format!(
+            "this {} token is for a run of {bound}; it gets credentials for that stack only, not {}",
+            run.system, input.stack.reference
+        ),
+        denied_by: None,
+        rules: Vec::new(),
+    })
+}
+
 /// Why a rule did not grant.
 enum Miss {
     /// The request does not meet the rule's conditions: try the next rule.
@@ -135,6 +153,26 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Miss>
                 .join(", ")
         ));
     }
+    if !rule.run_phases.is_empty() {
+        let phases = || {
+            rule.run_phases
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        match principal.pipeline.as_ref().and_then(|run| run.phase) {
+            Some(phase) if rule.run_phases.contains(&phase) => {}
+            Some(phase) => reasons.push(format!(
+                "the rule is for pipeline runs in phase {}; this run is in phase {phase}",
+                phases()
+            )),
+            None => reasons.push(format!(
+                "the rule is for pipeline runs in phase {}; this requester is not a pipeline run with a phase",
+                phases()
+            )),
+        }
+    }
     if rule.effect == Effect::Deny {
         return if reasons.is_empty() {
             Ok(None)
@@ -153,6 +191,17 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Miss>
                 .push("the stack's tags name no catalog component, so it has no owner".into()),
             (Some(component), None) => {
                 reasons.push(format!("the catalog has no owner for {component}"))
+            }
+            // A pipeline acts as the component it deploys: its own stacks
+            // are its to deploy, and no one else's.
+            (Some(component), Some(_)) if principal.pipeline.is_some() => {
+                if principal.subject != *component {
+                    reasons.push(format!(
+                        "{} (a {} pipeline) may act on its own component's stacks only; this stack belongs to {component}",
+                        principal.subject,
+                        principal.pipeline.as_ref().map_or("", |run| run.system.as_str())
+                    ));
+                }
             }
             (Some(component), Some(owner)) => {
                 if !is_member(principal, owner) {

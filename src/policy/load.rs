@@ -260,6 +260,54 @@ role = "arn:aws:iam::{tags.aws-account}:role/{component}-deployer"
     }
 
     #[test]
+    fn run_phases_load_and_are_checked() {
+        let phased = |phases: &str, extra: &str| {
+            format!(
+                "[[rules]]\nname = \"plans-read\"\nprovider = \"aws\"\nrun_phases = {phases}\n{extra}tags = {{ aws-account = [\"*\"] }}\nrole = \"arn:aws:iam::{{tags.aws-account}}:role/{{component}}-readonly\"\n"
+            )
+        };
+        let rules = load_text(&phased("[\"plan\", \"preview\"]", "")).unwrap();
+        assert_eq!(
+            rules[0].run_phases,
+            [
+                crate::identity::RunPhase::Plan,
+                crate::identity::RunPhase::Preview
+            ]
+        );
+        let unknown = load_text(&phased("[\"deploy\"]", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unknown.contains("deploy") && unknown.contains("plan"),
+            "{unknown}"
+        );
+        let twice = load_text(&phased("[\"plan\", \"plan\"]", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(twice.contains("run_phases lists plan twice"), "{twice}");
+        let humans = load_text(&phased("[\"plan\"]", "requester_kinds = [\"human\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            humans.contains("run_phases only match pipeline runs"),
+            "{humans}"
+        );
+        // A rule for any phase shadows a later phase-limited one; not the reverse.
+        let plans = phased("[\"plan\"]", "");
+        assert!(load_text(&format!("{plans}\n{DEPLOY}")).is_ok());
+        let shadowed = load_text(&format!(
+            "{DEPLOY}\n{}",
+            plans.replace(
+                "aws-account = [\"*\"]",
+                "environment = [\"dev\"], aws-account = [\"*\"]"
+            )
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(shadowed.contains("can never match"), "{shadowed}");
+    }
+
+    #[test]
     fn nothing_is_loaded_when_anything_is_wrong() {
         let text = format!("{DEPLOY}\n[[rules]]\nname = \"owners-deploy-nonprod\"\nprovider = \"gcp\"\nrole = \"x\"\n");
         let err = load_text(&text).unwrap_err();

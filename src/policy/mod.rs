@@ -11,6 +11,11 @@
 //! the stack's owning group. A denial lists every rule considered and why it did
 //! not match. Reasons only mention the requested stack's own facts and the
 //! requester's relation to its owner, never other teams' stacks, roles or members.
+//!
+//! Machine callers (a principal with a pipeline run) meet the owner
+//! requirement on their own component's stacks, and a token bound to one
+//! stack (Pulumi Deployments, HCP Terraform) is refused for any other before
+//! a rule is tried.
 
 mod decide;
 mod live;
@@ -39,7 +44,7 @@ pub use validate::{PolicyProblem, RuleSource, ValidationContext};
 pub use written::RuleConfig;
 
 use crate::catalog::EntityRef;
-use crate::identity::{Principal, PrincipalKind};
+use crate::identity::{Principal, PrincipalKind, RunPhase};
 use crate::stacks::Stack;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -67,6 +72,9 @@ pub struct Rule {
     /// Allow rules only: the requester's token must have been minted for this
     /// broker alone ([`Principal::dedicated_audience`]).
     pub require_dedicated_audience: bool,
+    /// Empty: any caller. Otherwise the requester must be a pipeline run in
+    /// one of these phases (`plan`, `preview` for read-only grants, say).
+    pub run_phases: Vec<RunPhase>,
     /// Allow rules only: what the grant lets the requester become (the `role`
     /// key; an AWS role ARN, for example).
     pub target: Option<TargetTemplate>,

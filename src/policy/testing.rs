@@ -14,6 +14,11 @@
 //! request = { provider = "aws", duration = "30m" }
 //! expect = "allow"
 //! grant = { rule = "owners-deploy-nonprod", role = "arn:aws:iam::111111111111:role/payments-deployer", duration = "30m" }
+//!
+//! [[cases]]
+//! name = "a plan only reads"
+//! principal = { subject = "component:default/payments", pipeline = { system = "hcp-terraform", phase = "plan", stack = "terraform:acme/payments-prod" } }
+//! # stack, owner, request as above
 //! ```
 
 use std::collections::BTreeMap;
@@ -28,7 +33,7 @@ use super::load::load_rules;
 use super::validate::ValidationContext;
 use super::{decide, Decision, PolicyInput};
 use crate::catalog::EntityRef;
-use crate::identity::{Principal, PrincipalKind};
+use crate::identity::{PipelineRun, PipelineSystem, Principal, PrincipalKind, RunPhase};
 use crate::registry::Providers;
 use crate::stacks::{Stack, StackRef};
 
@@ -77,6 +82,18 @@ struct TestPrincipal {
     /// The token was minted for the broker alone (see `require_dedicated_audience`).
     #[serde(default)]
     dedicated_audience: bool,
+    /// A machine caller: its pipeline run (see `run_phases`).
+    pipeline: Option<TestPipeline>,
+}
+
+/// `pipeline = { system = "hcp-terraform", phase = "plan", stack = "terraform:acme/payments-prod" }`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestPipeline {
+    system: PipelineSystem,
+    phase: Option<RunPhase>,
+    /// The stack a deployment system's token is bound to.
+    stack: Option<StackRef>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +218,12 @@ fn check(case: &Case, rules: &[super::Rule], tests: &TestFile) -> Result<(), Str
         actor: case.principal.actor.clone(),
         groups: case.principal.groups.clone(),
         dedicated_audience: case.principal.dedicated_audience,
+        pipeline: case.principal.pipeline.as_ref().map(|p| {
+            let mut run = PipelineRun::new(p.system);
+            run.phase = p.phase;
+            run.bound_stack = p.stack.clone();
+            run
+        }),
     };
     let stack = Stack {
         reference: case.stack.reference.clone(),

@@ -10,7 +10,7 @@ use stackpass_provider::ProviderKind;
 
 use super::*;
 use crate::fakes::FakeCloud;
-use crate::identity::PrincipalKind;
+use crate::identity::{PipelineRun, PipelineSystem, PrincipalKind, RunPhase};
 use crate::stacks::StackRef;
 
 fn entity(s: &str) -> EntityRef {
@@ -26,6 +26,41 @@ fn principal(subject: &str, groups: &[&str]) -> Principal {
         actor: None,
         groups: groups.iter().map(|g| entity(g)).collect(),
         dedicated_audience: false,
+        pipeline: None,
+    }
+}
+
+/// The payments component's own pipeline: an HCP Terraform run of the dev
+/// stack (the standard request's), in `phase`.
+fn pipeline(phase: RunPhase) -> Principal {
+    let mut run = PipelineRun::new(PipelineSystem::HcpTerraform);
+    run.phase = Some(phase);
+    run.bound_stack = Some(StackRef::parse("pulumi:acme/payments/dev").unwrap());
+    Principal {
+        issuer: "https://app.terraform.io".into(),
+        issuer_name: "hcp".into(),
+        kind: PrincipalKind::Service,
+        pipeline: Some(run),
+        ..principal("component:default/payments", &[])
+    }
+}
+
+/// Plans read: the read-only role for pipeline runs in plan or preview.
+fn plans_read() -> Rule {
+    Rule {
+        name: "plans-read".into(),
+        run_phases: vec![RunPhase::Plan, RunPhase::Preview],
+        target: target("arn:aws:iam::{tags.aws-account}:role/{component}-readonly"),
+        ..nonprod()
+    }
+}
+
+/// Applies write.
+fn applies_write() -> Rule {
+    Rule {
+        name: "applies-write".into(),
+        run_phases: vec![RunPhase::Apply, RunPhase::Update],
+        ..nonprod()
     }
 }
 
@@ -55,6 +90,7 @@ fn nonprod() -> Rule {
         groups: Vec::new(),
         require_owner: true,
         require_dedicated_audience: false,
+        run_phases: Vec::new(),
         target: target("arn:aws:iam::{tags.aws-account}:role/{component}-deployer"),
         max_duration: Duration::from_secs(3600),
         default_duration: Duration::from_secs(900),
@@ -204,6 +240,67 @@ fn rows() -> Vec<Row> {
             rules: || vec![Rule { require_dedicated_audience: true, ..nonprod() }],
             change: |c| c.principal.dedicated_audience = true,
             expect: Allow { rule: "team-deploys-nonprod", target: PAYMENTS_DEV, duration: 900 },
+        },
+        Row {
+            name: "a pipeline deploys its own component's stacks",
+            rules: || vec![nonprod()],
+            change: |c| c.principal = pipeline(RunPhase::Apply),
+            expect: Allow { rule: "team-deploys-nonprod", target: PAYMENTS_DEV, duration: 900 },
+        },
+        Row {
+            name: "a pipeline of another component gets nothing of this one",
+            rules: || vec![nonprod()],
+            change: |c| {
+                c.principal = pipeline(RunPhase::Apply);
+                c.principal.subject = entity("component:default/search");
+            },
+            expect: Deny {
+                denied_by: None,
+                reasons: &["component:default/search (a hcp-terraform pipeline) may act on its own component's stacks only; this stack belongs to component:default/payments"],
+            },
+        },
+        Row {
+            name: "a token bound to another stack is refused before any rule",
+            rules: || vec![nonprod()],
+            change: |c| {
+                c.principal = pipeline(RunPhase::Apply);
+                c.stack.reference = StackRef::parse("pulumi:acme/payments/staging").unwrap();
+            },
+            expect: Deny { denied_by: None, reasons: &[] },
+        },
+        Row {
+            name: "a plan gets the read-only rule's grant",
+            rules: || vec![applies_write(), plans_read()],
+            change: |c| c.principal = pipeline(RunPhase::Plan),
+            expect: Allow {
+                rule: "plans-read",
+                target: "arn:aws:iam::111111111111:role/payments-readonly",
+                duration: 900,
+            },
+        },
+        Row {
+            name: "an apply gets the writing rule's grant",
+            rules: || vec![plans_read(), applies_write()],
+            change: |c| c.principal = pipeline(RunPhase::Apply),
+            expect: Allow { rule: "applies-write", target: PAYMENTS_DEV, duration: 900 },
+        },
+        Row {
+            name: "a plan is told which phases the writing rule is for",
+            rules: || vec![applies_write()],
+            change: |c| c.principal = pipeline(RunPhase::Plan),
+            expect: Deny {
+                denied_by: None,
+                reasons: &["the rule is for pipeline runs in phase apply or update; this run is in phase plan"],
+            },
+        },
+        Row {
+            name: "a person never matches a run-phase rule",
+            rules: || vec![plans_read()],
+            change: |_| {},
+            expect: Deny {
+                denied_by: None,
+                reasons: &["the rule is for pipeline runs in phase plan or preview; this requester is not a pipeline run with a phase"],
+            },
         },
         Row {
             name: "a longer request is capped by the rule",
@@ -461,6 +558,20 @@ fn decisions() {
             (_, other) => panic!("{name}: unexpected {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_bound_token_is_told_which_stack_it_is_for() {
+    let mut case = Case::standard();
+    case.principal = pipeline(RunPhase::Apply);
+    case.stack.reference = StackRef::parse("pulumi:acme/payments/staging").unwrap();
+    let Decision::Deny(denial) = case.decide(&[nonprod()]) else {
+        panic!("denied")
+    };
+    assert_eq!(
+        denial.summary,
+        "this hcp-terraform token is for a run of pulumi:acme/payments/dev; it gets credentials for that stack only, not pulumi:acme/payments/staging"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::written::RuleConfig;
 use super::{Effect, Rule, TargetTemplate, Template, ValuePattern, Variable};
+use crate::identity::PrincipalKind;
 use crate::registry::Providers;
 
 /// Where a rule was written: a file and line, or a key of the server config.
@@ -75,6 +76,18 @@ pub fn validate(
                     "tags.{tag} lists no values, so the rule could never match"
                 ));
             }
+        }
+        if !config.run_phases.is_empty()
+            && !config.requester_kinds.is_empty()
+            && !config.requester_kinds.contains(&PrincipalKind::Service)
+        {
+            messages.push(
+                "run_phases only match pipeline runs, which are service requesters; add \"service\" to requester_kinds or drop run_phases".into(),
+            );
+        }
+        let mut phases = HashSet::new();
+        if let Some(twice) = config.run_phases.iter().find(|p| !phases.insert(**p)) {
+            messages.push(format!("run_phases lists {twice} twice"));
         }
         if !config.require_owner && config.groups.is_empty() {
             messages.push(
@@ -207,6 +220,7 @@ pub fn validate(
             require_owner: config.require_owner && config.effect == Effect::Allow,
             require_dedicated_audience: config.require_dedicated_audience
                 && config.effect == Effect::Allow,
+            run_phases: config.run_phases.clone(),
             target,
             max_duration: config.max_duration,
             default_duration: limits
@@ -296,5 +310,11 @@ pub(super) fn covers(earlier: &Rule, later: &Rule) -> bool {
         || (!later.groups.is_empty() && later.groups.iter().all(|g| earlier.groups.contains(g)));
     let owner = !earlier.require_owner || later.require_owner;
     let audience = !earlier.require_dedicated_audience || later.require_dedicated_audience;
-    earlier.provider == later.provider && tags && kinds && groups && owner && audience
+    let phases = earlier.run_phases.is_empty()
+        || (!later.run_phases.is_empty()
+            && later
+                .run_phases
+                .iter()
+                .all(|p| earlier.run_phases.contains(p)));
+    earlier.provider == later.provider && tags && kinds && groups && owner && audience && phases
 }

@@ -10,7 +10,7 @@ use stackpass_provider::ProviderKind;
 
 use super::Effect;
 use crate::catalog::EntityRef;
-use crate::identity::PrincipalKind;
+use crate::identity::{PrincipalKind, RunPhase};
 
 /// One rule as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +33,10 @@ pub struct RuleConfig {
     /// `dedicated_audience`), not tokens Backstage sends every plugin.
     #[serde(default)]
     pub require_dedicated_audience: bool,
+    /// Only pipeline runs in these phases (`plan`, `apply`, `preview`,
+    /// `update`, `refresh`, `destroy`): e.g. a read-only role for plans.
+    #[serde(default)]
+    pub run_phases: Vec<RunPhase>,
     /// Target template in the provider's syntax, e.g. an AWS role
     /// `arn:aws:iam::{tags.aws-account}:role/{component}-deployer`. Written
     /// `role` or `target`.

@@ -260,6 +260,23 @@ async function main() {
   check('catalog user: memberOf -> group:default/team-payments', JSON.stringify(relationTargets(user.body, 'memberOf')) === '["group:default/team-payments"]', user.body.relations);
   check('catalog missing entity: 404', missing.status === 404, missing.status);
 
+  // (d2) by-query on an annotation, as stackpass finds a machine caller's
+  // component: the slug lower-cased (filter values compare case-insensitively),
+  // the key with its dots and slash, limit 2.
+  const slugFilter = encodeURIComponent('kind=component,metadata.annotations.github.com/project-slug=acme/payments');
+  const byQuery = await request('GET', `/api/catalog/entities/by-query?filter=${slugFilter}&limit=2`, { token: staticToken });
+  write('catalog-by-query-annotation.json', byQuery);
+  const noMatchFilter = encodeURIComponent('kind=component,metadata.annotations.github.com/project-slug=acme/nothing');
+  const byQueryNone = await request('GET', `/api/catalog/entities/by-query?filter=${noMatchFilter}&limit=2`, { token: staticToken });
+  write('catalog-by-query-no-match.json', byQueryNone);
+  const byQueryNoToken = await request('GET', `/api/catalog/entities/by-query?filter=${slugFilter}&limit=2`);
+  const queried = (byQuery.body?.items || []).map(e => `${e.kind}:${e.metadata?.namespace}/${e.metadata?.name}`);
+  check('catalog by-query: 200 with an items array', byQuery.status === 200 && Array.isArray(byQuery.body?.items), byQuery.status);
+  check('catalog by-query: a lower-cased annotation value finds the component annotated Acme/Payments', JSON.stringify(queried) === '["Component:default/payments"]', queried);
+  check('catalog by-query: items carry metadata.annotations with the repository id', byQuery.body?.items?.[0]?.metadata?.annotations?.['stackpass.dev/github-repository-id'] === '42', byQuery.body?.items?.[0]?.metadata?.annotations);
+  check('catalog by-query: no match is 200 with no items (not 404)', byQueryNone.status === 200 && Array.isArray(byQueryNone.body?.items) && byQueryNone.body.items.length === 0, byQueryNone);
+  check('catalog by-query without token: 401', byQueryNoToken.status === 401, byQueryNoToken.status);
+
   // (e) the catalog without a token, with a wrong one, and with jane's user token.
   const noToken = await request('GET', '/api/catalog/entities/by-name/component/default/payments');
   write('catalog-without-token.json', noToken);

@@ -22,6 +22,7 @@ mod identity;
 mod issuance;
 mod issuer_trust;
 mod keys;
+mod machines;
 mod notifications;
 mod policy;
 mod postgres;

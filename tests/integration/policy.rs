@@ -294,7 +294,7 @@ fn the_example_policy_repository_passes_its_own_tests() {
         stderr(&output)
     );
     let text = stdout(&output);
-    assert!(text.trim_end().ends_with("10 passed, 0 failed"), "{text}");
+    assert!(text.trim_end().ends_with("13 passed, 0 failed"), "{text}");
     assert!(!text.contains("FAIL"), "{text}");
 }
 

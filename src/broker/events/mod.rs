@@ -209,6 +209,26 @@ impl Event<'_> {
         }
     }
 
+    /// The authenticated caller the step is about, when it is one request's.
+    fn principal(&self) -> Option<&Principal> {
+        match self {
+            Event::UnknownStack { asked, .. }
+            | Event::Denied { asked, .. }
+            | Event::BreakGlassRefused { asked, .. }
+            | Event::ApprovalRequired { asked, .. }
+            | Event::WouldAllow { asked, .. }
+            | Event::WouldNeedApproval { asked, .. } => Some(asked.principal),
+            Event::Allowed(issuance)
+            | Event::IssuanceIntent { issuance, .. }
+            | Event::Issued { issuance, .. }
+            | Event::Federated { issuance, .. }
+            | Event::IssuanceFailed { issuance, .. }
+            | Event::IssuanceAbandoned { issuance }
+            | Event::IssuanceWithheld { issuance, .. } => Some(issuance.asked.principal),
+            _ => None,
+        }
+    }
+
     /// The log line for this step, once it is recorded.
     fn log(&self) {
         let asked = |a: &Asked<'_>| (a.context.request_id.clone(), a.principal.subject.clone());

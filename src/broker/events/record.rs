@@ -8,6 +8,7 @@ use super::{Allowance, AllowedIssuance, ApprovalStep, Asked, Event};
 use crate::audit::{AuditEvent, AuditQuery, AuditRecord, Outcome};
 use crate::broker::resolve::Resolved;
 use crate::database::format_timestamp;
+use crate::identity::PipelineRun;
 use crate::issuer::KeyRing;
 use crate::policy::{ApprovalRequirement, Denial};
 
@@ -88,6 +89,26 @@ fn keys_json(keys: &KeyRing) -> serde_json::Value {
         .collect()
 }
 
+fn pipeline_json(run: &PipelineRun) -> serde_json::Value {
+    let mut fields = serde_json::Map::new();
+    fields.insert("system".into(), run.system.as_str().into());
+    let optional = [
+        ("run_id", run.run_id.clone()),
+        ("run_url", run.run_url.clone()),
+        ("repository", run.repository.clone()),
+        ("ref", run.git_ref.clone()),
+        ("workflow", run.workflow.clone()),
+        ("phase", run.phase.map(|p| p.as_str().to_owned())),
+        ("stack", run.bound_stack.as_ref().map(ToString::to_string)),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            fields.insert(name.into(), value.into());
+        }
+    }
+    serde_json::Value::Object(fields)
+}
+
 fn denial_json(denial: &Denial) -> serde_json::Value {
     json!({
         "summary": denial.summary,
@@ -105,12 +126,20 @@ impl Event<'_> {
     /// own request id goes into the detail, beside the broker's in `request_id`.
     pub fn record(&self) -> AuditRecord {
         let mut record = self.build_record();
-        if let Some(client_id) = self.context().and_then(|c| c.client_request_id.as_deref()) {
+        let mut add = |name: &str, value: serde_json::Value| {
             let mut detail = record.detail.take().unwrap_or_else(|| json!({}));
             if let Some(fields) = detail.as_object_mut() {
-                fields.insert("client_request_id".into(), client_id.into());
+                fields.insert(name.into(), value);
             }
             record.detail = Some(detail);
+        };
+        if let Some(client_id) = self.context().and_then(|c| c.client_request_id.as_deref()) {
+            add("client_request_id", client_id.into());
+        }
+        // A machine caller's record names the run that asked, beside the
+        // component it acts as (the requester).
+        if let Some(run) = self.principal().and_then(|p| p.pipeline.as_ref()) {
+            add("pipeline", pipeline_json(run));
         }
         record
     }

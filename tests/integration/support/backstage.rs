@@ -1,16 +1,16 @@
 //! [`BackstageDouble`]: Backstage's auth backend (OIDC discovery, JWKS, ES256
-//! user tokens) and catalog API (`/api/catalog/entities/by-name/...` with a static
-//! token), following Backstage's documented responses, with request counters,
+//! user tokens) and catalog API (`/api/catalog/entities/by-name/...` and
+//! `/api/catalog/entities/by-query?filter=...`, with a static token), following Backstage's documented responses, with request counters,
 //! served over http or over https behind a private CA ([`BackstageDouble::start_tls`]);
 //! switches for what a broken or hostile issuer publishes (raw JWKs, a plain-http
 //! `jwks_uri`, an outage); and the catalog entities it serves ([`group`],
-//! [`user`], [`component`], [`default_entities`]).
+//! [`user`], [`component`], [`annotated`], [`default_entities`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -96,6 +96,7 @@ impl BackstageDouble {
                 "/api/catalog/entities/by-name/{kind}/{namespace}/{name}",
                 get(entity_by_name),
             )
+            .route("/api/catalog/entities/by-query", get(entities_by_query))
             .with_state(state.clone());
         let plain_url = spawn_router(router.clone()).await;
         let url = match tls {
@@ -235,6 +236,105 @@ fn backstage_error(status: StatusCode, name: &str, message: &str, url: &str) -> 
         .into_response()
 }
 
+/// The catalog's static-token check; `None` when the caller may read.
+fn unauthorized(headers: &HeaderMap, url: &str) -> Option<Response> {
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        None => Some(backstage_error(
+            StatusCode::UNAUTHORIZED,
+            "AuthenticationError",
+            "Missing credentials",
+            url,
+        )),
+        Some(value) if value != format!("Bearer {STATIC_CATALOG_TOKEN}") => Some(backstage_error(
+            StatusCode::UNAUTHORIZED,
+            "AuthenticationError",
+            "Illegal token",
+            url,
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Backstage's search table: every leaf of the entity as a lower-case
+/// `dotted.key` → lower-case value pair; annotation keys keep their dots and
+/// slashes (`metadata.annotations.github.com/project-slug`).
+fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(fields) => {
+            for (key, value) in fields {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&key, value, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| flatten(prefix, item, out)),
+        Value::String(text) => out.push((prefix.to_ascii_lowercase(), text.to_ascii_lowercase())),
+        Value::Bool(_) | Value::Number(_) => {
+            out.push((prefix.to_ascii_lowercase(), value.to_string()))
+        }
+        Value::Null => {}
+    }
+}
+
+/// `GET /entities/by-query`: each `filter` parameter is a set of
+/// comma-separated `key=value` conditions that must all hold (compared
+/// case-insensitively); several `filter` parameters are alternatives.
+/// Answers `{ items, totalItems, pageInfo }`.
+async fn entities_by_query(
+    State(state): State<Arc<BackstageState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    state.counters.catalog.fetch_add(1, Ordering::SeqCst);
+    let query = query.unwrap_or_default();
+    let url = format!("/entities/by-query?{query}");
+    if let Some(refusal) = unauthorized(&headers, &url) {
+        return refusal;
+    }
+    let mut filters: Vec<Vec<(String, String)>> = Vec::new();
+    let mut limit = usize::MAX;
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "filter" => filters.push(
+                value
+                    .split(',')
+                    .map(|condition| match condition.split_once('=') {
+                        Some((k, v)) => {
+                            (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase())
+                        }
+                        None => (condition.trim().to_ascii_lowercase(), String::new()),
+                    })
+                    .collect(),
+            ),
+            "limit" => limit = value.parse().unwrap_or(usize::MAX),
+            _ => {}
+        }
+    }
+    let mut items: Vec<Value> = state
+        .entities
+        .values()
+        .filter(|entity| {
+            let mut pairs = Vec::new();
+            flatten("", entity, &mut pairs);
+            filters.is_empty()
+                || filters.iter().any(|conditions| {
+                    conditions.iter().all(|(k, v)| {
+                        pairs
+                            .iter()
+                            .any(|(pk, pv)| pk == k && (v.is_empty() || pv == v))
+                    })
+                })
+        })
+        .cloned()
+        .collect();
+    let total = items.len();
+    items.truncate(limit);
+    Json(json!({ "items": items, "totalItems": total, "pageInfo": {} })).into_response()
+}
+
 async fn entity_by_name(
     State(state): State<Arc<BackstageState>>,
     UrlPath((kind, namespace, name)): UrlPath<(String, String, String)>,
@@ -243,24 +343,8 @@ async fn entity_by_name(
     state.counters.catalog.fetch_add(1, Ordering::SeqCst);
     // Backstage reports the URL relative to the catalog router.
     let url = format!("/entities/by-name/{kind}/{namespace}/{name}");
-    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        None => {
-            return backstage_error(
-                StatusCode::UNAUTHORIZED,
-                "AuthenticationError",
-                "Missing credentials",
-                &url,
-            )
-        }
-        Some(value) if value != format!("Bearer {STATIC_CATALOG_TOKEN}") => {
-            return backstage_error(
-                StatusCode::UNAUTHORIZED,
-                "AuthenticationError",
-                "Illegal token",
-                &url,
-            )
-        }
-        Some(_) => {}
+    if let Some(refusal) = unauthorized(&headers, &url) {
+        return refusal;
     }
     let key = (
         kind.to_ascii_lowercase(),
@@ -323,6 +407,14 @@ pub fn component(name: &str, owner: &str) -> Value {
         "spec": { "type": "service", "lifecycle": "production", "owner": owner },
         "relations": [relation("ownedBy", &format!("group:default/{owner}"))],
     })
+}
+
+/// `entity` with these annotations added (as a catalog-info.yaml sets them).
+pub fn annotated(mut entity: Value, annotations: &[(&str, &str)]) -> Value {
+    for (key, value) in annotations {
+        entity["metadata"]["annotations"][*key] = json!(value);
+    }
+    entity
 }
 
 /// jane and alex are in team-payments (owns payments); bob is in team-search

@@ -27,6 +27,10 @@ ref = "pulumi:acme/payments/prod"
 tags = { "backstage.io/component" = "payments", environment = "prod", aws-account = "999999999999" }
 
 [[stacks]]
+ref = "terraform:acme/payments-prod"
+tags = { "backstage.io/component" = "payments", environment = "prod", aws-account = "999999999999" }
+
+[[stacks]]
 ref = "terraform:acme/search-dev"
 tags = { "backstage.io/component" = "search", environment = "dev", aws-account = "222222222222" }
 

@@ -26,16 +26,24 @@
 //! - [`audit`]: reading, crashing and verifying the audit log from outside.
 //! - [`process`]: paths, the `stackpass` CLI, free ports, local HTTP servers.
 //! - [`tls`]: [`TestCa`], a private CA made in the test, and [`serve_tls`].
+//! - Machine issuers, each an [`OidcIssuer`] with its documented claims:
+//!   [`github_actions`], [`gitlab_ci`], [`pulumi_deployments`],
+//!   [`hcp_terraform_identity`], [`kubernetes`].
 
 pub mod audit;
 pub mod backstage;
 pub mod broker;
 pub mod entra;
+pub mod github_actions;
+pub mod gitlab_ci;
 pub mod google;
 pub mod hcp_terraform;
+pub mod hcp_terraform_identity;
+pub mod kubernetes;
 pub mod postgres;
 pub mod process;
 pub mod pulumi_cloud;
+pub mod pulumi_deployments;
 pub mod sts;
 pub mod tls;
 pub mod tokens;
@@ -45,11 +53,16 @@ pub use audit::*;
 pub use backstage::*;
 pub use broker::*;
 pub use entra::*;
+pub use github_actions::*;
+pub use gitlab_ci::*;
 pub use google::*;
 pub use hcp_terraform::*;
+pub use hcp_terraform_identity::*;
+pub use kubernetes::*;
 pub use postgres::*;
 pub use process::*;
 pub use pulumi_cloud::*;
+pub use pulumi_deployments::*;
 pub use sts::*;
 pub use tls::*;
 pub use tokens::*;
