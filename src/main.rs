@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         let args = read_token(token_file.as_deref()).map(|token| cli::RunArgs {
             server,
             token,
+            token_file,
             stack,
             providers,
             duration,

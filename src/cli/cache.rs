@@ -70,11 +70,9 @@ impl CacheKey {
     }
 }
 
-/// `iss sub [act.sub]` from the token's payload; a token that is not a JWT
-/// is known by its SHA-256 (the token is never stored).
-fn identity(token: &SecretString) -> String {
-    let token = token.expose_secret();
-    let claims = token
+/// A JWT's claims, read without verifying anything (the broker verifies).
+fn unverified_claims(token: &str) -> Option<serde_json::Value> {
+    token
         .split('.')
         .nth(1)
         .and_then(|payload| {
@@ -82,7 +80,22 @@ fn identity(token: &SecretString) -> String {
                 .decode(payload)
                 .ok()
         })
-        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok());
+        .and_then(|json| serde_json::from_slice(&json).ok())
+}
+
+/// When the token says it expires, if it is a JWT that says so.
+pub fn token_expiry(token: &SecretString) -> Option<OffsetDateTime> {
+    let exp = unverified_claims(token.expose_secret())?
+        .get("exp")?
+        .as_i64()?;
+    OffsetDateTime::from_unix_timestamp(exp).ok()
+}
+
+/// `iss sub [act.sub]` from the token's payload; a token that is not a JWT
+/// is known by its SHA-256 (the token is never stored).
+fn identity(token: &SecretString) -> String {
+    let token = token.expose_secret();
+    let claims = unverified_claims(token);
     let text = |value: Option<&serde_json::Value>| {
         value.and_then(serde_json::Value::as_str).map(str::to_owned)
     };

@@ -11,6 +11,7 @@ use super::cache::{CacheKey, CredentialCache};
 use super::CliError;
 use crate::{registry, wire};
 
+#[derive(Clone)]
 pub struct CredsArgs {
     pub server: String,
     pub token: SecretString,

@@ -32,15 +32,18 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use super::cache::{needs_refresh, renewal_time, CredentialCache};
+use super::cache::{needs_refresh, renewal_time, token_expiry, CredentialCache};
 use super::creds::{decide, issue, received};
 use super::project::{detect_stack, ProcessEnv};
-use super::{CliError, CredsArgs};
+use super::{read_token_file, CliError, CredsArgs};
 use crate::{registry, wire};
 
 pub struct RunArgs {
     pub server: String,
     pub token: SecretString,
+    /// Where the token came from, read again at each renewal: CI systems and
+    /// Kubernetes replace short-lived tokens in place.
+    pub token_file: Option<PathBuf>,
     pub stack: Option<String>,
     /// Empty: every provider the stack's grants cover.
     pub providers: Vec<String>,
@@ -67,6 +70,7 @@ struct Current {
 
 struct Shared {
     secret: SecretString,
+    token_file: Option<PathBuf>,
     dir: PathBuf,
     cache: Option<CredentialCache>,
     deliveries: BTreeMap<String, Arc<Delivery>>,
@@ -123,6 +127,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
         .port();
     let mut shared = Shared {
         secret: fresh_secret(),
+        token_file: args.token_file.clone(),
         dir,
         cache: args.cache,
         deliveries: BTreeMap::new(),
@@ -148,6 +153,12 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
             "stackpass: {kind} credentials for {stack} until {} (renewed while the command runs)",
             current.credential.expires_at
         );
+        if let Some(token_expiry) = token_expiry(&args.token) {
+            let renewal = renewal_time(current.fetched_at, current.expires_at);
+            if args.token_file.is_none() && token_expiry < renewal {
+                eprintln!("stackpass: your identity token expires before these credentials need renewing; for a long run, pass --duration to cover it, or --token-file with a file your platform keeps fresh");
+            }
+        }
         shared.deliveries.insert(
             kind.clone(),
             Arc::new(Delivery {
@@ -315,7 +326,11 @@ async fn refresh(shared: &Shared, delivery: &Delivery) -> Result<(), CliError> {
     ) {
         return Ok(());
     }
-    let next = fetch(&delivery.request, delivery.delivery, shared.cache.as_ref()).await?;
+    let mut request = delivery.request.clone();
+    if let Some(file) = &shared.token_file {
+        request.token = read_token_file(file)?;
+    }
+    let next = fetch(&request, delivery.delivery, shared.cache.as_ref()).await?;
     let endpoint = ChildEndpoint {
         url: &delivery.url,
         secret: &shared.secret,

@@ -280,3 +280,41 @@ async fn credential_process_calls_reuse_the_cache_until_near_expiry() {
     creds();
     assert_eq!(run.issued(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_read_the_token_file_again() {
+    let run = RunWorld::start(Duration::from_secs(4)).await;
+    let token_file = run.dir.path().join("token");
+    std::fs::write(&token_file, &run.token).unwrap();
+    // Halfway through, the platform replaces the token in the file — here with
+    // bob's, whom the policy refuses, so the renewal shows whose token it used.
+    let bob = run.world.backstage.user_token("user:default/bob");
+    let script = format!(
+        "aws sts get-caller-identity --query Account --output text && printf %s \"$BOB\" > {} && sleep 6 && aws sts get-caller-identity --query Account --output text",
+        token_file.display()
+    );
+    let output = run
+        .stackpass(&[
+            "run",
+            "--stack",
+            "pulumi:acme/payments/dev",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env_remove("STACKPASS_TOKEN")
+        .env("BOB", &bob)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{}", combined(&output));
+    assert_eq!(stdout(&output).trim(), "111111111111");
+    let said = stderr(&output);
+    assert!(
+        said.contains("could not renew aws credentials") && said.contains("Denied by policy"),
+        "{said}"
+    );
+    assert!(!said.contains(&bob) && !said.contains(&run.token));
+}
