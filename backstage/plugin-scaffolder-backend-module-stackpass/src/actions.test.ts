@@ -14,6 +14,7 @@ const AWS = {
   secret_access_key: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY',
   session_token: 'FwoGZXIvYXdzEXAMPLESESSIONTOKEN//////////wEaDAbc123',
 };
+const ASSUMED_ROLE_ARN = 'arn:aws:sts::111111111111:assumed-role/payments-deployer/user.default.jane';
 
 function issued(provider: string, credentials: Record<string, string>) {
   return {
@@ -214,6 +215,7 @@ const CHILD = `
 const { AWS_ACCESS_KEY_ID: id, AWS_SECRET_ACCESS_KEY: secret, AWS_SESSION_TOKEN: session } = process.env;
 console.log('profile=' + (process.env.AWS_PROFILE ?? 'unset') + ' imds=' + process.env.AWS_EC2_METADATA_DISABLED + ' region=' + process.env.AWS_REGION);
 console.log('lengths ' + [id, secret, session].map(v => (v ?? '').length).join(','));
+console.log('arn ${ASSUMED_ROLE_ARN} future future-secret-value');
 const pieces = ['id=' + id.slice(0, 5), id.slice(5) + ' secret=' + secret.slice(0, 11), secret.slice(11) + '\\n', 'session=' + session + '\\n'];
 let i = 0;
 const next = () => {
@@ -224,7 +226,10 @@ next();
 `;
 
 async function runWith(env: Record<string, string>) {
-  const broker = await fakeBroker(() => ({ status: 200, body: issued('aws', AWS) }));
+  const broker = await fakeBroker(() => ({
+    status: 200,
+    body: issued('aws', { ...AWS, assumed_role_arn: ASSUMED_ROLE_ARN, some_future_field: 'future-secret-value' }),
+  }));
   const workspace = fs.mkdtempSync(path.join(os.tmpdir(), 'stackpass-run-'));
   fs.mkdirSync(path.join(workspace, 'infra'));
   const action = createStackpassRunAction({ baseUrl: broker.url });
@@ -255,6 +260,8 @@ test('run: credentials reach the child only through its env, and no secret reach
     assert.ok(text.includes(`lengths ${AWS.access_key_id.length},${AWS.secret_access_key.length},${AWS.session_token.length}`), text);
     assert.ok(text.includes(`id=${REDACTED} secret=${REDACTED}`), text);
     assert.ok(text.includes(`session=${REDACTED}`), text);
+    // Public fields stay readable; fields the module does not know are redacted.
+    assert.ok(text.includes(`arn ${ASSUMED_ROLE_ARN} future ${REDACTED}`), text);
     assert.ok(logs.some(l => l.level === 'warn' && l.message === `on stderr ${REDACTED}`), text);
     const everything = text + JSON.stringify(outputs);
     for (const secret of Object.values(AWS)) {

@@ -110,14 +110,33 @@ export function credentialEnv(issued: IssuedCredential): Record<string, string> 
 }
 
 /**
- * Every string the task log must never show: all of the credential's field
- * values, not only the secret ones (the wire does not say which are secret,
- * and redacting a tenant id costs nothing). Values under 6 characters are left
+ * Fields the broker itself marks public (`.public(...)` in its providers) and
+ * that say where, not how: the task log may show them, which keeps output such
+ * as `aws sts get-caller-identity` readable. `access_key_id` is public to the
+ * broker too, but it is redacted anyway: it names a live session.
+ */
+const PUBLIC_FIELDS = new Set([
+  'assumed_role_arn',
+  'token_type',
+  'tenant_id',
+  'client_id',
+  'subscription_id',
+  'scope',
+  'service_account',
+  'project_id',
+]);
+
+/**
+ * Every string the task log must never show: each credential field's value
+ * except the known public ones above, so a field a newer broker adds is
+ * redacted until it is known to be public. Values under 6 characters are left
  * out, as redacting them would mangle ordinary output and no cloud secret is
  * that short.
  */
 export function secretValues(issued: IssuedCredential): string[] {
-  return Object.values(issued.credentials ?? {})
+  return Object.entries(issued.credentials ?? {})
+    .filter(([name]) => !PUBLIC_FIELDS.has(name))
+    .map(([, value]) => value)
     .filter((v): v is string => typeof v === 'string' && v.length >= 6);
 }
 
