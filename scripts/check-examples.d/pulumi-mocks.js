@@ -29,8 +29,12 @@ pulumi.runtime.setMocks(
 );
 
 const program = require(path.join(dir, 'bin/index.js'));
-pulumi
-  .all([program.bucketName, program.bucketArn])
-  .apply(([bucketName, bucketArn]) => {
-    process.stdout.write(JSON.stringify({ registered, outputs: { bucketName, bucketArn } }) + '\n');
-  });
+let outputs = null;
+pulumi.all([program.bucketName, program.bucketArn]).apply(([bucketName, bucketArn]) => {
+  outputs = { bucketName, bucketArn };
+});
+// Resources whose inputs wait on others register later; once nothing is left
+// to run, every registration has happened.
+process.once('beforeExit', () => {
+  process.stdout.write(JSON.stringify({ registered, outputs }) + '\n');
+});

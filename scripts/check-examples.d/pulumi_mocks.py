@@ -31,15 +31,19 @@ class Mocks(pulumi.runtime.Mocks):
 pulumi.runtime.set_mocks(Mocks(), project=project, stack=stack, preview=False)
 
 
+outputs = {}
+
+
 @pulumi.runtime.test
 def run_program():
     program = runpy.run_path(f"{example_dir}/__main__.py")
     bucket = program["bucket"]
     return pulumi.Output.all(bucket.bucket, bucket.arn).apply(
-        lambda values: print(
-            json.dumps({"registered": registered, "outputs": {"bucket_name": values[0], "bucket_arn": values[1]}})
-        )
+        lambda values: outputs.update(bucket_name=values[0], bucket_arn=values[1])
     )
 
 
+# The decorator returns once every outstanding registration has finished, so
+# resources whose inputs waited on others are in `registered` by now.
 run_program()
+print(json.dumps({"registered": registered, "outputs": outputs}))
