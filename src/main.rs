@@ -10,9 +10,10 @@ use anyhow::Context;
 use clap::Parser;
 use stackpass::audit::AuditQuery;
 use stackpass::cli::args::{
-    ApprovalsCommand, AuditCommand, AuditTarget, Cli, Command, ConfigCommand, DevCommand,
-    ExportFormat, KeysCommand, PolicyCommand,
+    ApprovalsCommand, AuditCommand, AuditTarget, CacheCommand, Cli, Command, ConfigCommand,
+    DevCommand, ExportFormat, KeysCommand, PolicyCommand,
 };
+use stackpass::cli::cache::CredentialCache;
 use stackpass::cli::{self, read_token, CliError, CredsArgs, DevTokenArgs};
 use stackpass::config::Config;
 use stackpass::issuer::{KeyDir, KeyEntry, Manifest, SigningKey};
@@ -31,6 +32,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Run {
+        stack,
+        providers,
+        duration,
+        server,
+        token_file,
+        no_cache,
+        command,
+    } = cli.command
+    {
+        let args = read_token(token_file.as_deref()).map(|token| cli::RunArgs {
+            server,
+            token,
+            stack,
+            providers,
+            duration,
+            cache: (!no_cache).then(CredentialCache::locate).flatten(),
+            command,
+        });
+        return match args.map(|args| runtime.block_on(cli::run(args))) {
+            Ok(Ok(code)) => ExitCode::from(code),
+            Ok(Err(error)) | Err(error) => {
+                eprintln!("{error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -69,12 +97,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mode,
             reason,
             break_glass,
+            no_cache,
         } => {
             let printer = cli::Printer::new(&request.provider, &format, mode)?;
             let mut args = request.into_creds()?;
             args.reason = reason;
             args.break_glass = break_glass;
-            match cli::fetch_credentials(args, &printer).await {
+            let cache = (!no_cache).then(CredentialCache::locate).flatten();
+            match cli::fetch_credentials(args, &printer, cache.as_ref()).await {
                 Ok(text) => println!("{text}"),
                 Err(error) => {
                     if let Some(text) = printer.failure(&error) {
@@ -82,6 +112,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     return Err(error.into());
                 }
+            }
+            Ok(())
+        }
+        Command::Run { .. } => unreachable!("run is dispatched in main, for its exit code"),
+        Command::Cache { command } => {
+            let cache = CredentialCache::locate().ok_or_else(|| {
+                CliError::new(
+                    "no cache directory: HOME and XDG_CACHE_HOME are unset",
+                    "set STACKPASS_CACHE_DIR",
+                )
+            })?;
+            match command {
+                CacheCommand::Clear => {
+                    let removed = cache.clear()?;
+                    println!(
+                        "removed {removed} cached credential(s) from {}",
+                        cache.dir().display()
+                    );
+                }
+                CacheCommand::Path => println!("{}", cache.dir().display()),
             }
             Ok(())
         }

@@ -54,6 +54,46 @@ pub enum Command {
         /// reason is mandatory, and the issuance is flagged and announced.
         #[arg(long, value_name = "REASON")]
         break_glass: Option<String>,
+        /// Ask the broker even if the credential cache has a fresh answer (and
+        /// do not cache this one).
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Run a command (pulumi up, terraform apply, …) with credentials for
+    /// every provider the stack's grants cover, renewed while it runs. The
+    /// stack: --stack, else the Pulumi project's selected stack, else the
+    /// Terraform directory's cloud block or TF_WORKSPACE.
+    #[command(trailing_var_arg = true)]
+    Run {
+        /// The stack, e.g. pulumi:acme/payments/dev [default: found from the
+        /// current directory].
+        #[arg(long, env = "STACKPASS_STACK")]
+        stack: Option<String>,
+        /// Only these providers (repeatable) [default: every provider whose
+        /// rules allow the stack].
+        #[arg(long = "provider")]
+        providers: Vec<String>,
+        /// How long each credential should last, e.g. 1h (capped by policy);
+        /// they are renewed before they end either way.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// The broker's URL.
+        #[arg(long, env = "STACKPASS_URL", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// A file holding the identity token (otherwise STACKPASS_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Do not use the credential cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// The command and its arguments, after --.
+        #[arg(required = true, value_name = "COMMAND", allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Manage the CLI's credential cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
     },
     /// List, approve or deny access requests.
     Approvals {
@@ -176,6 +216,14 @@ impl From<KeyAlgorithm> for stackpass_provider::SigningAlgorithm {
             KeyAlgorithm::Rs256 => stackpass_provider::SigningAlgorithm::Rs256,
         }
     }
+}
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// Delete every cached credential of yours.
+    Clear,
+    /// Print where the cache is.
+    Path,
 }
 
 #[derive(Subcommand)]

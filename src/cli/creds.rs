@@ -7,6 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use stackpass_provider::{Mode, ProviderFactory, ReceivedCredential};
 
+use super::cache::{CacheKey, CredentialCache};
 use super::CliError;
 use crate::{registry, wire};
 
@@ -43,12 +44,29 @@ async fn call(
     path: &str,
     body: Option<&impl serde::Serialize>,
 ) -> Result<String, CliError> {
+    call_for_status(server, token, path, body)
+        .await
+        .map_err(|(_, error)| error)
+}
+
+/// [`call`], keeping the HTTP status of a refusal (`None`: no answer at all).
+async fn call_for_status(
+    server: &str,
+    token: &SecretString,
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> Result<String, (Option<u16>, CliError)> {
     let base = server.trim_end_matches('/');
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| CliError::plain(format!("could not build an HTTP client: {e}")))?;
+        .map_err(|e| {
+            (
+                None,
+                CliError::plain(format!("could not build an HTTP client: {e}")),
+            )
+        })?;
     let url = format!("{base}{path}");
     let request = match body {
         Some(body) => client.post(url).json(body),
@@ -59,7 +77,7 @@ async fn call(
         .send()
         .await
         .map_err(|e| {
-            CliError::new(
+            let error = CliError::new(
                 format!(
                     "could not reach the broker at {base}: {}",
                     if e.is_timeout() {
@@ -69,15 +87,18 @@ async fn call(
                     }
                 ),
                 "check --server / STACKPASS_URL and that the broker is running",
-            )
+            );
+            (None, error)
         })?;
     let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|e| CliError::plain(format!("could not read the broker's answer: {e}")))?;
+    let text = response.text().await.map_err(|e| {
+        (
+            None,
+            CliError::plain(format!("could not read the broker's answer: {e}")),
+        )
+    })?;
     if !status.is_success() {
-        return Err(problem_error(status.as_u16(), &text));
+        return Err((Some(status.as_u16()), problem_error(status.as_u16(), &text)));
     }
     Ok(text)
 }
@@ -195,14 +216,7 @@ fn describe(r: &wire::AccessRequest) -> String {
 
 /// Asks the broker what it would decide, and why (`POST /v1/decisions`).
 pub async fn explain(args: CredsArgs) -> Result<String, CliError> {
-    let text = call(
-        &args.server,
-        &args.token,
-        "/v1/decisions",
-        Some(&request_body(&args)),
-    )
-    .await?;
-    Ok(match parse::<wire::Decision>(&text, "a decision")? {
+    Ok(match decide(&args).await.map_err(|(_, error)| error)? {
         wire::Decision::NeedsApproval { grant, approval } => format!(
             "decision: needs approval\nrule: {}\nrole: {}\napprovals needed: {} from {}",
             grant.rule,
@@ -288,21 +302,63 @@ impl Printer {
     }
 }
 
-/// Fetches credentials and returns the text to print on stdout.
-pub async fn fetch_credentials(mut args: CredsArgs, printer: &Printer) -> Result<String, CliError> {
+/// Fetches credentials (from the cache when it has a fresh answer) and
+/// returns the text to print on stdout.
+pub async fn fetch_credentials(
+    mut args: CredsArgs,
+    printer: &Printer,
+    cache: Option<&CredentialCache>,
+) -> Result<String, CliError> {
     args.mode = Some(printer.mode);
+    let text = issue(&args, cache).await?;
+    let Some(factory) = printer.factory else {
+        return Ok(text);
+    };
+    let received = received(parse(&text, "a credential")?);
+    factory
+        .render(&printer.format, &received)
+        .map_err(|e| CliError::new(e, "use --format json"))
+}
+
+/// The broker's answer to a credential request: a fresh one from the cache, or
+/// a new issuance (then cached). A break-glass issuance is never taken from or
+/// put in the cache: each one is a deliberate, announced act.
+pub async fn issue(args: &CredsArgs, cache: Option<&CredentialCache>) -> Result<String, CliError> {
+    let cache = cache.filter(|_| args.break_glass.is_none());
+    let key = cache.map(|_| {
+        CacheKey::new(
+            &args.server,
+            &args.token,
+            &args.stack,
+            &args.provider,
+            args.mode.unwrap_or_default().as_str(),
+            args.duration,
+        )
+    });
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        if let Some(answer) = cache.get(key) {
+            return Ok(answer);
+        }
+    }
     let text = call(
         &args.server,
         &args.token,
         "/v1/credentials",
-        Some(&request_body(&args)),
+        Some(&request_body(args)),
     )
     .await?;
-    let issued: wire::IssuedCredential = parse(&text, "a credential")?;
-    let Some(factory) = printer.factory else {
-        return Ok(text);
-    };
-    let received = ReceivedCredential {
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        let issued: wire::IssuedCredential = parse(&text, "a credential")?;
+        if let Err(e) = cache.put(key, &text, &issued.expires_at) {
+            eprintln!("warning: the credential was issued but not cached: {e}");
+        }
+    }
+    Ok(text)
+}
+
+/// The credential fields of an answer, as a provider's formats read them.
+pub fn received(issued: wire::IssuedCredential) -> ReceivedCredential {
+    ReceivedCredential {
         expires_at: issued.expires_at,
         fields: issued
             .credentials
@@ -316,10 +372,20 @@ pub async fn fetch_credentials(mut args: CredsArgs, printer: &Printer) -> Result
                 Some((name, SecretString::from(text)))
             })
             .collect(),
-    };
-    factory
-        .render(&printer.format, &received)
-        .map_err(|e| CliError::new(e, "use --format json"))
+    }
+}
+
+/// What the broker would decide for a request (`POST /v1/decisions`), keeping
+/// the status of a refusal (`None`: the broker did not answer).
+pub async fn decide(args: &CredsArgs) -> Result<wire::Decision, (Option<u16>, CliError)> {
+    let text = call_for_status(
+        &args.server,
+        &args.token,
+        "/v1/decisions",
+        Some(&request_body(args)),
+    )
+    .await?;
+    parse(&text, "a decision").map_err(|e| (None, e))
 }
 
 fn problem_error(status: u16, text: &str) -> CliError {

@@ -1,11 +1,14 @@
-//! The client-side and operator commands behind `stackpass creds`, `dev token`,
+//! The client-side and operator commands behind `stackpass creds`, `run`, `cache`, `dev token`,
 //! `keys`, `config check`, `setup` and `audit list`. Each returns a [`CliError`]:
 //! one line saying what went wrong and one hint saying what to do.
 
 pub mod args;
 pub mod audit;
+pub mod cache;
 mod creds;
 mod dev;
+mod project;
+mod run;
 mod setup;
 
 use std::fmt;
@@ -15,6 +18,7 @@ pub use creds::{
     approvals, explain, fetch_credentials, read_token_file, ApprovalAction, CredsArgs, Printer,
 };
 pub use dev::{dev_token, DevTokenArgs};
+pub use run::{run, RunArgs};
 pub use setup::trust_setup;
 
 #[derive(Debug)]

@@ -316,3 +316,69 @@ async fn after_a_key_rotation_entra_accepts_old_and_new_assertions() {
         "fetched afresh"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stackpass_run_serves_azurerm_its_oidc_request_url_and_a_token_file() {
+    let world = azure_world(&[PAYMENTS_DEV]).await;
+    let jane = world.backstage.user_token("user:default/jane");
+    // What azurerm does with ARM_OIDC_REQUEST_URL/TOKEN (the GitHub Actions
+    // ID-token protocol), then its client-credentials exchange; and what the
+    // Azure Identity SDKs read from AZURE_FEDERATED_TOKEN_FILE.
+    let script = r#"
+import json, os, sys, urllib.error, urllib.parse, urllib.request
+url = os.environ["ARM_OIDC_REQUEST_URL"] + "?audience=" + urllib.parse.quote("api://AzureADTokenExchange")
+def fetch(authorization):
+    request = urllib.request.Request(url, headers={"Authorization": authorization, "Accept": "application/json; api-version=2.0"})
+    return json.load(urllib.request.urlopen(request))["value"]
+try:
+    fetch("Bearer wrong")
+    sys.exit("a wrong request token was accepted")
+except urllib.error.HTTPError as e:
+    assert e.code == 401, e.code
+assertion = fetch("Bearer " + os.environ["ARM_OIDC_REQUEST_TOKEN"])
+assert open(os.environ["AZURE_FEDERATED_TOKEN_FILE"]).read() == assertion
+assert "ARM_CLIENT_SECRET" not in os.environ
+body = urllib.parse.urlencode({
+    "client_id": os.environ["ARM_CLIENT_ID"],
+    "scope": "https://management.azure.com/.default",
+    "grant_type": "client_credentials",
+    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+    "client_assertion": assertion,
+}).encode()
+answer = json.load(urllib.request.urlopen(sys.argv[1], body))
+print(json.dumps({"access_token": answer["access_token"], "subscription": os.environ["ARM_SUBSCRIPTION_ID"]}))
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let output = stackpass(&[
+        "run",
+        "--stack",
+        "pulumi:acme/payments/dev",
+        "--provider",
+        "azure",
+        "--server",
+        &world.broker.url,
+        "--",
+    ])
+    .arg(venv_python())
+    .args(["-c", script])
+    .arg(world.entra.token_url(TENANT))
+    .env("STACKPASS_TOKEN", &jane)
+    .env("STACKPASS_CACHE_DIR", dir.path())
+    .env("ARM_CLIENT_SECRET", "someone-elses-secret")
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let printed: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    let issued = world.entra.issued_tokens();
+    assert_eq!(issued.len(), 1);
+    assert_eq!(printed["subscription"], SUBSCRIPTION);
+    assert_eq!(
+        world.entra.calls()[0].assertion_claims().unwrap()["sub"],
+        PAYMENTS_DEV
+    );
+}

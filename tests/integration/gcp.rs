@@ -362,3 +362,64 @@ print(json.dumps({"token": credentials.token}))
         stderr(&output)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stackpass_run_gives_google_auth_a_url_sourced_account_it_refreshes_from() {
+    let world = gcp_world(true).await;
+    let jane = world.backstage.user_token("user:default/jane");
+    // Google's own library, loading what `run` put in the environment.
+    let script = r#"
+import json, os
+from google.auth import identity_pool
+from google.auth.transport.requests import Request
+path = os.environ["GOOGLE_APPLICATION_CREDENTIALS"]
+assert os.environ["CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE"] == path
+assert "GOOGLE_OAUTH_ACCESS_TOKEN" not in os.environ
+credentials = identity_pool.Credentials.from_file(path, scopes=["https://www.googleapis.com/auth/cloud-platform"])
+credentials.refresh(Request())
+first = credentials.token
+credentials.refresh(Request())
+print(json.dumps({"tokens": [first, credentials.token]}))
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let output = stackpass(&[
+        "run",
+        "--stack",
+        "pulumi:acme/payments/dev",
+        "--provider",
+        "gcp",
+        "--server",
+        &world.broker.url,
+        "--",
+    ])
+    .arg(venv_python())
+    .args(["-c", script])
+    .env("STACKPASS_TOKEN", &jane)
+    .env("STACKPASS_CACHE_DIR", dir.path())
+    .env("GOOGLE_OAUTH_ACCESS_TOKEN", "someone-elses-token")
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let printed: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    let issued = world.google.service_account_tokens();
+    assert_eq!(
+        issued.len(),
+        2,
+        "each refresh impersonated through the double"
+    );
+    assert_eq!(printed["tokens"][1], issued[1].access_token.as_str());
+    // The library fetched the broker's subject token from `run`'s endpoint and
+    // exchanged it at STS itself (once: its STS token was still valid).
+    let calls = world.google.sts_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].subject_claims().unwrap()["sub"],
+        "stack:pulumi:acme/payments/dev"
+    );
+    assert!(!stderr(&output).contains(&jane));
+}

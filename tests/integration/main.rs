@@ -27,6 +27,7 @@ mod notifications;
 mod policy;
 mod postgres;
 mod quickstart;
+mod run;
 mod setup;
 #[cfg(feature = "testcloud")]
 mod testcloud;

@@ -10,8 +10,10 @@
 //!   session tags), consulted at policy load so a rule it cannot honour is refused;
 //! - the claims and audience it wants in the subject token ([`SubjectClaims`]);
 //! - the [`Credential`] it returns (secret fields only in `secrecy` types) and
-//!   the output formats the CLI prints it in.
+//!   the output formats the CLI prints it in, and how `stackpass run` hands it
+//!   to a command ([`ChildDelivery`]).
 
+mod child;
 mod credential;
 #[cfg(feature = "http")]
 pub mod http;
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+pub use child::{ChildDelivery, ChildEndpoint, ChildEnvironment, ChildFile};
 pub use credential::{Credential, CredentialField, ReceivedCredential};
 pub use kind::{InvalidProviderKind, ProviderKind};
 pub use target::{masked_pattern, pattern_parts, PatternPart, Target, HOLE};
@@ -342,6 +345,12 @@ pub trait ProviderFactory: Send + Sync {
     /// whose reader expects an answer even then (Google's executable-sourced
     /// credentials read `success: false`). `None`: print nothing.
     fn render_failure(&self, _format: &str, _message: &str) -> Option<String> {
+        None
+    }
+
+    /// How `stackpass run` gives this provider's credentials to a command and
+    /// keeps them fresh. `None`: `run` cannot deliver it.
+    fn child_delivery(&self) -> Option<&'static dyn ChildDelivery> {
         None
     }
 }

@@ -6,6 +6,7 @@
 //! identity and principal tags the subject token carries (`claims`), the STS
 //! call (`sts`) and the `env` / `credential-process` output formats (`formats`).
 
+mod child;
 mod claims;
 mod formats;
 mod role_arn;
@@ -58,6 +59,10 @@ impl ProviderFactory for Aws {
 
     fn render(&self, format: &str, credential: &ReceivedCredential) -> Result<String, String> {
         formats::render(format, credential)
+    }
+
+    fn child_delivery(&self) -> Option<&'static dyn stackpass_provider::ChildDelivery> {
+        Some(&child::ContainerCredentials)
     }
 }
 

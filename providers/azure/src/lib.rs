@@ -8,6 +8,7 @@
 //! the Entra call (`exchange`) and the `env` / `azure-oidc` output formats
 //! (`formats`).
 
+mod child;
 mod exchange;
 mod formats;
 mod settings;
@@ -58,6 +59,10 @@ impl ProviderFactory for Azure {
 
     fn render(&self, format: &str, credential: &ReceivedCredential) -> Result<String, String> {
         formats::render(format, credential)
+    }
+
+    fn child_delivery(&self) -> Option<&'static dyn stackpass_provider::ChildDelivery> {
+        Some(&child::OidcRequestUrl)
     }
 }
 

@@ -7,6 +7,7 @@
 //! calls (`exchange`) and the `env` / `gcp-executable` output formats
 //! (`formats`).
 
+mod child;
 mod exchange;
 mod formats;
 mod settings;
@@ -55,6 +56,10 @@ impl ProviderFactory for Gcp {
 
     fn render(&self, format: &str, credential: &ReceivedCredential) -> Result<String, String> {
         formats::render(format, credential)
+    }
+
+    fn child_delivery(&self) -> Option<&'static dyn stackpass_provider::ChildDelivery> {
+        Some(&child::UrlSourcedAccount)
     }
 
     fn render_failure(&self, format: &str, message: &str) -> Option<String> {
@@ -141,9 +146,14 @@ impl CloudProvider for GcpProvider {
         let Some(target) = target.parsed::<GcpTarget>() else {
             return Vec::new();
         };
-        let endpoint = &self.exchanger.settings().iam_credentials_endpoint;
+        let settings = self.exchanger.settings();
+        let endpoint = &settings.iam_credentials_endpoint;
         vec![
             ("sts_audience", Some(target.sts_audience())),
+            (
+                "token_url",
+                Some(format!("{}/v1/token", settings.sts_endpoint)),
+            ),
             ("service_account", target.service_account.clone()),
             (
                 "service_account_impersonation_url",

@@ -91,6 +91,10 @@ pub enum StsBehaviour {
     /// `Succeed` for the first `fast` calls, then `Slow(delay)`: a burst whose
     /// later requests are surely still in flight when a test kills the broker.
     SlowAfter { fast: usize, delay: Duration },
+    /// Forward to moto, but make the credentials expire after `life` instead
+    /// of the 15 minutes STS never goes below: a run that outlives its
+    /// credentials, in seconds.
+    ForwardShortLived { upstream: String, life: Duration },
 }
 
 struct RecorderState {
@@ -147,8 +151,9 @@ async fn record_sts(
         calls.push(StsCall { form: form.clone() });
         calls.len()
     };
-    let upstream = match &state.behaviour {
-        StsBehaviour::Forward(upstream) => upstream,
+    let (upstream, life) = match &state.behaviour {
+        StsBehaviour::Forward(upstream) => (upstream, None),
+        StsBehaviour::ForwardShortLived { upstream, life } => (upstream, Some(*life)),
         StsBehaviour::RejectToken => {
             return sts_error(
                 StatusCode::BAD_REQUEST,
@@ -191,12 +196,29 @@ async fn record_sts(
     let response = request.send().await.unwrap();
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
     let content_type = response.headers().get("content-type").cloned();
-    let bytes = response.bytes().await.unwrap();
+    let mut bytes = response.bytes().await.unwrap().to_vec();
+    if let Some(life) = life {
+        bytes = with_expiration(&bytes, life).into_bytes();
+    }
     let mut out = (status, bytes).into_response();
     if let Some(ct) = content_type {
         out.headers_mut().insert("content-type", ct);
     }
     out
+}
+
+/// The STS answer with `<Expiration>` moved to `life` from now.
+fn with_expiration(xml: &[u8], life: Duration) -> String {
+    let xml = String::from_utf8_lossy(xml);
+    let (Some(start), Some(end)) = (xml.find("<Expiration>"), xml.find("</Expiration>")) else {
+        return xml.into_owned();
+    };
+    let expiration = (time::OffsetDateTime::now_utc() + life)
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    format!("{}<Expiration>{expiration}{}", &xml[..start], &xml[end..])
 }
 
 fn sts_success(state: &RecorderState, form: &HashMap<String, String>) -> Response {
