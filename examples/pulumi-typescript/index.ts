@@ -2,9 +2,10 @@
 //
 //   PULUMI_STACK=acme/payments/dev stackpass run -- pulumi up
 //
-// The program names no credentials: `stackpass run` puts AWS_ACCESS_KEY_ID,
-// AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN in pulumi's environment, and the
-// AWS provider reads them from there.
+// The program names no credentials: `stackpass run` serves them to pulumi on
+// 127.0.0.1 as AWS container credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI
+// + AWS_CONTAINER_AUTHORIZATION_TOKEN), renewed while it runs, and the AWS
+// provider's SDK fetches them from there.
 import * as pulumi from "@pulumi/pulumi";
 import * as aws from "@pulumi/aws";
 

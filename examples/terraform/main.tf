@@ -4,8 +4,9 @@
 #
 # `stackpass run` derives the stack terraform:acme/search-dev from the cloud
 # block below (organization/workspace; TF_WORKSPACE overrides the name). The
-# AWS provider names no credentials: it reads AWS_ACCESS_KEY_ID,
-# AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN from terraform's environment.
+# AWS provider names no credentials: `stackpass run` serves them to terraform
+# on 127.0.0.1 as AWS container credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI
+# + AWS_CONTAINER_AUTHORIZATION_TOKEN), renewed while it runs.
 
 terraform {
   required_version = ">= 1.6"

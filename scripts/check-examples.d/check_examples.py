@@ -89,7 +89,15 @@ def asked(cmd, cwd, env_extra):
     """Runs a stackpass command against the recorder; returns what it asked for."""
     Recorder.bodies.clear()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKPASS_", "PULUMI_", "TF_"))}
-    env.update({"STACKPASS_URL": BROKER, "STACKPASS_TOKEN": "check-examples-token"}, **env_extra)
+    env.update(
+        {
+            "STACKPASS_URL": BROKER,
+            "STACKPASS_TOKEN": "check-examples-token",
+            # The CLI's credential cache: never the user's own.
+            "STACKPASS_CACHE_DIR": str(Path(os.environ["WORK_DIR"]) / "cache"),
+        },
+        **env_extra,
+    )
     result = run(cmd, cwd=cwd, env=env)
     return result, list(Recorder.bodies)
 
