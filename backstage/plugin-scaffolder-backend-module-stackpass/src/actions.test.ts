@@ -109,7 +109,14 @@ test('decide: needs_approval fails the task and says who approves', async () => 
   try {
     const action = createStackpassDecideAction({ baseUrl: broker.url });
     const { ctx } = fakeContext({ stack: STACK, providers: ['aws'] });
-    await assert.rejects(action.handler(ctx), /needs approval .* 1 approval\(s\) from group:default\/sre/);
+    await assert.rejects(action.handler(ctx), /needs approval .* 1 approval\(s\) from group:default\/sre[^]*hint: ask for it with `stackpass approvals request --stack pulumi:acme\/payments\/dev --provider aws`/);
+    // With allowApproval, the step passes and says what stackpass:run will need.
+    const allowed = fakeContext({ stack: STACK, providers: ['aws'], allowApproval: true });
+    await action.handler(allowed.ctx);
+    assert.deepEqual(allowed.outputs.decisions, [
+      { provider: 'aws', decision: 'needs_approval', rule: ALLOW.rule, role: ALLOW.role },
+    ]);
+    assert.ok(allowed.logs.some(l => l.message.includes("will use the user's approved request")));
   } finally {
     await broker.close();
   }

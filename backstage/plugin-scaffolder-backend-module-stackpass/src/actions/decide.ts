@@ -26,7 +26,7 @@ export function refusalLines(
     case 'needs_approval':
       return [
         `stackpass needs approval before issuing ${provider} credentials for ${stack} (rule ${decision.grant.rule}: ${decision.approval.count} approval(s) from ${decision.approval.approvers.join(', ') || 'the rule\'s approvers'})`,
-        'hint: request access with `stackpass request` and start the task again once approved',
+        `hint: ask for it with \`stackpass approvals request --stack ${stack} --provider ${provider}\`; once it is approved, a template whose stackpass:decide step sets allowApproval: true can go on`,
       ];
     case 'deny':
       return [
@@ -59,6 +59,13 @@ export function createStackpassDecideAction(options: ActionOptions) {
         durationSeconds: z =>
           z.number().int().positive().optional().describe('Requested credential lifetime'),
         reason: z => z.string().max(500).optional().describe('Why, for the audit log'),
+        allowApproval: z =>
+          z
+            .boolean()
+            .default(false)
+            .describe(
+              'Let "needs approval" pass: the dry run cannot see approvals, so a rule that needs one always answers so; stackpass:run then uses the user\'s approved request, or fails if there is none',
+            ),
       },
       output: {
         decisions: z =>
@@ -94,7 +101,12 @@ export function createStackpassDecideAction(options: ActionOptions) {
           ctx.signal,
         );
         const lines = refusalLines(stack, provider, decision);
-        if (decision.decision === 'allow') {
+        if (decision.decision === 'needs_approval' && ctx.input.allowApproval) {
+          ctx.logger.info(
+            `stackpass needs an approved request for ${provider} credentials for ${stack} (rule ${decision.grant.rule}); stackpass:run will use the user's approved request, or fail if there is none`,
+          );
+          summary.push({ provider, decision: 'needs_approval', rule: decision.grant.rule, role: decision.grant.role });
+        } else if (decision.decision === 'allow') {
           ctx.logger.info(
             `stackpass would allow ${provider} credentials for ${stack}: rule ${decision.rule}, role ${decision.role}, ${decision.duration}`,
           );
