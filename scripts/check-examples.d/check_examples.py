@@ -102,48 +102,21 @@ def asked(cmd, cwd, env_extra):
     return result, list(Recorder.bodies)
 
 
-def has_run_command():
-    result = run([STACKPASS, "run", "--help"])
-    return result.returncode == 0
-
-
-HAS_RUN = has_run_command()
-if not HAS_RUN:
-    print(
-        "NOTE: this stackpass binary has no `run` subcommand yet: stack derivation is "
-        "checked against the documented rule (Pulumi.yaml + PULUMI_STACK, the cloud block + "
-        "TF_WORKSPACE) instead of the binary",
-        flush=True,
-    )
-
-
-def documented_derivation(example_dir, env):
-    """The rule `stackpass run` documents, for binaries that predate it."""
-    pulumi_yaml = example_dir / "Pulumi.yaml"
-    if pulumi_yaml.exists():
-        project = yaml.safe_load(pulumi_yaml.read_text())["name"]
-        parts = env["PULUMI_STACK"].split("/")
-        if len(parts) == 3:
-            assert parts[1] == project, f"PULUMI_STACK names project {parts[1]}, Pulumi.yaml {project}"
-            return f"pulumi:{parts[0]}/{parts[1]}/{parts[2]}"
-        return f"pulumi:{parts[0]}/{project}/{parts[1]}"
-    cloud = terraform_cloud(example_dir / "main.tf")
-    workspace = env.get("TF_WORKSPACE") or cloud["workspace"]
-    return f"terraform:{cloud['organization']}/{workspace}"
+def derive(what, example_dir, env):
+    """The stack `stackpass run` asks for in example_dir with env (None if it asks for none)."""
+    result, bodies = asked([STACKPASS, "run", "--", "true"], example_dir, env)
+    stacks = {b["body"]["stack"] for b in bodies if b["body"]}
+    if not check(f"{what}: `stackpass run` asked the broker about exactly one stack", len(stacks) == 1,
+                 f"{sorted(stacks)}; exit {result.returncode}: {result.stderr.strip()[:500]}"):
+        return None
+    return stacks.pop()
 
 
 def derived_stack(what, example_dir, env):
-    """The stack `stackpass run` asks for in example_dir with env, checked known."""
-    if HAS_RUN:
-        result, bodies = asked([STACKPASS, "run", "--", "true"], example_dir, env)
-        stacks = [b["body"]["stack"] for b in bodies if b["body"]]
-        if not check(f"{what}: `stackpass run` asked the broker for one stack", len(stacks) >= 1,
-                     f"exit {result.returncode}: {result.stderr.strip()[:500]}"):
-            return None
-        stack = stacks[0]
-    else:
-        stack = documented_derivation(example_dir, env)
-    check(f"{what}: the derived stack {stack} is in examples/quickstart/stacks.toml", stack in STACKS, sorted(STACKS))
+    """The stack `stackpass run` derives in example_dir with env, checked known to the example broker."""
+    stack = derive(what, example_dir, env)
+    if stack is not None:
+        check(f"{what}: the derived stack {stack} is in examples/quickstart/stacks.toml", stack in STACKS, sorted(STACKS))
     return stack
 
 
@@ -255,8 +228,8 @@ def terraform():
     check("terraform: it declares the bucket and its public access block",
           {"aws_s3_bucket", "aws_s3_bucket_public_access_block"} <= resources, resources)
     derived_stack("terraform", d, {})
-    stack = derived_stack("terraform (TF_WORKSPACE overrides the name)", d, {"TF_WORKSPACE": "search-dev"})
-    check("terraform: TF_WORKSPACE gives the same stack here", stack == "terraform:acme/search-dev", stack)
+    stack = derive("terraform (TF_WORKSPACE=search-staging)", d, {"TF_WORKSPACE": "search-staging"})
+    check("terraform: TF_WORKSPACE overrides the cloud block's workspace name", stack == "terraform:acme/search-staging", stack)
 
 
 # --- github-actions -----------------------------------------------------------
