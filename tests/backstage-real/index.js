@@ -80,7 +80,14 @@ const config = {
       { type: 'file', target: path.resolve(__dirname, 'catalog.yaml') },
     ].concat(
       withScaffolder
-        ? [{ type: 'file', target: path.resolve(__dirname, 'templates.yaml') }]
+        ? [
+            { type: 'file', target: path.resolve(__dirname, 'templates.yaml') },
+            // The module README's example template, to show the catalog takes it.
+            {
+              type: 'file',
+              target: path.resolve(scaffolderModule, 'template.yaml'),
+            },
+          ]
         : [],
     ),
   },

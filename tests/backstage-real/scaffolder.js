@@ -97,8 +97,32 @@ async function runTask(stack, proofFile) {
   return { id, task: task.body, events: events.body, log };
 }
 
+// The example template in the module's README: the catalog accepts it as a
+// Template, and every step's action exists with every required input given.
+async function checkExampleTemplate() {
+  const deadline = Date.now() + readyMs;
+  let entity;
+  while (Date.now() < deadline) {
+    entity = await call('GET', '/api/catalog/entities/by-name/template/default/deploy-with-stackpass');
+    if (entity.status === 200) break;
+    await sleep(500);
+  }
+  if (!check("the module's template.yaml is in the catalog", entity.status === 200, entity)) return;
+  const actions = await call('GET', '/api/scaffolder/v2/actions');
+  const byId = new Map((Array.isArray(actions.body) ? actions.body : []).map(a => [a.id, a]));
+  for (const step of entity.body.spec.steps) {
+    const action = byId.get(step.action);
+    if (!check(`template step ${step.id}: action ${step.action} is registered`, Boolean(action), [...byId.keys()])) continue;
+    const required = action.schema?.input?.required ?? [];
+    const missing = required.filter(name => !(name in (step.input ?? {})));
+    check(`template step ${step.id}: every required input of ${step.action} is given`, missing.length === 0, missing);
+  }
+  if (!failed) console.error("[backstage-real] ok: the module's example template is accepted and its steps match the actions");
+}
+
 async function main() {
   if (!(await waitForTemplate())) return;
+  await checkExampleTemplate();
 
   // (a) jane deploys payments: owned by her group, so allowed.
   const proofFile = path.join(workDir, 'proof-payments.txt');

@@ -33,6 +33,7 @@ fn the_broker_works_against_a_real_backstage_backend() {
     // The scaffolder step (tests/backstage-real/scaffolder.js): each line is
     // printed only once every check of that task has passed.
     for line in [
+        "ok: the module's example template is accepted and its steps match the actions",
         "ok: scaffolder task for payments completed as jane with no secret in its log",
         "ok: scaffolder task for billing-api failed with the policy's reasons: stackpass would deny aws credentials for pulumi:acme/billing-api/dev",
         "ok: scaffolder task for payments/prod failed with the rule's reasons:  rule owners-deploy-dev:",
