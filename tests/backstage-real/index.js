@@ -7,6 +7,11 @@
 //
 // Env: PORT (required), BACKSTAGE_STATIC_TOKEN (required, >= 8 non-space
 // characters: Backstage's own rule for static external-access tokens).
+//
+// With STACKPASS_URL and STACKPASS_SCAFFOLDER_MODULE (the path of the built
+// backstage/plugin-scaffolder-backend-module-stackpass) also set, the
+// scaffolder plugin runs too, with stackpass's module pointed at the broker and
+// the templates in ./templates.yaml in the catalog.
 
 const path = require('node:path');
 const { createBackend } = require('@backstage/backend-defaults');
@@ -28,6 +33,9 @@ if (!staticToken) {
 }
 
 const baseUrl = `http://127.0.0.1:${port}`;
+const stackpassUrl = process.env.STACKPASS_URL;
+const scaffolderModule = process.env.STACKPASS_SCAFFOLDER_MODULE;
+const withScaffolder = Boolean(stackpassUrl && scaffolderModule);
 
 // The whole app-config, in code: no app-config.yaml is read, so nothing in the
 // working directory or APP_CONFIG_* variables can change what is checked.
@@ -61,11 +69,29 @@ const config = {
     },
   },
   catalog: {
-    rules: [{ allow: ['Component', 'User', 'Group', 'Location'] }],
+    rules: [
+      {
+        allow: ['Component', 'User', 'Group', 'Location'].concat(
+          withScaffolder ? ['Template'] : [],
+        ),
+      },
+    ],
     locations: [
       { type: 'file', target: path.resolve(__dirname, 'catalog.yaml') },
-    ],
+    ].concat(
+      withScaffolder
+        ? [
+            { type: 'file', target: path.resolve(__dirname, 'templates.yaml') },
+            // The module README's example template, to show the catalog takes it.
+            {
+              type: 'file',
+              target: path.resolve(scaffolderModule, 'template.yaml'),
+            },
+          ]
+        : [],
+    ),
   },
+  ...(withScaffolder ? { stackpass: { baseUrl: stackpassUrl } } : {}),
 };
 
 const backend = createBackend();
@@ -79,6 +105,15 @@ backend.add(
 backend.add(require('@backstage/plugin-auth-backend'));
 backend.add(require('@backstage/plugin-auth-backend-module-guest-provider'));
 backend.add(require('@backstage/plugin-catalog-backend'));
+if (withScaffolder) {
+  backend.add(
+    require('@backstage/plugin-catalog-backend-module-scaffolder-entity-model'),
+  );
+  backend.add(require('@backstage/plugin-scaffolder-backend'));
+  // What a Backstage app writes as
+  // backend.add(import('@stackpass/plugin-scaffolder-backend-module-stackpass')).
+  backend.add(require(path.resolve(scaffolderModule)));
+}
 backend.start().catch(err => {
   console.error('backend failed to start:', err);
   process.exit(1);

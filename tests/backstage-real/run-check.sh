@@ -4,8 +4,12 @@
 # responses into observed/, and checks stackpass's assumptions (probe.js). Then,
 # when a stackpass binary and moto are there, has the real broker verify jane's
 # real token and read the real catalog (see "stackpass step" below).
+# With the broker there, the backend also runs the scaffolder plugin with
+# stackpass's scaffolder module (backstage/plugin-scaffolder-backend-module-stackpass,
+# built here), and scaffolder.js has jane run tasks through it.
 # Exits non-zero if anything fails. Logs go next to this script (git-ignored):
-# npm-ci.log, backend.log, moto.log, stackpass.log.
+# npm-ci.log, module-npm-ci.log, module-test.log, backend.log, moto.log,
+# stackpass.log.
 #
 # Env (all optional): PORT (default: a free port), BACKSTAGE_STATIC_TOKEN
 # (default: random), READY_TIMEOUT_SECONDS (default 120), NPM_CI_TIMEOUT_SECONDS
@@ -91,8 +95,49 @@ wait_http() {
   return 1
 }
 
+# Whether the stackpass step runs is known before the backend starts: the
+# scaffolder plugin needs the broker's URL in its config.
+stackpass="${STACKPASS:-$root/target/debug/stackpass}"
+moto="$root/.venv/bin/moto_server"
+with_stackpass=0
+if [ "${SKIP_STACKPASS:-0}" != 1 ]; then
+  if [ -x "$stackpass" ] && [ -x "$moto" ]; then
+    with_stackpass=1
+  elif [ "${REQUIRE_STACKPASS:-0}" = 1 ]; then
+    log "FAIL: REQUIRE_STACKPASS=1 but $stackpass or $moto is missing"
+    exit 1
+  else
+    log "skipping the stackpass step: no $stackpass or no $moto (scripts/setup-test-deps makes it)"
+  fi
+fi
+moto_port="$(free_port)"
+broker_port="$(free_port)"
+module_dir="$root/backstage/plugin-scaffolder-backend-module-stackpass"
+scaffolder_env=()
+if [ "$with_stackpass" = 1 ]; then
+  t_mod=$(date +%s)
+  if [ ! -f "$module_dir/node_modules/.package-lock.json" ] ||
+    [ "$module_dir/package-lock.json" -nt "$module_dir/node_modules/.package-lock.json" ]; then
+    log "installing the scaffolder module's dependencies (log in module-npm-ci.log)"
+    if ! (cd "$module_dir" && timeout "${NPM_CI_TIMEOUT_SECONDS:-600}" npm ci --no-audit --no-fund) >module-npm-ci.log 2>&1; then
+      log "npm ci in $module_dir failed; last lines of module-npm-ci.log:"
+      tail -n 30 module-npm-ci.log >&2
+      exit 1
+    fi
+  fi
+  # `npm test` compiles dist/ (which index.js loads) and runs the module's own
+  # tests (node --test).
+  if ! (cd "$module_dir" && npm test) >module-test.log 2>&1; then
+    log "the scaffolder module's build or tests failed; last lines of module-test.log:"
+    tail -n 40 module-test.log >&2
+    exit 1
+  fi
+  log "scaffolder module built and its tests passed ($(grep -E '^# (pass|fail) ' module-test.log | tr '\n' ' ')) in $(($(date +%s) - t_mod))s"
+  scaffolder_env=(STACKPASS_URL="http://127.0.0.1:$broker_port" STACKPASS_SCAFFOLDER_MODULE="$module_dir")
+fi
+
 log "starting the backend on 127.0.0.1:$port (log in backend.log)"
-PORT="$port" BACKSTAGE_STATIC_TOKEN="$token" NODE_ENV=production \
+env PORT="$port" BACKSTAGE_STATIC_TOKEN="$token" NODE_ENV=production "${scaffolder_env[@]}" \
   node index.js >backend.log 2>&1 &
 backend_pid=$!
 pids+=("$backend_pid")
@@ -118,14 +163,16 @@ fi
 # stands in for AWS STS. jane must get credentials for payments (owned by her
 # group) and a 403 for billing-api (owned by Team-Platform).
 stackpass_check() {
-  local moto_port broker_port moto_pid sp_pid out rc
-  moto_port="$(free_port)"
-  broker_port="$(free_port)"
+  local moto_pid sp_pid out rc
   printf '%s' "$token" >"$work/catalog-token"
   cat >"$work/stacks.toml" <<TOML
 [[stacks]]
 ref = "pulumi:acme/payments/dev"
 tags = { "backstage.io/component" = "payments", environment = "dev", aws-account = "111111111111" }
+
+[[stacks]]
+ref = "pulumi:acme/payments/prod"
+tags = { "backstage.io/component" = "payments", environment = "prod", aws-account = "333333333333" }
 
 [[stacks]]
 ref = "pulumi:acme/billing-api/dev"
@@ -203,21 +250,21 @@ TOML
     return 1
   fi
   log "ok: stackpass refused jane for billing-api: $(printf '%s' "$out" | head -c 300)"
+
+  # The scaffolder step: real scaffolder tasks, started with jane's token.
+  if ! BACKSTAGE_URL="http://127.0.0.1:$port" USER_TOKEN_FILE="$work/jane.token" \
+    AWS_CLI="$root/.venv/bin/aws" MOTO_URL="http://127.0.0.1:$moto_port" WORK_DIR="$work" \
+    timeout "$((${READY_TIMEOUT_SECONDS:-120} * 2 + 60))" node scaffolder.js; then
+    log "the scaffolder step failed; last lines of backend.log:"
+    tail -n 30 backend.log | cut -c1-500 >&2
+    return 1
+  fi
   stop "$sp_pid"
   stop "$moto_pid"
 }
 
-stackpass="${STACKPASS:-$root/target/debug/stackpass}"
-moto="$root/.venv/bin/moto_server"
-if [ "$status" -eq 0 ] && [ "${SKIP_STACKPASS:-0}" != 1 ]; then
-  if [ -x "$stackpass" ] && [ -x "$moto" ]; then
-    stackpass_check || status=1
-  elif [ "${REQUIRE_STACKPASS:-0}" = 1 ]; then
-    log "FAIL: REQUIRE_STACKPASS=1 but $stackpass or $moto is missing"
-    status=1
-  else
-    log "skipping the stackpass step: no $stackpass or no $moto (scripts/setup-test-deps makes it)"
-  fi
+if [ "$status" -eq 0 ] && [ "$with_stackpass" = 1 ]; then
+  stackpass_check || status=1
 fi
 t3=$(date +%s)
 

@@ -16,6 +16,7 @@ mod backstage_real;
 mod cancellation;
 mod cli;
 mod doubles;
+mod examples;
 mod exhaustion;
 mod gcp;
 mod identity;
