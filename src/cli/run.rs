@@ -134,6 +134,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     };
     let mut child_env = Vec::new();
     let mut removed = vec!["STACKPASS_TOKEN"];
+    let mut first_renewal = OffsetDateTime::now_utc() + time::Duration::days(1);
     for (kind, delivery) in providers {
         let request = request(&kind, delivery);
         let current = fetch(&request, delivery, shared.cache.as_ref()).await?;
@@ -153,12 +154,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
             "stackpass: {kind} credentials for {stack} until {} (renewed while the command runs)",
             current.credential.expires_at
         );
-        if let Some(token_expiry) = token_expiry(&args.token) {
-            let renewal = renewal_time(current.fetched_at, current.expires_at);
-            if args.token_file.is_none() && token_expiry < renewal {
-                eprintln!("stackpass: your identity token expires before these credentials need renewing; for a long run, pass --duration to cover it, or --token-file with a file your platform keeps fresh");
-            }
-        }
+        first_renewal = first_renewal.min(renewal_time(current.fetched_at, current.expires_at));
         shared.deliveries.insert(
             kind.clone(),
             Arc::new(Delivery {
@@ -169,6 +165,9 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
                 current: Mutex::new(current),
             }),
         );
+    }
+    if args.token_file.is_none() && token_expiry(&args.token).is_some_and(|t| t < first_renewal) {
+        eprintln!("stackpass: your identity token expires before these credentials need renewing; for a long run, pass --duration to cover it, or --token-file with a file your platform keeps fresh");
     }
     let shared = Arc::new(shared);
     let server = tokio::spawn(serve(listener, shared.clone()));
