@@ -46,7 +46,9 @@ use crate::catalog::{Catalog, CatalogError, EntityRef};
 use crate::identity::{IdentityError, Principal, Verifier};
 use crate::issuer::{Issuer, IssuerError, KeyRing};
 use crate::notify::Notifier;
-use crate::policy::{ApprovalRequirement, Decision, Denial, Grant, LivePolicy, LoadedPolicy, Rule};
+use crate::policy::{
+    AgentBounds, ApprovalRequirement, Decision, Denial, Grant, LivePolicy, LoadedPolicy, Rule,
+};
 use crate::registry::{LookupError, Providers};
 use crate::stacks::{ComponentTags, StackRef, StackSource, StackSourceError};
 
@@ -140,6 +142,8 @@ pub struct BrokerParts {
     pub catalog: Arc<dyn Catalog>,
     pub stacks: Arc<dyn StackSource>,
     pub rules: Vec<Rule>,
+    /// `[[policy.agents]]`: what agents may get, narrowed from their person's.
+    pub agents: Vec<AgentBounds>,
     pub issuer: Issuer,
     pub providers: Providers,
     pub audit: Arc<dyn AuditStore>,
@@ -170,7 +174,7 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(parts: BrokerParts) -> Self {
-        let policy = Arc::new(LivePolicy::new(parts.rules));
+        let policy = Arc::new(LivePolicy::new(parts.rules, parts.agents));
         let recorder = Recorder::new(parts.audit.clone(), parts.notifier);
         Broker {
             verifier: parts.verifier,
@@ -537,15 +541,15 @@ impl Broker {
         let (rules, result) = match loaded {
             Ok(policy) => {
                 let names = policy.rules.iter().map(|r| r.name.clone()).collect();
-                (Some(policy.rules), Ok((names, policy.digest)))
+                (Some((policy.rules, policy.agents)), Ok((names, policy.digest)))
             }
             Err(problems) => (None, Err(problems)),
         };
         self.recorder
             .record(&[Event::PolicyReloaded { reason, result }])
             .await?;
-        if let Some(rules) = rules {
-            self.policy.replace(rules);
+        if let Some((rules, agents)) = rules {
+            self.policy.replace(rules, agents);
         }
         Ok(())
     }
