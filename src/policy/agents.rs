@@ -467,3 +467,302 @@ pub fn validate_bounds(
     }
     valid
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::policy::Grant;
+    use crate::registry::Providers;
+
+    fn aws() -> ProviderKind {
+        ProviderKind::from_static("aws")
+    }
+
+    fn grant(max: u64, duration: u64, session_policy: Option<&str>) -> Grant {
+        Grant {
+            rule: "owners-deploy".into(),
+            provider: aws(),
+            target: stackpass_provider::Target::new("arn:aws:iam::1:role/deployer", ()),
+            duration: Duration::from_secs(duration),
+            max_duration: Duration::from_secs(max),
+            session_policy: session_policy.map(str::to_owned),
+            session_tags: BTreeMap::new(),
+            scopes: None,
+            agent_bounds: None,
+        }
+    }
+
+    fn load(text: &str) -> Result<Vec<AgentBounds>, Vec<PolicyProblem>> {
+        #[derive(Deserialize)]
+        struct File {
+            agents: Vec<AgentBoundsConfig>,
+        }
+        let file: File = toml::from_str(text).map_err(|e| {
+            vec![PolicyProblem {
+                source: "toml".into(),
+                message: e.to_string(),
+            }]
+        })?;
+        let written: Vec<_> = file
+            .agents
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| (RuleSource(format!("agents[{i}]")), a))
+            .collect();
+        let context = ValidationContext {
+            environment_tag: "environment".into(),
+            providers: Providers::from_providers([crate::fakes::FakeCloud::named("aws")]),
+        };
+        let mut problems = Vec::new();
+        let valid = validate_bounds(&written, &context, &mut problems);
+        if problems.is_empty() {
+            Ok(valid)
+        } else {
+            Err(problems)
+        }
+    }
+
+    const BOTS: &str = r#"
+[[agents]]
+name = "deploy-bots"
+agents = ["component:agents/*"]
+aws_session_policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}'
+quota = { per_agent = 2, window = "1h" }
+"#;
+
+    fn request(agent: &str, duration: Option<u64>) -> AgentRequest<'_> {
+        AgentRequest {
+            agent,
+            provider: Box::leak(Box::new(aws())),
+            requested_duration: duration.map(Duration::from_secs),
+        }
+    }
+
+    fn denial(decision: &Decision) -> &str {
+        match decision {
+            Decision::Deny(denial) => &denial.summary,
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_agent_acting_for_someone_denied_gets_nothing() {
+        let bounds = load(BOTS).unwrap();
+        let person = Decision::Deny(Denial {
+            summary: "user:default/jane is not a member of group:default/payments".into(),
+            denied_by: None,
+            rules: vec![],
+        });
+        let narrowed = narrow(person.clone(), &request("component:agents/bot", None), &bounds);
+        assert_eq!(narrowed, person);
+    }
+
+    #[test]
+    fn an_agent_for_an_owner_gets_at_most_the_bounds() {
+        let bounds = load(BOTS).unwrap();
+        // The owner could get an hour; the agent gets the 15-minute default cap.
+        let narrowed = narrow(
+            Decision::Allow(grant(3600, 3600, None)),
+            &request("component:agents/bot", None),
+            &bounds,
+        );
+        let Decision::Allow(narrowed) = narrowed else {
+            panic!("{narrowed:?}")
+        };
+        assert_eq!(narrowed.duration, Duration::from_secs(900));
+        assert_eq!(narrowed.max_duration, Duration::from_secs(900));
+        assert_eq!(
+            narrowed.session_policy.as_deref(),
+            bounds[0].aws_session_policy.as_deref()
+        );
+        assert_eq!(
+            narrowed.agent_bounds,
+            Some(BoundsApplied {
+                entry: "deploy-bots".into(),
+                beyond: false
+            })
+        );
+        // A shorter rule cap stays the shorter one: never widened.
+        let Decision::Allow(short) = narrow(
+            Decision::Allow(grant(600, 600, None)),
+            &request("component:agents/bot", None),
+            &bounds,
+        ) else {
+            panic!()
+        };
+        assert_eq!(short.max_duration, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn no_matching_entry_is_denied_with_a_reason() {
+        let bounds = load(BOTS).unwrap();
+        for decision in [
+            Decision::Allow(grant(3600, 900, None)),
+            Decision::NeedsApproval {
+                grant: grant(3600, 900, None),
+                approval: ApprovalRequirement {
+                    count: 1,
+                    approvers: vec![],
+                    window: Duration::from_secs(60),
+                    request_ttl: Duration::from_secs(60),
+                    break_glass_max_duration: None,
+                },
+            },
+        ] {
+            let narrowed = narrow(decision, &request("agent-7", None), &bounds);
+            assert!(
+                denial(&narrowed).contains("no [[policy.agents]] entry names it"),
+                "{narrowed:?}"
+            );
+        }
+        // An entry for another provider does not apply either.
+        let gcp_only = load(&BOTS.replace(
+            "agents = [\"component:agents/*\"]",
+            "agents = [\"component:agents/*\"]\nproviders = [\"aws\"]",
+        ))
+        .unwrap();
+        let other = ProviderKind::from_static("gcp");
+        let narrowed = narrow(
+            Decision::Allow(grant(3600, 900, None)),
+            &AgentRequest {
+                agent: "component:agents/bot",
+                provider: &other,
+                requested_duration: None,
+            },
+            &gcp_only,
+        );
+        assert!(matches!(narrowed, Decision::Deny(_)));
+    }
+
+    #[test]
+    fn beyond_the_bounds_is_denied_or_needs_the_entrys_approval() {
+        let bounds = load(BOTS).unwrap();
+        let narrowed = narrow(
+            Decision::Allow(grant(3600, 3600, None)),
+            &request("component:agents/bot", Some(3600)),
+            &bounds,
+        );
+        assert!(
+            denial(&narrowed).contains("at most 15m; 1h was asked for"),
+            "{narrowed:?}"
+        );
+        let approving = load(&format!(
+            "{BOTS}beyond_bounds = \"approval\"\napproval = {{ approvers = [\"group:default/sre\"] }}\n"
+        ))
+        .unwrap();
+        let narrowed = narrow(
+            Decision::Allow(grant(3600, 3600, None)),
+            &request("component:agents/bot", Some(3600)),
+            &approving,
+        );
+        let Decision::NeedsApproval { grant, approval } = narrowed else {
+            panic!("{narrowed:?}")
+        };
+        assert_eq!(grant.duration, Duration::from_secs(3600));
+        assert!(grant.agent_bounds.as_ref().unwrap().beyond);
+        assert_eq!(approval.approvers[0].to_string(), "group:default/sre");
+        assert_eq!(approval.break_glass_max_duration, None);
+        // Within the bounds, the same entry allows without approval.
+        let within = narrow(
+            Decision::Allow(grant_of(3600)),
+            &request("component:agents/bot", Some(900)),
+            &approving,
+        );
+        assert!(matches!(within, Decision::Allow(_)), "{within:?}");
+    }
+
+    fn grant_of(max: u64) -> Grant {
+        grant(max, 900, None)
+    }
+
+    #[test]
+    fn session_policies_are_intersected_or_refused() {
+        let rule = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#;
+        // An Allow entry policy cannot be intersected with the rule's: refused.
+        let bounds = load(BOTS).unwrap();
+        let narrowed = narrow(
+            Decision::Allow(grant(3600, 900, Some(rule))),
+            &request("component:agents/bot", None),
+            &bounds,
+        );
+        assert!(
+            denial(&narrowed).contains("cannot intersect two"),
+            "{narrowed:?}"
+        );
+        // Deny statements are appended: exactly the intersection.
+        let denying = load(&BOTS.replace("\"Effect\":\"Allow\"", "\"Effect\":\"Deny\"")).unwrap();
+        let Decision::Allow(narrowed) = narrow(
+            Decision::Allow(grant(3600, 900, Some(rule))),
+            &request("component:agents/bot", None),
+            &denying,
+        ) else {
+            panic!()
+        };
+        let merged: serde_json::Value =
+            serde_json::from_str(narrowed.session_policy.as_deref().unwrap()).unwrap();
+        let effects: Vec<_> = merged["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["Effect"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(effects, ["Allow", "Deny"]);
+        assert_eq!(merged["Version"], "2012-10-17");
+    }
+
+    #[test]
+    fn agent_of_names_the_actor_or_an_agent_acting_alone() {
+        let mut principal = Principal {
+            issuer: "https://idp".into(),
+            issuer_name: "idp".into(),
+            subject: crate::catalog::EntityRef::parse("user:default/jane", None, "default")
+                .unwrap(),
+            kind: PrincipalKind::Agent,
+            actor: Some("component:agents/bot".into()),
+            groups: vec![],
+            dedicated_audience: false,
+            pipeline: None,
+        };
+        assert_eq!(agent_of(&principal).as_deref(), Some("component:agents/bot"));
+        principal.actor = None;
+        assert_eq!(agent_of(&principal).as_deref(), Some("user:default/jane"));
+        principal.kind = PrincipalKind::Human;
+        assert_eq!(agent_of(&principal), None);
+    }
+
+    #[test]
+    fn entries_are_validated_as_a_set() {
+        let problems = load(&format!(
+            "{BOTS}\n[[agents]]\nname = \"deploy-bots\"\nagents = []\nmax_duration = \"2h\"\nproviders = [\"gcp\"]\nquota = {{ per_agent = 0, window = \"1h\" }}\nbeyond_bounds = \"approval\"\n\
+             gcp_scopes = [\"https://www.googleapis.com/auth/cloud-platform\"]\n"
+        ))
+        .unwrap_err();
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let text = text.join("\n");
+        for expected in [
+            "the name is used by another agents entry",
+            "agents must list at least one pattern",
+            "provider gcp is not configured",
+            "max_duration must be between 1m and 1h",
+            "quota counts must be at least 1",
+            "needs an approval",
+            "gcp_scopes is set but the entry covers no configured gcp provider",
+        ] {
+            assert!(text.contains(expected), "{expected}: {text}");
+        }
+        // A cap below what the cloud issues at all could never succeed.
+        let short = load(&BOTS.replace("name = \"deploy-bots\"", "name = \"x\"\nmax_duration = \"5m\""))
+            .unwrap_err();
+        assert!(short[0].message.contains("below the 15m"), "{short:?}");
+        let bad_policy = load(&BOTS.replace("\"Statement\":[", "\"Nope\":[")).unwrap_err();
+        assert!(bad_policy[0].message.contains("with a Statement"), "{bad_policy:?}");
+        let unknown = load(&format!("{BOTS}colour = \"blue\"\n")).unwrap_err();
+        assert!(unknown[0].message.contains("colour"), "{unknown:?}");
+        // The default cap is 15 minutes, default beyond_bounds deny.
+        let ok = load(BOTS).unwrap();
+        assert_eq!(ok[0].max_duration, DEFAULT_AGENT_MAX_DURATION);
+        assert_eq!(ok[0].beyond_bounds, BeyondBounds::Deny);
+    }
+}
