@@ -729,8 +729,13 @@ impl PolicySource {
 }
 
 async fn reload(broker: &Broker, source: &PolicySource, reason: &str) {
-    let loaded = load_policy_set(&source.rules, &source.agents, &source.files, &source.context)
-        .map_err(|e| e.problems.iter().map(ToString::to_string).collect());
+    let loaded = load_policy_set(
+        &source.rules,
+        &source.agents,
+        &source.files,
+        &source.context,
+    )
+    .map_err(|e| e.problems.iter().map(ToString::to_string).collect());
     if let Err(e) = broker.reload_policy(reason, loaded).await {
         tracing::error!(error = %e, "could not audit a policy reload");
     }

@@ -35,8 +35,12 @@ pub struct Problem {
     pub cloud_code: Option<Box<str>>,
     /// For a quota: seconds until a retry can succeed, also sent as the
     /// `Retry-After` header.
-    #[serde(rename = "retry_after_seconds", skip_serializing_if = "Option::is_none")]
-    pub retry_after: Option<u64>,
+    #[serde(
+        rename = "retry_after_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    /// (A `NonZeroU32`: it fits in the padding, keeping `Problem` small.)
+    pub retry_after: Option<std::num::NonZeroU32>,
 }
 
 /// Stable problem type URIs: `urn:stackpass:problem:{slug}`.
@@ -200,7 +204,9 @@ impl Problem {
                         retry_after.as_secs()
                     ),
                 );
-                problem.retry_after = Some(retry_after.as_secs());
+                problem.retry_after = std::num::NonZeroU32::new(
+                    u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX),
+                );
                 problem
             }
             BrokerError::BreakGlassNotAPerson => Problem::new(
@@ -324,7 +330,7 @@ impl Problem {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(seconds) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.get()));
         }
         response
     }

@@ -592,8 +592,9 @@ impl AuditStore for SqlAuditStore {
         times
             .iter()
             .map(|t| {
-                parse_timestamp(t)
-                    .ok_or_else(|| AuditError::Read(format!("a stored timestamp {t:?} does not parse")))
+                parse_timestamp(t).ok_or_else(|| {
+                    AuditError::Read(format!("a stored timestamp {t:?} does not parse"))
+                })
             })
             .collect()
     }

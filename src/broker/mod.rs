@@ -355,7 +355,9 @@ impl Broker {
     /// naming the entry (it is tied to an authenticated agent, so it cannot
     /// be used to flood the log anonymously).
     async fn check_quota(&self, asked: &Asked<'_>, resolved: &Resolved) -> Result<(), BrokerError> {
-        let Some((agent, entry)) = self.resolver.agent_bounds(&resolved.principal, asked.request)
+        let Some((agent, entry)) = self
+            .resolver
+            .agent_bounds(&resolved.principal, asked.request)
         else {
             return Ok(());
         };
@@ -366,12 +368,24 @@ impl Broker {
         let since = now - quota.window;
         let person = resolved.principal.subject.to_string();
         let counts = [
-            (quota.per_agent, IssuanceFilter::Actor(agent.clone()), format!("agent {agent}")),
-            (quota.per_person, IssuanceFilter::Requester(person.clone()), format!("agents acting for {person}")),
+            (
+                quota.per_agent,
+                IssuanceFilter::Actor(agent.clone()),
+                format!("agent {agent}"),
+            ),
+            (
+                quota.per_person,
+                IssuanceFilter::Requester(person.clone()),
+                format!("agents acting for {person}"),
+            ),
         ];
         for (limit, filter, who) in counts {
             let Some(limit) = limit else { continue };
-            let times = self.recorder.audit().agent_issuances(&filter, since).await?;
+            let times = self
+                .recorder
+                .audit()
+                .agent_issuances(&filter, since)
+                .await?;
             let limit = limit as usize;
             if times.len() < limit {
                 continue;
@@ -620,7 +634,10 @@ impl Broker {
         let (rules, result) = match loaded {
             Ok(policy) => {
                 let names = policy.rules.iter().map(|r| r.name.clone()).collect();
-                (Some((policy.rules, policy.agents)), Ok((names, policy.digest)))
+                (
+                    Some((policy.rules, policy.agents)),
+                    Ok((names, policy.digest)),
+                )
             }
             Err(problems) => (None, Err(problems)),
         };

@@ -998,7 +998,10 @@ async fn an_agent_gets_the_persons_grant_narrowed_by_its_bounds() {
         .await
     {
         Err(BrokerError::Denied(denial)) => {
-            assert!(denial.summary.contains("no [[policy.agents]] entry"), "{denial:?}")
+            assert!(
+                denial.summary.contains("no [[policy.agents]] entry"),
+                "{denial:?}"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -1064,7 +1067,10 @@ async fn beyond_the_bounds_a_person_approves_and_the_agent_gets_it() {
     // The entry's approvers decide, not the rule's (there are none) nor the
     // team's; never an agent.
     assert!(w.approve(&person("user:default/alex"), &id).await.is_err());
-    assert!(w.approve(&agent_for("user:default/sam"), &id).await.is_err());
+    assert!(w
+        .approve(&agent_for("user:default/sam"), &id)
+        .await
+        .is_err());
     w.approve(&person("user:default/sam"), &id).await.unwrap();
     let issued = w.broker.issue(&context(), bot(), &dev).await.unwrap();
     assert_eq!(issued.duration, Duration::from_secs(3600));

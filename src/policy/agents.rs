@@ -111,9 +111,10 @@ pub struct BoundsApplied {
 /// The agent a principal's request is made by, if any: the current actor of
 /// a delegation, or an agent acting on its own.
 pub fn agent_of(principal: &Principal) -> Option<String> {
-    principal.actor.clone().or_else(|| {
-        (principal.kind == PrincipalKind::Agent).then(|| principal.subject.to_string())
-    })
+    principal
+        .actor
+        .clone()
+        .or_else(|| (principal.kind == PrincipalKind::Agent).then(|| principal.subject.to_string()))
 }
 
 /// The first entry naming `agent` for `provider`.
@@ -253,7 +254,8 @@ fn merge_session_policy(rule: Option<&str>, agent: Option<&str>) -> Result<Optio
         (None, Some(agent)) => return Ok(Some(agent.to_owned())),
         (Some(rule), Some(agent)) => (rule, agent),
     };
-    let agent_statements = statements(agent).ok_or("the entry's aws_session_policy is not a policy document")?;
+    let agent_statements =
+        statements(agent).ok_or("the entry's aws_session_policy is not a policy document")?;
     if agent_statements
         .iter()
         .any(|s| s.get("Effect").and_then(|e| e.as_str()) != Some("Deny"))
@@ -264,7 +266,10 @@ fn merge_session_policy(rule: Option<&str>, agent: Option<&str>) -> Result<Optio
         .map_err(|_| "the rule's session_policy did not render to JSON".to_owned())?;
     let rule_statements =
         statements(rule).ok_or("the rule's session_policy is not a policy document")?;
-    let merged: Vec<serde_json::Value> = rule_statements.into_iter().chain(agent_statements).collect();
+    let merged: Vec<serde_json::Value> = rule_statements
+        .into_iter()
+        .chain(agent_statements)
+        .collect();
     document
         .as_object_mut()
         .ok_or("the rule's session_policy is not a JSON object")?
@@ -336,7 +341,10 @@ pub fn validate_bounds(
         }
         if let Some(policy) = &config.aws_session_policy {
             if !covers("aws") {
-                messages.push("aws_session_policy is set but the entry covers no configured aws provider".into());
+                messages.push(
+                    "aws_session_policy is set but the entry covers no configured aws provider"
+                        .into(),
+                );
             }
             match statements(policy) {
                 None => messages.push(
@@ -368,7 +376,11 @@ pub fn validate_bounds(
         }
         for (key, kind, scopes) in [
             ("gcp_scopes", "gcp", config.gcp_scopes.clone()),
-            ("azure_scope", "azure", config.azure_scope.clone().map(|s| vec![s])),
+            (
+                "azure_scope",
+                "azure",
+                config.azure_scope.clone().map(|s| vec![s]),
+            ),
         ] {
             let Some(scopes) = scopes else { continue };
             if !covers(kind) {
@@ -555,7 +567,11 @@ quota = { per_agent = 2, window = "1h" }
             denied_by: None,
             rules: vec![],
         });
-        let narrowed = narrow(person.clone(), &request("component:agents/bot", None), &bounds);
+        let narrowed = narrow(
+            person.clone(),
+            &request("component:agents/bot", None),
+            &bounds,
+        );
         assert_eq!(narrowed, person);
     }
 
@@ -725,7 +741,10 @@ quota = { per_agent = 2, window = "1h" }
             dedicated_audience: false,
             pipeline: None,
         };
-        assert_eq!(agent_of(&principal).as_deref(), Some("component:agents/bot"));
+        assert_eq!(
+            agent_of(&principal).as_deref(),
+            Some("component:agents/bot")
+        );
         principal.actor = None;
         assert_eq!(agent_of(&principal).as_deref(), Some("user:default/jane"));
         principal.kind = PrincipalKind::Human;
@@ -753,11 +772,17 @@ quota = { per_agent = 2, window = "1h" }
             assert!(text.contains(expected), "{expected}: {text}");
         }
         // A cap below what the cloud issues at all could never succeed.
-        let short = load(&BOTS.replace("name = \"deploy-bots\"", "name = \"x\"\nmax_duration = \"5m\""))
-            .unwrap_err();
+        let short = load(&BOTS.replace(
+            "name = \"deploy-bots\"",
+            "name = \"x\"\nmax_duration = \"5m\"",
+        ))
+        .unwrap_err();
         assert!(short[0].message.contains("below the 15m"), "{short:?}");
         let bad_policy = load(&BOTS.replace("\"Statement\":[", "\"Nope\":[")).unwrap_err();
-        assert!(bad_policy[0].message.contains("with a Statement"), "{bad_policy:?}");
+        assert!(
+            bad_policy[0].message.contains("with a Statement"),
+            "{bad_policy:?}"
+        );
         let unknown = load(&format!("{BOTS}colour = \"blue\"\n")).unwrap_err();
         assert!(unknown[0].message.contains("colour"), "{unknown:?}");
         // The default cap is 15 minutes, default beyond_bounds deny.

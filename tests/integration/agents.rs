@@ -80,10 +80,7 @@ async fn an_agent_gets_at_most_its_bounds_of_what_the_person_may_get() {
     let bot = w.agent_token("agent:deploy-a", "user:default/jane");
     // The rule allows jane an hour; her agent gets 15 minutes and the
     // entry's session policy.
-    let issued = w
-        .broker
-        .request_credentials(Some(&bot), dev(None))
-        .await;
+    let issued = w.broker.request_credentials(Some(&bot), dev(None)).await;
     assert_eq!(issued.status, 200, "{}", issued.text);
     assert_eq!(issued.body["duration_seconds"], 900);
     let call = w.sts.calls().pop().unwrap();

@@ -54,8 +54,7 @@ async fn world_with(window: &str, ttl: &str, entities: Vec<Value>) -> World {
     let mut options = BrokerOptions::new(&backstage, &sts.url);
     // Agents get nothing without bounds; this one may act (and is still
     // refused approving and break-glass).
-    options.extra_config =
-        "[[policy.agents]]\nname = \"bots\"\nagents = [\"agent:*\"]\n".into();
+    options.extra_config = "[[policy.agents]]\nname = \"bots\"\nagents = [\"agent:*\"]\n".into();
     options.env.push((
         "STACKPASS_POLICY__FILES".into(),
         format!("[\"{}\"]", policy_dir.path().display()),
