@@ -29,6 +29,8 @@ pub struct FakeCloud {
     pub calls: AtomicUsize,
     /// The subject tokens it was given, to check their claims.
     pub tokens: Mutex<Vec<SecretString>>,
+    /// The session policy of each exchange, in order.
+    pub session_policies: Mutex<Vec<Option<String>>>,
 }
 
 impl FakeCloud {
@@ -116,6 +118,10 @@ impl CloudProvider for FakeCloud {
     async fn exchange(&self, request: ExchangeRequest) -> Result<Credential, ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.tokens.lock().unwrap().push(request.subject_token);
+        self.session_policies
+            .lock()
+            .unwrap()
+            .push(request.session_policy.clone());
         if self.refuse.load(Ordering::SeqCst) {
             return Err(ProviderError::Rejected {
                 provider: self.kind(),
@@ -190,6 +196,14 @@ impl AuditStore for FailingAudit {
 
     async fn ping(&self) -> Result<(), AuditError> {
         self.inner.ping().await
+    }
+
+    async fn agent_issuances(
+        &self,
+        filter: &crate::audit::IssuanceFilter,
+        since: time::OffsetDateTime,
+    ) -> Result<Vec<time::OffsetDateTime>, AuditError> {
+        self.inner.agent_issuances(filter, since).await
     }
 
     async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {

@@ -33,7 +33,7 @@ use crate::issuer::{
 };
 use crate::notify;
 use crate::policy::{
-    expand_paths, load_rules, load_rules_with_digest, PolicyError, Rule, RuleConfig,
+    expand_paths, load_policy_set, AgentBoundsConfig, LoadedPolicy, PolicyError, RuleConfig,
     ValidationContext,
 };
 use crate::registry::Providers;
@@ -111,7 +111,7 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
     )
     .map_err(keys_error)?;
     check_algorithms(config, &providers, &issuer.keys(), issuer.key_source())?;
-    let rules = load_policy(config, &providers)?;
+    let policy = load_policy(config, &providers)?;
     // Access requests live beside the audit log: one database, one failure domain.
     let db = Database::open(&config.audit.url, config.audit.busy_timeout).await?;
     if let Some(warning) = crate::audit::history_rewritable(&db).await {
@@ -124,7 +124,8 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         verifier,
         catalog,
         stacks,
-        rules,
+        rules: policy.rules,
+        agents: policy.agents,
         issuer,
         providers,
         audit,
@@ -511,11 +512,12 @@ fn stacks_token(
     Ok(SecretString::from(token.to_owned()))
 }
 
-/// The config's rules and the policy files', validated together against the
-/// configured providers.
-pub fn load_policy(config: &Config, providers: &Providers) -> Result<Vec<Rule>, PolicyError> {
-    load_rules(
+/// The config's rules and agent bounds and the policy files', validated
+/// together against the configured providers.
+pub fn load_policy(config: &Config, providers: &Providers) -> Result<LoadedPolicy, PolicyError> {
+    load_policy_set(
         &config.policy.rules,
+        &config.policy.agents,
         &config.policy.files,
         &validation_context(config, providers),
     )
@@ -631,7 +633,7 @@ pub fn check(config: &Config) -> Result<usize, StartupError> {
         load_static_catalog(config)?;
     }
     load_stacks(config)?;
-    Ok(load_policy(config, &providers)?.len())
+    Ok(load_policy(config, &providers)?.rules.len())
 }
 
 /// Watches the policy files: on SIGHUP, or when their contents change (checked
@@ -644,6 +646,7 @@ pub fn spawn_policy_reloader(broker: Arc<Broker>, config: &Config) {
     }
     let source = Arc::new(PolicySource {
         rules: config.policy.rules.clone(),
+        agents: config.policy.agents.clone(),
         files: config.policy.files.clone(),
         context: validation_context(config, broker.providers()),
     });
@@ -706,6 +709,7 @@ fn spawn_watch<Fingerprint, Reload, Reloaded>(
 
 struct PolicySource {
     rules: Vec<RuleConfig>,
+    agents: Vec<AgentBoundsConfig>,
     files: Vec<std::path::PathBuf>,
     context: ValidationContext,
 }
@@ -725,8 +729,13 @@ impl PolicySource {
 }
 
 async fn reload(broker: &Broker, source: &PolicySource, reason: &str) {
-    let loaded = load_rules_with_digest(&source.rules, &source.files, &source.context)
-        .map_err(|e| e.problems.iter().map(ToString::to_string).collect());
+    let loaded = load_policy_set(
+        &source.rules,
+        &source.agents,
+        &source.files,
+        &source.context,
+    )
+    .map_err(|e| e.problems.iter().map(ToString::to_string).collect());
     if let Err(e) = broker.reload_policy(reason, loaded).await {
         tracing::error!(error = %e, "could not audit a policy reload");
     }

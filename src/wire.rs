@@ -81,6 +81,12 @@ pub struct Grant {
     pub max_duration: Duration,
     pub session_policy: Option<String>,
     pub session_tags: BTreeMap<String, String>,
+    /// OAuth scopes the credential is narrowed to (agents' GCP/Azure bounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// The `[[policy.agents]]` entry that narrowed the grant, for agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_bounds: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -181,6 +187,8 @@ impl From<&policy::Grant> for Grant {
             max_duration: grant.max_duration,
             session_policy: grant.session_policy.clone(),
             session_tags: grant.session_tags.clone(),
+            scopes: grant.scopes.clone(),
+            agent_bounds: grant.agent_bounds.as_ref().map(|b| b.entry.clone()),
         }
     }
 }

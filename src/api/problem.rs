@@ -33,6 +33,14 @@ pub struct Problem {
     /// `invalid_grant`, `AADSTS700213`), for searching its documentation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_code: Option<Box<str>>,
+    /// For a quota: seconds until a retry can succeed, also sent as the
+    /// `Retry-After` header.
+    #[serde(
+        rename = "retry_after_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    /// (A `NonZeroU32`: it fits in the padding, keeping `Problem` small.)
+    pub retry_after: Option<std::num::NonZeroU32>,
 }
 
 /// Stable problem type URIs: `urn:stackpass:problem:{slug}`.
@@ -61,6 +69,7 @@ impl Problem {
             request_id: Box::default(),
             rules: None,
             cloud_code: None,
+            retry_after: None,
         }
     }
 
@@ -184,6 +193,22 @@ impl Problem {
                 error.to_string(),
                 "send the request without break_glass and ask an approver",
             ),
+            BrokerError::QuotaExceeded { retry_after, .. } => {
+                let mut problem = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "quota-exceeded",
+                    "Agent quota exceeded",
+                    error.to_string(),
+                    format!(
+                        "retry after {} seconds (Retry-After); the agents entry's quota counts issuances in a sliding window",
+                        retry_after.as_secs()
+                    ),
+                );
+                problem.retry_after = std::num::NonZeroU32::new(
+                    u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX),
+                );
+                problem
+            }
             BrokerError::BreakGlassNotAPerson => Problem::new(
                 StatusCode::FORBIDDEN,
                 "break-glass-forbidden",
@@ -303,6 +328,9 @@ impl Problem {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if unauthenticated {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.get()));
         }
         response
     }

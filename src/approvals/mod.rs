@@ -147,15 +147,22 @@ pub struct Binding {
 impl Binding {
     pub fn of(grant: &Grant, mode: Mode) -> Self {
         // serde_json's map is ordered by key, so the text is canonical.
-        let facts = serde_json::json!({
+        let mut facts = serde_json::json!({
             "rule": grant.rule,
             "provider": grant.provider.as_str(),
             "target": grant.target.as_str(),
             "max_duration_seconds": grant.max_duration.as_secs(),
             "session_policy": grant.session_policy,
             "session_tags": grant.session_tags,
-        })
-        .to_string();
+        });
+        // Only agents' grants carry these, so the digests of every other
+        // request (and those already stored) are unchanged.
+        if let (Some(fields), Some(bounds)) = (facts.as_object_mut(), &grant.agent_bounds) {
+            fields.insert("agent_bounds".into(), bounds.entry.clone().into());
+            fields.insert("beyond_agent_bounds".into(), bounds.beyond.into());
+            fields.insert("scopes".into(), serde_json::json!(grant.scopes));
+        }
+        let facts = facts.to_string();
         Binding {
             mode,
             digest: digest(&facts),
@@ -368,6 +375,8 @@ mod tests {
             duration: Duration::from_secs(900),
             max_duration: Duration::from_secs(3600),
             session_policy: None,
+            scopes: None,
+            agent_bounds: None,
             session_tags: Default::default(),
         }
     }

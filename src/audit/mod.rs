@@ -72,6 +72,14 @@ pub enum AuditError {
     Unstorable(String),
 }
 
+/// Which agent issuances to count: by one agent (any person), or for one
+/// person (any agent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuanceFilter {
+    Actor(String),
+    Requester(String),
+}
+
 /// The audit log as the broker sees it.
 #[async_trait::async_trait]
 pub trait AuditStore: Send + Sync {
@@ -94,6 +102,20 @@ pub trait AuditStore: Send + Sync {
     async fn ping(&self) -> Result<(), AuditError>;
 
     async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError>;
+
+    /// When each committed agent issuance (an `issuance_outcome` record with
+    /// outcome `issued` and an actor) matching `filter` was recorded, at or
+    /// after `since`, oldest first: what agent quotas count. Counting the
+    /// shared log makes a quota hold across replicas.
+    async fn agent_issuances(
+        &self,
+        _filter: &IssuanceFilter,
+        _since: time::OffsetDateTime,
+    ) -> Result<Vec<time::OffsetDateTime>, AuditError> {
+        Err(AuditError::Read(
+            "this audit store cannot count issuances".into(),
+        ))
+    }
 
     /// The chain's head now, to be signed and kept outside the database.
     async fn head(&self) -> Result<Checkpoint, AuditError> {

@@ -23,10 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{ChainBreak, ChainStart, ChainSummary, ChainVerifier, Checkpoint, StoredRecord};
 use super::{
-    AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore, Bind, Guarded, Outcome,
-    Statement,
+    AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore, Bind, Guarded,
+    IssuanceFilter, Outcome, Statement,
 };
-use crate::database::{format_timestamp, on_db, Database};
+use crate::database::{format_timestamp, on_db, parse_timestamp, Database};
 
 /// At most this many appends share one transaction; bounded so that one batch
 /// stays well inside SQLite's limit on bound parameters.
@@ -562,6 +562,41 @@ impl AuditStore for SqlAuditStore {
                 .map_err(write_error)?;
         });
         Ok(())
+    }
+
+    async fn agent_issuances(
+        &self,
+        filter: &IssuanceFilter,
+        since: OffsetDateTime,
+    ) -> Result<Vec<OffsetDateTime>, AuditError> {
+        let since = format_timestamp(since);
+        let (column, value) = match filter {
+            IssuanceFilter::Actor(actor) => ("actor", actor),
+            IssuanceFilter::Requester(requester) => ("requester", requester),
+        };
+        // Timestamps are fixed-width UTC text, so text order is time order.
+        let sql = format!(
+            "SELECT recorded_at FROM audit_records WHERE recorded_at >= $1 AND event = $2 \
+             AND outcome = $3 AND actor IS NOT NULL AND {column} = $4 ORDER BY recorded_at"
+        );
+        let times: Vec<String> = on_db!(&self.db, pool => {
+            sqlx::query_scalar(&sql)
+                .bind(&since)
+                .bind(AuditEvent::IssuanceOutcome.as_str())
+                .bind(Outcome::Issued.as_str())
+                .bind(value)
+                .fetch_all(pool)
+                .await
+                .map_err(read_error)?
+        });
+        times
+            .iter()
+            .map(|t| {
+                parse_timestamp(t).ok_or_else(|| {
+                    AuditError::Read(format!("a stored timestamp {t:?} does not parse"))
+                })
+            })
+            .collect()
     }
 
     async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {

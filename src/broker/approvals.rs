@@ -408,7 +408,7 @@ impl Approvals {
             self.expire(context, request, &principal.subject).await?;
             return Err(ApprovalError::Expired(request.id).into());
         }
-        let requirement = self.policy.approval_for(&request.rule);
+        let requirement = self.policy.approval_for_request(request);
         let groups = self.catalog.groups_of(&principal.subject).await?;
         check_decider(
             request,
@@ -481,7 +481,7 @@ impl Approvals {
                         r,
                         me,
                         &groups,
-                        self.policy.approval_for(&r.rule).as_ref(),
+                        self.policy.approval_for_request(r).as_ref(),
                         now,
                     )
                     .is_ok()

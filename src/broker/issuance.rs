@@ -195,6 +195,7 @@ impl Job {
             target: self.grant.target.clone(),
             duration: self.grant.duration,
             session_policy: self.grant.session_policy.clone(),
+            scopes: self.grant.scopes.clone(),
             facts,
         });
         let result = tokio::time::timeout(cloud_budget, exchange)

@@ -41,12 +41,14 @@ use crate::approvals::{
     approved_duration, is_a_person, AccessRequest, AccessRequestId, ApprovalError, ApprovalStore,
     StoreError,
 };
-use crate::audit::{AuditError, AuditPage, AuditQuery, AuditStore};
+use crate::audit::{AuditError, AuditPage, AuditQuery, AuditStore, IssuanceFilter};
 use crate::catalog::{Catalog, CatalogError, EntityRef};
 use crate::identity::{IdentityError, Principal, Verifier};
 use crate::issuer::{Issuer, IssuerError, KeyRing};
 use crate::notify::Notifier;
-use crate::policy::{ApprovalRequirement, Decision, Denial, Grant, LivePolicy, LoadedPolicy, Rule};
+use crate::policy::{
+    AgentBounds, ApprovalRequirement, Decision, Denial, Grant, LivePolicy, LoadedPolicy, Rule,
+};
 use crate::registry::{LookupError, Providers};
 use crate::stacks::{ComponentTags, StackRef, StackSource, StackSourceError};
 
@@ -131,6 +133,14 @@ pub enum BrokerError {
     IssuanceInterrupted,
     #[error("only people break glass; a token with an agent acting (act) or of a service cannot")]
     BreakGlassNotAPerson,
+    /// An agent's issuance quota is used up for now.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Until the oldest counted issuance leaves the window (whole seconds,
+        /// at least 1).
+        retry_after: Duration,
+        message: String,
+    },
 }
 
 /// What a broker is built from: startup fills it from configuration, tests
@@ -140,6 +150,8 @@ pub struct BrokerParts {
     pub catalog: Arc<dyn Catalog>,
     pub stacks: Arc<dyn StackSource>,
     pub rules: Vec<Rule>,
+    /// `[[policy.agents]]`: what agents may get, narrowed from their person's.
+    pub agents: Vec<AgentBounds>,
     pub issuer: Issuer,
     pub providers: Providers,
     pub audit: Arc<dyn AuditStore>,
@@ -170,7 +182,7 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(parts: BrokerParts) -> Self {
-        let policy = Arc::new(LivePolicy::new(parts.rules));
+        let policy = Arc::new(LivePolicy::new(parts.rules, parts.agents));
         let recorder = Recorder::new(parts.audit.clone(), parts.notifier);
         Broker {
             verifier: parts.verifier,
@@ -315,7 +327,13 @@ impl Broker {
             request,
         };
         let resolved = self.resolve(&asked, false).await?;
-        let (grant, allowance) = match self.resolver.decide(&resolved, request) {
+        let decision = self.resolver.decide(&resolved, request);
+        if !matches!(decision, Decision::Deny(_)) {
+            // Before an approval is taken or an intent written: a refused
+            // request consumes nothing.
+            self.check_quota(&asked, &resolved).await?;
+        }
+        let (grant, allowance) = match decision {
             Decision::Deny(denial) => return Err(self.refuse(&asked, &resolved, denial).await),
             Decision::Allow(grant) => (grant, Allowance::Policy),
             Decision::NeedsApproval { grant, approval } => {
@@ -326,6 +344,85 @@ impl Broker {
         self.exchange
             .run(&asked, &resolved, grant, allowance, provider)
             .await
+    }
+
+    /// An agent's quota (its bounds entry's `quota`): the issuances committed
+    /// to the audit log in the window, by this agent and for this person
+    /// (by any agent). Counting the shared log holds across replicas. Small
+    /// race, accepted: requests running at the same moment each count the
+    /// others' issuances only once committed, so concurrent requests can
+    /// overshoot by at most their number. A refusal is audited as a denial
+    /// naming the entry (it is tied to an authenticated agent, so it cannot
+    /// be used to flood the log anonymously).
+    async fn check_quota(&self, asked: &Asked<'_>, resolved: &Resolved) -> Result<(), BrokerError> {
+        let Some((agent, entry)) = self
+            .resolver
+            .agent_bounds(&resolved.principal, asked.request)
+        else {
+            return Ok(());
+        };
+        let Some(quota) = entry.quota else {
+            return Ok(());
+        };
+        let now = OffsetDateTime::now_utc();
+        let since = now - quota.window;
+        let person = resolved.principal.subject.to_string();
+        let counts = [
+            (
+                quota.per_agent,
+                IssuanceFilter::Actor(agent.clone()),
+                format!("agent {agent}"),
+            ),
+            (
+                quota.per_person,
+                IssuanceFilter::Requester(person.clone()),
+                format!("agents acting for {person}"),
+            ),
+        ];
+        for (limit, filter, who) in counts {
+            let Some(limit) = limit else { continue };
+            let times = self
+                .recorder
+                .audit()
+                .agent_issuances(&filter, since)
+                .await?;
+            let limit = limit as usize;
+            if times.len() < limit {
+                continue;
+            }
+            // The issuance whose leaving the window brings the count below the limit.
+            let frees = times[times.len() - limit] + quota.window;
+            let retry_after = Duration::from_secs((frees - now).whole_seconds().max(0) as u64 + 1);
+            let reason = format!(
+                "quota: {who} got {} credential(s) in the last {} (agents entry {} allows {limit}); retry in {}s",
+                times.len(),
+                humantime::format_duration(quota.window),
+                entry.name,
+                retry_after.as_secs()
+            );
+            let label = crate::policy::bounds_label(&entry.name);
+            let denial = Denial {
+                summary: reason.clone(),
+                denied_by: Some(label.clone()),
+                rules: vec![crate::policy::RuleMiss {
+                    rule: label,
+                    reasons: vec![reason.clone()],
+                }],
+            };
+            self.recorder
+                .record(&[Event::Denied {
+                    asked,
+                    resolved,
+                    denial: &denial,
+                    dry_run: false,
+                }])
+                .await?;
+            return Err(BrokerError::QuotaExceeded {
+                retry_after,
+                message: reason,
+            });
+        }
+        Ok(())
     }
 
     /// For a grant that needs approval: break-glass (capped) if asked for,
@@ -537,15 +634,18 @@ impl Broker {
         let (rules, result) = match loaded {
             Ok(policy) => {
                 let names = policy.rules.iter().map(|r| r.name.clone()).collect();
-                (Some(policy.rules), Ok((names, policy.digest)))
+                (
+                    Some((policy.rules, policy.agents)),
+                    Ok((names, policy.digest)),
+                )
             }
             Err(problems) => (None, Err(problems)),
         };
         self.recorder
             .record(&[Event::PolicyReloaded { reason, result }])
             .await?;
-        if let Some(rules) = rules {
-            self.policy.replace(rules);
+        if let Some((rules, agents)) = rules {
+            self.policy.replace(rules, agents);
         }
         Ok(())
     }

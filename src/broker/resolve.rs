@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{BrokerError, CredentialRequest};
 use crate::catalog::{Catalog, EntityRef};
 use crate::identity::Principal;
-use crate::policy::{self, Decision, LivePolicy, PolicyInput};
+use crate::policy::{self, AgentBounds, AgentRequest, Decision, LivePolicy, PolicyInput};
 use crate::stacks::{ComponentTags, Stack, StackRef, StackSource};
 
 /// One request's facts, resolved from trusted sources before the policy decides.
@@ -71,9 +71,14 @@ impl Resolver {
         }))
     }
 
+    /// The decision for the requester; for an agent, the person's decision
+    /// (the rules with the person's identity and groups, the requester kind
+    /// staying `agent` so rules can single agents out) narrowed by the
+    /// agent's bounds.
     pub fn decide(&self, resolved: &Resolved, request: &CredentialRequest) -> Decision {
-        policy::decide(
-            &self.policy.current(),
+        let policy = self.policy.snapshot();
+        let person = policy::decide(
+            &policy.rules,
             &PolicyInput {
                 principal: &resolved.principal,
                 stack: &resolved.stack,
@@ -83,6 +88,30 @@ impl Resolver {
                 provider: &request.provider,
                 requested_duration: request.duration,
             },
-        )
+        );
+        match policy::agent_of(&resolved.principal) {
+            Some(agent) => policy::narrow(
+                person,
+                &AgentRequest {
+                    agent: &agent,
+                    provider: &request.provider,
+                    requested_duration: request.duration,
+                },
+                &policy.agents,
+            ),
+            None => person,
+        }
+    }
+
+    /// The agent making the request and the bounds entry that applies to it.
+    pub fn agent_bounds(
+        &self,
+        principal: &Principal,
+        request: &CredentialRequest,
+    ) -> Option<(String, AgentBounds)> {
+        let agent = policy::agent_of(principal)?;
+        let policy = self.policy.snapshot();
+        let entry = policy::bounds_for(&policy.agents, &agent, &request.provider)?.clone();
+        Some((agent, entry))
     }
 }

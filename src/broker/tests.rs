@@ -16,7 +16,7 @@ use crate::database::Database;
 use crate::fakes::{FailingAudit, FakeCloud};
 use crate::identity::PrincipalKind;
 use crate::issuer::SigningKey;
-use crate::policy::{load_rules, LoadedPolicy, ValidationContext};
+use crate::policy::{load_policy_set, LoadedPolicy, ValidationContext};
 use crate::stacks::{ComponentTags, StaticStackRegistry};
 
 const CATALOG: &str = r#"
@@ -74,6 +74,14 @@ provider = "aws"
 tags = { environment = ["staging"], aws-account = ["*"] }
 role = "arn:aws:iam::{tags.aws-account}:role/{component}-deployer"
 approval = { approvers = ["group:default/team-payments"] }
+
+[[agents]]
+name = "deploy-bots"
+agents = ["agent:*"]
+aws_session_policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}'
+quota = { per_agent = 2, per_person = 3, window = "1h" }
+beyond_bounds = "approval"
+approval = { approvers = ["group:default/security"] }
 "#;
 
 struct World {
@@ -96,7 +104,8 @@ async fn world() -> World {
     let providers = Providers::from_providers([cloud.clone() as Arc<dyn CloudProvider>]);
     let policy_file = dir.path().join("policy.toml");
     std::fs::write(&policy_file, POLICY).unwrap();
-    let rules = load_rules(
+    let policy = load_policy_set(
+        &[],
         &[],
         &[policy_file],
         &ValidationContext {
@@ -110,7 +119,8 @@ async fn world() -> World {
         verifier: Verifier::new(Vec::new(), 8192),
         catalog: Arc::new(StaticCatalog::parse(CATALOG).unwrap()),
         stacks: Arc::new(StaticStackRegistry::parse(STACKS).unwrap()),
-        rules,
+        rules: policy.rules,
+        agents: policy.agents,
         issuer: Issuer::new(
             key,
             "https://stackpass.test".into(),
@@ -548,7 +558,8 @@ impl World {
     async fn reload(&self, policy: &str) {
         let file = self._dir.path().join("reloaded.toml");
         std::fs::write(&file, policy).unwrap();
-        let rules = load_rules(
+        let loaded = load_policy_set(
+            &[],
             &[],
             &[file],
             &ValidationContext {
@@ -557,10 +568,6 @@ impl World {
             },
         )
         .unwrap();
-        let loaded = LoadedPolicy {
-            rules,
-            digest: "test".into(),
-        };
         self.broker.reload_policy("test", Ok(loaded)).await.unwrap();
     }
 }
@@ -891,6 +898,7 @@ async fn a_reloaded_policy_applies_as_a_whole_and_a_rejected_one_is_recorded() {
             "test",
             Ok(LoadedPolicy {
                 rules: Vec::new(),
+                agents: Vec::new(),
                 digest: "d1".into(),
             }),
         )
@@ -926,6 +934,7 @@ async fn a_reload_whose_record_cannot_be_committed_is_not_applied() {
             "test",
             Ok(LoadedPolicy {
                 rules: Vec::new(),
+                agents: Vec::new(),
                 digest: "d1".into(),
             }),
         )
@@ -935,4 +944,138 @@ async fn a_reload_whose_record_cannot_be_committed_is_not_applied() {
     w.issue("user:default/jane", &ask("pulumi:acme/payments/dev"))
         .await
         .expect("the policy in force is still the recorded one");
+}
+
+fn agent(name: &str, subject: &str) -> Principal {
+    Principal {
+        actor: Some(name.into()),
+        ..agent_for(subject)
+    }
+}
+
+#[tokio::test]
+async fn an_agent_gets_the_persons_grant_narrowed_by_its_bounds() {
+    let w = world().await;
+    let dev = ask("pulumi:acme/payments/dev");
+    // The owner could get an hour; the agent gets the 15-minute cap and the
+    // entry's session policy.
+    let issued = w
+        .broker
+        .issue(&context(), agent_for("user:default/jane"), &dev)
+        .await
+        .unwrap();
+    assert_eq!(issued.duration, Duration::from_secs(900));
+    let policies = w.cloud.session_policies.lock().unwrap().clone();
+    assert!(policies[0].as_deref().unwrap().contains("s3:GetObject"));
+    let outcome = w.rows().await.pop().unwrap();
+    assert_eq!(outcome.outcome, "issued");
+    assert_eq!(outcome.actor.as_deref(), Some("agent:deploy-bot"));
+    assert_eq!(detail(&outcome)["agent_bounds"]["entry"], "deploy-bots");
+
+    // The dry run shows the narrowed grant.
+    let Decision::Allow(grant) = w
+        .broker
+        .explain(&context(), agent_for("user:default/jane"), &dev)
+        .await
+        .unwrap()
+    else {
+        panic!("expected allow")
+    };
+    assert_eq!(grant.max_duration, Duration::from_secs(900));
+    assert!(grant.session_policy.is_some());
+
+    // Acting for someone who is not an owner: nothing.
+    assert!(matches!(
+        w.broker
+            .issue(&context(), agent_for("user:default/bob"), &dev)
+            .await,
+        Err(BrokerError::Denied(_))
+    ));
+    // An agent no entry names: nothing, with the reason.
+    match w
+        .broker
+        .issue(&context(), agent("robot:x", "user:default/jane"), &dev)
+        .await
+    {
+        Err(BrokerError::Denied(denial)) => {
+            assert!(
+                denial.summary.contains("no [[policy.agents]] entry"),
+                "{denial:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.cloud.calls(), 1);
+}
+
+#[tokio::test]
+async fn agent_quotas_refuse_the_next_issuance_and_spare_other_agents() {
+    let w = world().await;
+    let dev = ask("pulumi:acme/payments/dev");
+    let bot = || agent("agent:one", "user:default/jane");
+    for _ in 0..2 {
+        w.broker.issue(&context(), bot(), &dev).await.unwrap();
+    }
+    match w.broker.issue(&context(), bot(), &dev).await {
+        Err(BrokerError::QuotaExceeded {
+            retry_after,
+            message,
+        }) => {
+            assert!(
+                retry_after > Duration::from_secs(3500) && retry_after <= Duration::from_secs(3601),
+                "{retry_after:?}"
+            );
+            assert!(message.contains("agent agent:one got 2"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let refusal = w.rows().await.pop().unwrap();
+    assert_eq!(refusal.outcome, "denied");
+    assert_eq!(detail(&refusal)["denied_by"], "agents:deploy-bots");
+    // Another agent for the same person is unaffected until the person's
+    // quota (3) is reached.
+    w.broker
+        .issue(&context(), agent("agent:two", "user:default/jane"), &dev)
+        .await
+        .unwrap();
+    assert!(matches!(
+        w.broker
+            .issue(&context(), agent("agent:three", "user:default/jane"), &dev)
+            .await,
+        Err(BrokerError::QuotaExceeded { .. })
+    ));
+    // And people are not counted at all.
+    w.issue("user:default/jane", &dev).await.unwrap();
+    assert_eq!(w.cloud.calls(), 4);
+}
+
+#[tokio::test]
+async fn beyond_the_bounds_a_person_approves_and_the_agent_gets_it() {
+    let w = world().await;
+    let mut dev = ask("pulumi:acme/payments/dev");
+    dev.duration = Some(Duration::from_secs(3600));
+    let bot = || agent_for("user:default/jane");
+    assert!(approval_required(
+        w.broker.issue(&context(), bot(), &dev).await
+    ));
+    let request = w
+        .broker
+        .request_access(&context(), bot(), &dev)
+        .await
+        .unwrap();
+    let id = request.id.to_string();
+    // The entry's approvers decide, not the rule's (there are none) nor the
+    // team's; never an agent.
+    assert!(w.approve(&person("user:default/alex"), &id).await.is_err());
+    assert!(w
+        .approve(&agent_for("user:default/sam"), &id)
+        .await
+        .is_err());
+    w.approve(&person("user:default/sam"), &id).await.unwrap();
+    let issued = w.broker.issue(&context(), bot(), &dev).await.unwrap();
+    assert_eq!(issued.duration, Duration::from_secs(3600));
+    // The person's own request is not covered by the agent's approval, nor
+    // does the person need one.
+    let own = w.issue("user:default/jane", &dev).await.unwrap();
+    assert_eq!(own.duration, Duration::from_secs(3600));
 }

@@ -42,6 +42,7 @@ pub fn trust_setup(config: &Config, kind: &str) -> Result<String, CliError> {
                 )
             })?;
             let mut targets: Vec<String> = rules
+                .rules
                 .iter()
                 .filter(|rule| rule.provider == kind)
                 .filter_map(|rule| rule.target.as_ref())

@@ -11,7 +11,7 @@ use url::Url;
 
 use crate::catalog::EntityRef;
 use crate::database::sqlite_path;
-use crate::policy::RuleConfig;
+use crate::policy::{AgentBoundsConfig, RuleConfig};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -397,6 +397,8 @@ fn default_environment_tag() -> String {
 pub struct PolicyConfig {
     /// Rules written in the server config; tried before the files' rules.
     pub rules: Vec<RuleConfig>,
+    /// Agent bounds written in the server config (`[[policy.agents]]`).
+    pub agents: Vec<AgentBoundsConfig>,
     /// Policy files, or directories of `*.toml` policy files, in order.
     pub files: Vec<PathBuf>,
     /// How often policy files are checked for changes (they also reload on SIGHUP).
@@ -408,6 +410,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             rules: Vec::new(),
+            agents: Vec::new(),
             files: Vec::new(),
             reload_interval: Duration::from_secs(2),
         }

@@ -281,6 +281,8 @@ fn evaluate(rule: &Rule, input: &PolicyInput<'_>) -> Result<Option<Grant>, Miss>
             max_duration: rule.max_duration,
             session_policy: session_policy.flatten(),
             session_tags,
+            scopes: None,
+            agent_bounds: None,
         })),
         _ => Err(Miss::Broken(reasons)),
     }

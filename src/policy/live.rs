@@ -4,27 +4,46 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::{ApprovalRequirement, Rule};
+use super::{AgentBounds, ApprovalRequirement, Rule};
+use crate::approvals::AccessRequest;
+
+/// Rules and agent bounds, swapped together.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    pub rules: Arc<Vec<Rule>>,
+    pub agents: Arc<Vec<AgentBounds>>,
+}
 
 pub struct LivePolicy {
-    rules: RwLock<Arc<Vec<Rule>>>,
+    set: RwLock<PolicySet>,
 }
 
 impl LivePolicy {
-    pub fn new(rules: Vec<Rule>) -> Self {
+    pub fn new(rules: Vec<Rule>, agents: Vec<AgentBounds>) -> Self {
         LivePolicy {
-            rules: RwLock::new(Arc::new(rules)),
+            set: RwLock::new(PolicySet {
+                rules: Arc::new(rules),
+                agents: Arc::new(agents),
+            }),
         }
     }
 
     pub fn current(&self) -> Arc<Vec<Rule>> {
-        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.snapshot().rules
+    }
+
+    /// Rules and agent bounds of one policy version.
+    pub fn snapshot(&self) -> PolicySet {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Swaps in a new, already validated policy; requests in flight keep the one
     /// they started with.
-    pub fn replace(&self, rules: Vec<Rule>) {
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+    pub fn replace(&self, rules: Vec<Rule>, agents: Vec<AgentBounds>) {
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = PolicySet {
+            rules: Arc::new(rules),
+            agents: Arc::new(agents),
+        };
     }
 
     /// The approval a rule of the current policy requires, if the rule still
@@ -34,5 +53,26 @@ impl LivePolicy {
             .iter()
             .find(|r| r.name == rule)
             .and_then(|r| r.approval.clone())
+    }
+
+    /// The approval an access request needs under the current policy: for an
+    /// agent's request beyond its bounds, the bounds entry's (if the entry
+    /// still exists and still asks for approval); otherwise its rule's.
+    pub fn approval_for_request(&self, request: &AccessRequest) -> Option<ApprovalRequirement> {
+        let beyond = request.binding.as_ref().and_then(|binding| {
+            let facts: serde_json::Value = serde_json::from_str(&binding.facts).ok()?;
+            let beyond = facts.get("beyond_agent_bounds")?.as_bool()?;
+            let entry = facts.get("agent_bounds")?.as_str()?.to_owned();
+            beyond.then_some(entry)
+        });
+        match beyond {
+            Some(entry) => self
+                .snapshot()
+                .agents
+                .iter()
+                .find(|a| a.name == entry)
+                .and_then(|a| a.approval.clone()),
+            None => self.approval_for(&request.rule),
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::agents::{validate_bounds, AgentBounds, AgentBoundsConfig};
 use super::validate::{validate, PolicyProblem, RuleSource, ValidationContext};
 use super::written::RuleConfig;
 use super::Rule;
@@ -32,6 +33,9 @@ impl fmt::Display for PolicyError {
 struct PolicyFile {
     #[serde(default)]
     rules: Vec<toml::Spanned<RuleConfig>>,
+    /// Agent bounds (`[[agents]]`), validated with the config's.
+    #[serde(default)]
+    agents: Vec<toml::Spanned<AgentBoundsConfig>>,
 }
 
 /// The policy files named by `paths`: files as given, directories as every
@@ -73,11 +77,23 @@ pub fn load_rules(
     load_rules_with_digest(config_rules, paths, context).map(|loaded| loaded.rules)
 }
 
+/// Rules and agent bounds from the config and every policy file, validated as
+/// one set.
+pub fn load_policy_set(
+    config_rules: &[RuleConfig],
+    config_agents: &[AgentBoundsConfig],
+    paths: &[PathBuf],
+    context: &ValidationContext,
+) -> Result<LoadedPolicy, PolicyError> {
+    load_all(config_rules, config_agents, paths, context)
+}
+
 /// Rules, and the SHA-256 of exactly the text they were loaded from (the
 /// config's rules, each file's name and contents), so the audit log can say
 /// which policy decided.
 pub struct LoadedPolicy {
     pub rules: Vec<Rule>,
+    pub agents: Vec<AgentBounds>,
     pub digest: String,
 }
 
@@ -86,9 +102,28 @@ pub fn load_rules_with_digest(
     paths: &[PathBuf],
     context: &ValidationContext,
 ) -> Result<LoadedPolicy, PolicyError> {
+    load_all(config_rules, &[], paths, context)
+}
+
+fn load_all(
+    config_rules: &[RuleConfig],
+    config_agents: &[AgentBoundsConfig],
+    paths: &[PathBuf],
+    context: &ValidationContext,
+) -> Result<LoadedPolicy, PolicyError> {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
     digest.update(format!("{config_rules:?}").as_bytes());
+    // Only hashed when there are agent bounds, so the digest of a policy
+    // without them is what it always was.
+    if !config_agents.is_empty() {
+        digest.update(format!("{config_agents:?}").as_bytes());
+    }
+    let mut agents: Vec<(RuleSource, AgentBoundsConfig)> = config_agents
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| (RuleSource(format!("policy.agents[{i}]")), entry.clone()))
+        .collect();
     let mut written: Vec<(RuleSource, RuleConfig)> = config_rules
         .iter()
         .enumerate()
@@ -120,6 +155,13 @@ pub fn load_rules_with_digest(
                         rule.into_inner(),
                     ));
                 }
+                for entry in parsed.agents {
+                    let line = text[..entry.span().start].matches('\n').count() + 1;
+                    agents.push((
+                        RuleSource(format!("{}:{line}", file.display())),
+                        entry.into_inner(),
+                    ));
+                }
             }
             Err(e) => problems.push(PolicyProblem {
                 source: file.display().to_string(),
@@ -128,9 +170,11 @@ pub fn load_rules_with_digest(
         }
     }
     let rules = validate(&written, context, &mut problems);
+    let agents = validate_bounds(&agents, context, &mut problems);
     if problems.is_empty() {
         Ok(LoadedPolicy {
             rules,
+            agents,
             digest: format!("{:x}", digest.finalize()),
         })
     } else {

@@ -17,6 +17,7 @@
 //! stack (Pulumi Deployments, HCP Terraform) is refused for any other before
 //! a rule is tried.
 
+mod agents;
 mod decide;
 mod live;
 mod load;
@@ -35,9 +36,15 @@ use std::time::Duration;
 
 use stackpass_provider::{CloudProvider, ProviderKind, Target};
 
+pub use agents::{
+    agent_of, bounds_for, bounds_label, narrow, AgentBounds, AgentBoundsConfig, AgentRequest,
+    BeyondBounds, BoundsApplied, Quota, DEFAULT_AGENT_MAX_DURATION,
+};
 pub use decide::decide;
 pub use live::LivePolicy;
-pub use load::{expand_paths, load_rules, load_rules_with_digest, LoadedPolicy, PolicyError};
+pub use load::{
+    expand_paths, load_policy_set, load_rules, load_rules_with_digest, LoadedPolicy, PolicyError,
+};
 pub use pattern::ValuePattern;
 pub use template::{RenderError, Template, TemplateError, Variable, SAFE_VALUE_CHARACTERS};
 pub use validate::{PolicyProblem, RuleSource, ValidationContext};
@@ -159,6 +166,11 @@ pub struct Grant {
     pub max_duration: Duration,
     pub session_policy: Option<String>,
     pub session_tags: BTreeMap<String, String>,
+    /// OAuth scopes narrowing the provider's configured ones (agent bounds:
+    /// GCP scopes, the Azure scope); `None`: the provider's own.
+    pub scopes: Option<Vec<String>>,
+    /// The `[[policy.agents]]` entry that narrowed this grant, for agents.
+    pub agent_bounds: Option<BoundsApplied>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -52,6 +52,9 @@ async fn world_with(window: &str, ttl: &str, entities: Vec<Value>) -> World {
     let sts = StsRecorder::start(StsBehaviour::Succeed).await;
     let webhook = WebhookListener::start().await;
     let mut options = BrokerOptions::new(&backstage, &sts.url);
+    // Agents get nothing without bounds; this one may act (and is still
+    // refused approving and break-glass).
+    options.extra_config = "[[policy.agents]]\nname = \"bots\"\nagents = [\"agent:*\"]\n".into();
     options.env.push((
         "STACKPASS_POLICY__FILES".into(),
         format!("[\"{}\"]", policy_dir.path().display()),

@@ -423,3 +423,49 @@ print(json.dumps({"tokens": [first, credentials.token]}))
     );
     assert!(!stderr(&output).contains(&jane));
 }
+
+/// An agent acting for jane gets her grant narrowed: the read-only scope of
+/// its `[[policy.agents]]` entry in both Google calls, and the 15-minute cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_token_is_narrowed_to_its_entrys_scopes_and_cap() {
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let google = GoogleDouble::start().await;
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    options.extra_config = format!(
+        "{}\n[[policy.agents]]\nname = \"readers\"\nagents = [\"agent:*\"]\nproviders = [\"gcp\"]\n\
+         gcp_scopes = [\"https://www.googleapis.com/auth/cloud-platform.read-only\"]\n",
+        gcp_config(&google)
+    );
+    let broker = Broker::start(options).await;
+    let provider = google.add_provider(PROJECT_NUMBER, POOL, PROVIDER, &broker.url);
+    let principal = pool_principal(&provider, "stack:pulumi:acme/payments/dev");
+    google.add_service_account(DEPLOYER, &[principal.as_str()]);
+
+    let mut claims = backstage.user_claims("user:default/jane");
+    claims["act"] = json!({ "sub": "agent:reader" });
+    let token = sign_jwt(
+        &backstage.user_header(),
+        &claims,
+        Signer::Es256(&backstage.key),
+    );
+    let mut request = gcp_request("pulumi:acme/payments/dev", "credentials");
+    request["duration_seconds"] = 3600.into();
+    // An hour is beyond the entry's 15 minutes, and the entry denies beyond.
+    broker
+        .request_credentials(Some(&token), request)
+        .await
+        .assert_problem(403, "denied");
+    let response = broker
+        .request_credentials(
+            Some(&token),
+            gcp_request("pulumi:acme/payments/dev", "credentials"),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text);
+    let read_only = "https://www.googleapis.com/auth/cloud-platform.read-only";
+    assert_eq!(google.sts_calls()[0].form["scope"], read_only);
+    let generated = google.generate_calls();
+    assert_eq!(generated[0].body["scope"], json!([read_only]));
+    assert_eq!(response.body["duration_seconds"], 900);
+}

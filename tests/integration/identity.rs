@@ -445,8 +445,9 @@ async fn an_agent_token_is_recorded_with_its_actor() {
         .broker
         .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
         .await;
-    // STS is down in this world; the decision is what matters here.
-    response.assert_problem(503, "cloud-unavailable");
+    // No [[policy.agents]] entry names the agent, so it gets nothing; the
+    // denial still names both the person and the agent.
+    response.assert_problem(403, "denied");
     let rows = w.broker.audit_rows().await;
     assert_eq!(rows[0]["requester"], "user:default/jane");
     assert_eq!(rows[0]["requester_kind"], "agent");

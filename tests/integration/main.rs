@@ -8,6 +8,7 @@
 
 mod support;
 
+mod agents;
 mod approvals;
 mod audit;
 mod audit_log;

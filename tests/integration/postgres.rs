@@ -656,3 +656,38 @@ async fn a_record_the_database_refuses_fails_only_its_own_append() {
         stderr(&output)
     );
 }
+
+/// An agent's quota is counted from the shared audit log, so it holds across
+/// two brokers on one database: two issuances on the first, the third refused
+/// on the second with 429 and Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_quota_holds_across_two_brokers() {
+    let db = PgDatabase::create().await;
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let start = || {
+        let mut options = BrokerOptions::new(&backstage, &sts.url);
+        options.audit_url = Some(db.url.clone());
+        options.extra_config = "[[policy.agents]]\nname = \"bots\"\nagents = [\"agent:*\"]\n\
+             quota = { per_agent = 2, window = \"10m\" }\n"
+            .into();
+        Broker::start(options)
+    };
+    let (first, second) = (start().await, start().await);
+    let mut claims = backstage.user_claims("user:default/jane");
+    claims["act"] = serde_json::json!({ "sub": "agent:deploy-bot" });
+    let token = sign_jwt(
+        &backstage.user_header(),
+        &claims,
+        Signer::Es256(&backstage.key),
+    );
+    let body = credential_request("pulumi:acme/payments/dev");
+    for _ in 0..2 {
+        let issued = first.request_credentials(Some(&token), body.clone()).await;
+        assert_eq!(issued.status, 200, "{}", issued.text);
+    }
+    let refused = second.request_credentials(Some(&token), body).await;
+    refused.assert_problem(429, "quota-exceeded");
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((500..=601).contains(&retry), "{retry}");
+}

@@ -197,6 +197,9 @@ pub struct ExchangeRequest {
     /// Inline scope-down policy, if the grant has one (only for providers whose
     /// [`CloudProvider::check_session_policy`] accepts them).
     pub session_policy: Option<String>,
+    /// OAuth scopes narrowing the provider's configured ones (agent bounds;
+    /// only for providers whose [`CloudProvider::check_scopes`] accepted them).
+    pub scopes: Option<Vec<String>>,
     pub facts: IssuanceFacts,
 }
 
@@ -248,6 +251,12 @@ pub trait CloudProvider: Send + Sync {
     /// Checks a rule's session policy (rendered with sample values).
     fn check_session_policy(&self, _sample: &str) -> Result<(), String> {
         Err(format!("{} takes no session policy", self.kind()))
+    }
+
+    /// Checks OAuth scopes an agent's credentials are narrowed to: each must
+    /// be no wider than what the provider is configured to ask for.
+    fn check_scopes(&self, _scopes: &[String]) -> Result<(), String> {
+        Err(format!("{} takes no OAuth scopes", self.kind()))
     }
 
     /// Checks the key of one of a rule's session tags.

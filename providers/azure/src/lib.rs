@@ -141,6 +141,19 @@ impl CloudProvider for AzureProvider {
         ]
     }
 
+    /// Client-credentials tokens take exactly one resource's `.default`
+    /// scope, so there is nothing narrower to ask for: an agent entry can pin
+    /// the configured resource, never move the token to another.
+    fn check_scopes(&self, scopes: &[String]) -> Result<(), String> {
+        let configured = &self.exchanger.settings().scope;
+        match scopes {
+            [one] if one == configured => Ok(()),
+            _ => Err(format!(
+                "Entra client-credentials tokens take one resource's .default scope; only the configured {configured:?} can be named (another resource would widen, not narrow)"
+            )),
+        }
+    }
+
     async fn exchange(&self, request: ExchangeRequest) -> Result<Credential, ProviderError> {
         let target = request.target.parsed::<AzureTarget>().ok_or_else(|| {
             ProviderError::InvalidResponse {

@@ -45,13 +45,14 @@ impl Exchanger {
         &self,
         target: &GcpTarget,
         subject_token: &SecretString,
+        scopes: &[String],
     ) -> Result<GoogleToken, ProviderError> {
         #[derive(Deserialize)]
         struct Answer {
             access_token: String,
             expires_in: Option<i64>,
         }
-        let scope = self.settings.scopes.join(" ");
+        let scope = scopes.join(" ");
         let audience = target.sts_audience();
         let form = [
             ("grant_type", TOKEN_EXCHANGE),
@@ -83,6 +84,7 @@ impl Exchanger {
         service_account: &str,
         federated: &SecretString,
         lifetime: Duration,
+        scopes: &[String],
     ) -> Result<GoogleToken, ProviderError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -95,7 +97,7 @@ impl Exchanger {
             self.settings.iam_credentials_endpoint
         );
         let body = serde_json::json!({
-            "scope": self.settings.scopes,
+            "scope": scopes,
             "lifetime": format!("{}s", lifetime.as_secs()),
         });
         let request = self

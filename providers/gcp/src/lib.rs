@@ -110,6 +110,13 @@ impl CloudProvider for GcpProvider {
         Ok(Target::new(text, GcpTarget::parse(text)?))
     }
 
+    /// Narrowing only: each scope is one the provider is configured with, or
+    /// the read-only variant of a configured one (`cloud-platform.read-only`
+    /// under `cloud-platform`).
+    fn check_scopes(&self, scopes: &[String]) -> Result<(), String> {
+        narrower_scopes(&self.exchanger.settings().scopes, scopes)
+    }
+
     fn trust_setup(&self, context: &TrustContext<'_>) -> String {
         trust::setup(context, self.exchanger.settings())
     }
@@ -168,9 +175,24 @@ impl CloudProvider for GcpProvider {
 
     async fn exchange(&self, request: ExchangeRequest) -> Result<Credential, ProviderError> {
         let target = self.target(&request.target)?;
+        let configured = &self.exchanger.settings().scopes;
+        let scopes = match &request.scopes {
+            // Checked when the policy loaded; checked again here, because a
+            // provider never widens on a caller's word.
+            Some(scopes) => {
+                narrower_scopes(configured, scopes).map_err(|message| {
+                    ProviderError::InvalidResponse {
+                        provider: KIND,
+                        message,
+                    }
+                })?;
+                scopes.clone()
+            }
+            None => configured.clone(),
+        };
         let federated = self
             .exchanger
-            .federated_token(target, &request.subject_token)
+            .federated_token(target, &request.subject_token, &scopes)
             .await?;
         let Some(account) = &target.service_account else {
             let principal = format!(
@@ -185,12 +207,56 @@ impl CloudProvider for GcpProvider {
         };
         let token = self
             .exchanger
-            .impersonate(account, &federated.access_token, request.duration)
+            .impersonate(account, &federated.access_token, request.duration, &scopes)
             .await?;
         Ok(Credential::new(account.clone(), token.expires_at)
             .secret("access_token", token.access_token)
             .public("token_type", Some("Bearer".into()))
             .public("service_account", Some(account.clone()))
             .public("project_id", target.project_id().map(str::to_owned)))
+    }
+}
+
+/// Whether `asked` narrows `configured`: every scope configured, or the
+/// read-only variant of a configured one.
+fn narrower_scopes(configured: &[String], asked: &[String]) -> Result<(), String> {
+    for scope in asked {
+        let covered = configured.iter().any(|c| {
+            c == scope
+                || scope
+                    .strip_suffix(".read-only")
+                    .is_some_and(|base| base == c)
+        });
+        if !covered {
+            return Err(format!(
+                "{scope:?} is not one of the scopes [providers.gcp] asks for ({}) nor a read-only variant of one, so it could widen the token",
+                configured.join(", ")
+            ));
+        }
+    }
+    if asked.is_empty() {
+        return Err("name at least one scope".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::narrower_scopes;
+
+    #[test]
+    fn scopes_only_narrow() {
+        let configured = ["https://www.googleapis.com/auth/cloud-platform".to_owned()];
+        let ok = |s: &str| narrower_scopes(&configured, &[s.to_owned()]);
+        assert!(ok("https://www.googleapis.com/auth/cloud-platform").is_ok());
+        assert!(ok("https://www.googleapis.com/auth/cloud-platform.read-only").is_ok());
+        assert!(ok("https://www.googleapis.com/auth/devstorage.full_control").is_err());
+        let read_only = ["https://www.googleapis.com/auth/cloud-platform.read-only".to_owned()];
+        assert!(narrower_scopes(
+            &read_only,
+            &["https://www.googleapis.com/auth/cloud-platform".to_owned()]
+        )
+        .is_err());
+        assert!(narrower_scopes(&configured, &[]).is_err());
     }
 }

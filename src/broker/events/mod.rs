@@ -229,6 +229,23 @@ impl Event<'_> {
         }
     }
 
+    /// The grant this step is about, if any.
+    fn grant(&self) -> Option<&crate::policy::Grant> {
+        match self {
+            Event::ApprovalRequired { grant, .. }
+            | Event::WouldAllow { grant, .. }
+            | Event::WouldNeedApproval { grant, .. } => Some(grant),
+            Event::Allowed(issuance)
+            | Event::IssuanceIntent { issuance, .. }
+            | Event::Issued { issuance, .. }
+            | Event::Federated { issuance, .. }
+            | Event::IssuanceFailed { issuance, .. }
+            | Event::IssuanceAbandoned { issuance }
+            | Event::IssuanceWithheld { issuance, .. } => Some(issuance.grant),
+            _ => None,
+        }
+    }
+
     /// The log line for this step, once it is recorded.
     fn log(&self) {
         let asked = |a: &Asked<'_>| (a.context.request_id.clone(), a.principal.subject.clone());

@@ -141,6 +141,17 @@ impl Event<'_> {
         if let Some(run) = self.principal().and_then(|p| p.pipeline.as_ref()) {
             add("pipeline", pipeline_json(run));
         }
+        // An agent's grant names the bounds entry that narrowed it (a denial
+        // by bounds names it in denied_by).
+        if let Some(bounds) = self.grant().and_then(|g| g.agent_bounds.as_ref()) {
+            add(
+                "agent_bounds",
+                json!({ "entry": bounds.entry, "beyond": bounds.beyond }),
+            );
+        }
+        if let Some(scopes) = self.grant().and_then(|g| g.scopes.as_ref()) {
+            add("scopes", json!(scopes));
+        }
         record
     }
 
