@@ -149,6 +149,7 @@ fn person(subject: &str) -> Principal {
         subject: EntityRef::parse_strict(subject).unwrap(),
         kind: PrincipalKind::Human,
         actor: None,
+        actor_chain: Vec::new(),
         groups: Vec::new(),
         dedicated_audience: false,
         pipeline: None,
@@ -569,6 +570,7 @@ fn agent_for(subject: &str) -> Principal {
     Principal {
         kind: PrincipalKind::Agent,
         actor: Some("agent:deploy-bot".into()),
+        actor_chain: Vec::new(),
         ..person(subject)
     }
 }

@@ -141,6 +141,13 @@ impl Event<'_> {
         if let Some(run) = self.principal().and_then(|p| p.pipeline.as_ref()) {
             add("pipeline", pipeline_json(run));
         }
+        // The `actor` column names the current actor; agents acting for
+        // agents are all named here, outermost first.
+        if let Some(actors) = self.principal().map(|p| p.actors()) {
+            if actors.len() > 1 {
+                add("actor_chain", json!(actors));
+            }
+        }
         record
     }
 
