@@ -33,3 +33,4 @@ mod setup;
 mod stack_sources;
 #[cfg(feature = "testcloud")]
 mod testcloud;
+mod token_exchange;
