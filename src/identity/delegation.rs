@@ -42,7 +42,7 @@ pub fn delegate(person: Principal, agent: Principal) -> Result<Principal, Delega
         return Err(DelegationError::ActorNotAnAgent(agent.subject.to_string()));
     }
     let person_name = person.subject.to_string();
-    if chain.iter().any(|actor| *actor == person_name) {
+    if chain.contains(&person_name) {
         return Err(DelegationError::SameSubject(person_name));
     }
     if chain.len() > MAX_ACTOR_CHAIN {

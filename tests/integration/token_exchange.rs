@@ -132,6 +132,9 @@ fn assert_oauth_error(response: &TestResponse, status: u16, error: &str) {
     assert!(response.body.get("access_token").is_none());
 }
 
+/// What a conformance case changes in the form, and the answer it expects.
+type Case<'a> = (&'a str, Vec<(&'a str, Option<&'a str>)>, u16, &'a str);
+
 fn decode_unverified(token: &str) -> Value {
     use base64::Engine;
     let payload = token.split('.').nth(1).unwrap();
@@ -200,7 +203,7 @@ async fn malformed_and_refused_requests_get_the_rfc_errors() {
     let stranger = OidcIssuer::start("", "/jwks", "stranger-1", &[]).await;
     let untrusted_bot = stranger.sign(json!({ "sub": BOT, "aud": "stackpass" }), 300);
     let bob = x.person("user:default/bob");
-    let cases: Vec<(&str, Vec<(&str, Option<&str>)>, u16, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "no grant_type",
             vec![("grant_type", None)],
