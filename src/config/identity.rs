@@ -716,4 +716,15 @@ mod tests {
         );
         load(&ok).unwrap();
     }
+
+    #[test]
+    fn agent_issuers_are_oidc_and_vouch_for_no_person() {
+        const AGENTS: &str = "[[identity.issuers]]\nname = \"agents\"\nkind = \"oidc\"\nissuer = \"https://agents.example.com\"\naudiences = [\"stackpass\"]\nsubjects = [\"component:agents/*\"]\nagents = true\n";
+        let config = load(AGENTS).unwrap();
+        assert!(config.identity.issuers[1].agents);
+        let err = load(&AGENTS.replace("component:agents/*", "user:agents/*")).unwrap_err();
+        assert!(err.contains("admits users"), "{err}");
+        let err = load(&format!("{GITHUB}agents = true\n")).unwrap_err();
+        assert!(err.contains("identity.issuers[1].agents"), "{err}");
+    }
 }
