@@ -30,6 +30,11 @@ struct Exchange {
 
 impl Exchange {
     async fn start() -> Exchange {
+        Exchange::start_with("").await
+    }
+
+    /// With `extra` appended to the broker's configuration.
+    async fn start_with(extra: &str) -> Exchange {
         let moto = Moto::start().await;
         let backstage = BackstageDouble::start().await;
         let sts = StsRecorder::start(StsBehaviour::Forward(moto.url.clone())).await;
@@ -53,6 +58,7 @@ tags = {{ environment = ["prod"], aws-account = ["*"] }}
 role = "arn:aws:iam::{{tags.aws-account}}:role/{{component}}-prod-deployer"
 max_duration = "1h"
 approval = {{ count = 1, approvers = ["group:default/security"], window = "1h", request_ttl = "1h" }}
+{extra}
 "#,
             issuer = agents.issuer
         );
@@ -543,4 +549,77 @@ async fn an_agent_alone_is_an_agent_for_itself() {
     assert_eq!(denied["requester"], BOT);
     assert_eq!(denied["requester_kind"], "agent");
     assert_eq!(denied["actor"], BOT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_answers_a_bearer_token_and_federation_a_jwt_for_the_pool() {
+    const GCP: &str = "urn:stackpass:params:oauth:token-type:gcp-access-token";
+    const DEPLOYER: &str = "payments-deployer@acme-dev.iam.gserviceaccount.com";
+    let google = GoogleDouble::start().await;
+    let x = Exchange::start_with(&format!(
+        r#"
+[providers.gcp]
+sts_endpoint = "{url}"
+iam_credentials_endpoint = "{url}"
+timeout = "10s"
+
+[[policy.rules]]
+name = "owners-deploy-gcp"
+provider = "gcp"
+tags = {{ environment = ["dev"] }}
+target = "projects/123456789012/locations/global/workloadIdentityPools/stackpass/providers/broker/serviceAccounts/{{component}}-deployer@acme-{{environment}}.iam.gserviceaccount.com"
+max_duration = "1h"
+"#,
+        url = google.url
+    ))
+    .await;
+    let provider = google.add_provider("123456789012", "stackpass", "broker", &x.world.broker.url);
+    google.add_service_account(
+        DEPLOYER,
+        &[&pool_principal(&provider, &format!("stack:{DEV}"))],
+    );
+
+    let response = x
+        .post(&x.form(&[("requested_token_type", Some(GCP))]))
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text);
+    assert_eq!(response.body["issued_token_type"], GCP);
+    assert_eq!(response.body["token_type"], "Bearer");
+    assert_eq!(response.body["scope"], "provider:gcp");
+    assert!(response.body["access_token"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
+    assert_eq!(
+        response.body["stackpass"]["fields"]["service_account"],
+        DEPLOYER
+    );
+
+    // Federation: the broker's subject token for the pool, with the agent in act.
+    let response = x
+        .post(&x.form(&[
+            ("requested_token_type", Some(JWT)),
+            ("scope", Some("provider:gcp")),
+        ]))
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text);
+    assert_eq!(response.body["issued_token_type"], JWT);
+    assert_eq!(response.body["token_type"], "N_A");
+    let claims = decode_unverified(response.body["access_token"].as_str().unwrap());
+    assert_eq!(
+        claims["aud"],
+        format!("https://iam.googleapis.com/{provider}")
+    );
+    assert_eq!(claims["act"], json!({ "sub": BOT }));
+    assert_eq!(claims["stackpass"]["requester"], "user:default/jane");
+    // The metadata now offers both providers.
+    let document = x
+        .world
+        .broker
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .body;
+    assert_eq!(
+        document["scopes_supported"],
+        json!(["provider:aws", "provider:gcp"])
+    );
 }
