@@ -35,8 +35,12 @@ impl Exchange {
 
     /// With `extra` appended to the broker's configuration.
     async fn start_with(extra: &str) -> Exchange {
+        Exchange::start_with_catalog(default_entities(), extra).await
+    }
+
+    async fn start_with_catalog(entities: Vec<Value>, extra: &str) -> Exchange {
         let moto = Moto::start().await;
-        let backstage = BackstageDouble::start().await;
+        let backstage = BackstageDouble::start_with(entities).await;
         let sts = StsRecorder::start(StsBehaviour::Forward(moto.url.clone())).await;
         let agents = OidcIssuer::start("", "/jwks", "agents-1", &[]).await;
         let mut options = BrokerOptions::new(&backstage, &sts.url);
@@ -533,22 +537,61 @@ async fn a_delegation_that_needs_approval_tells_the_agent_who_must_approve() {
 }
 
 #[tokio::test]
-async fn an_agent_alone_is_an_agent_for_itself() {
-    let x = Exchange::start().await;
-    let form = x.form(&[
-        ("subject_token", Some(&x.bot())),
-        ("actor_token", None),
-        ("actor_token_type", None),
-    ]);
-    // No rule grants the bot's own component anything: denied and audited
-    // as the agent acting for itself.
-    let response = x.post(&form).await;
-    assert_oauth_error(&response, 400, "invalid_target");
+async fn an_agent_alone_gets_what_rules_grant_agents_directly() {
+    // The bot is a catalog component in the agent-fleet group, and one rule
+    // grants that group's agents a reader role on dev stacks they do not own.
+    let mut bot = component("deploy-bot", "platform");
+    bot["metadata"]["namespace"] = json!("agents");
+    bot["relations"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "type": "memberOf", "targetRef": "group:default/agent-fleet" }));
+    let mut entities = default_entities();
+    entities.push(group("agent-fleet", &[]));
+    entities.push(bot);
+    let x = Exchange::start_with_catalog(
+        entities,
+        r#"
+[[policy.rules]]
+name = "agent-fleet-reads-dev"
+provider = "aws"
+requester_kinds = ["agent"]
+require_owner = false
+groups = ["group:default/agent-fleet"]
+tags = { environment = ["dev"], aws-account = ["*"] }
+role = "arn:aws:iam::{tags.aws-account}:role/agent-fleet-reader"
+max_duration = "15m"
+"#,
+    )
+    .await;
+    let alone = |stack: &'static str| {
+        x.form(&[
+            ("subject_token", Some(&x.bot())),
+            ("actor_token", None),
+            ("actor_token_type", None),
+            ("resource", Some(stack)),
+        ])
+    };
+    let response = x.post(&alone("terraform:acme/search-dev")).await;
+    assert_eq!(response.status, 200, "{}", response.text);
+    assert_eq!(response.body["stackpass"]["requester"], BOT);
+    assert_eq!(response.body["stackpass"]["actor"], BOT);
+    assert_eq!(
+        response.body["stackpass"]["role"],
+        "arn:aws:iam::222222222222:role/agent-fleet-reader"
+    );
+    let claims = decode_unverified(&x.world.sts.calls()[0].form["WebIdentityToken"]);
+    assert_eq!(claims["act"], json!({ "sub": BOT }));
+    assert_eq!(claims["stackpass"]["requester_kind"], "agent");
     let rows = x.world.broker.audit_rows().await;
-    let denied = rows.last().unwrap();
-    assert_eq!(denied["requester"], BOT);
-    assert_eq!(denied["requester_kind"], "agent");
-    assert_eq!(denied["actor"], BOT);
+    let issued = rows.iter().find(|r| r["outcome"] == "issued").unwrap();
+    assert_eq!(issued["requester"], BOT);
+    assert_eq!(issued["requester_kind"], "agent");
+    assert_eq!(issued["actor"], BOT);
+    // Prod matches no rule for it: nothing.
+    let response = x.post(&alone(PROD)).await;
+    assert_oauth_error(&response, 400, "invalid_target");
+    assert_eq!(x.world.sts.calls().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
