@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +34,7 @@ use stackpass_provider::token_exchange::NOT_APPLICABLE;
 use stackpass_provider::{federation, CredentialField, Mode, ProviderError, ProviderKind};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use tower::ServiceBuilder;
 
 use super::cacheable;
 use super::credentials::is_one_short_line;
@@ -56,13 +58,27 @@ const PROVIDER_SCOPE: &str = "provider:";
 /// `error_description`; this keeps it short too.
 const MAX_DESCRIPTION_CHARS: usize = 600;
 
+/// A form carries two tokens of up to `identity.max_token_bytes` (8 KiB by
+/// default) besides its other parameters, so it may be larger than a `/v1`
+/// JSON body: at least this, whatever `server.max_body_bytes` says.
+const MIN_FORM_BYTES: usize = 32 * 1024;
+
+/// The token endpoint takes no bearer token, so it is outside `/v1`'s
+/// admission; it has a concurrency limit of its own, of the same size, so
+/// a flood of exchanges cannot take `/v1`'s slots (nor the reverse).
 pub fn routes(config: &ServerConfig) -> Router<Arc<Broker>> {
     let limits = BodyLimits {
-        max_bytes: config.max_body_bytes,
+        max_bytes: config.max_body_bytes.max(MIN_FORM_BYTES),
         read_timeout: config.body_read_timeout,
     };
     Router::new()
         .route("/oauth2/token", post(exchange))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(super::overloaded_or_timed_out))
+                .load_shed()
+                .concurrency_limit(config.max_concurrent_requests),
+        )
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .layer(Extension(limits))
 }
