@@ -101,6 +101,9 @@ pub struct OAuthError {
     description: String,
     /// For `authorization_pending`: the access request a person must approve.
     access_request: Option<String>,
+    /// For a 401: the `WWW-Authenticate` challenge, in the scheme the client
+    /// tried (RFC 6749 section 5.2).
+    challenge: &'static str,
 }
 
 impl OAuthError {
@@ -110,6 +113,7 @@ impl OAuthError {
             error,
             description: description.into(),
             access_request: None,
+            challenge: "Basic realm=\"stackpass\"",
         }
     }
 
@@ -172,11 +176,9 @@ impl IntoResponse for OAuthError {
         let headers = response.headers_mut();
         no_store(headers);
         if self.status == StatusCode::UNAUTHORIZED {
-            // The client authenticated with a scheme this endpoint does not
-            // take; name the one RFC 6749 says every server supports.
             headers.insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"stackpass\""),
+                HeaderValue::from_static(self.challenge),
             );
         }
         response
@@ -569,10 +571,21 @@ async fn exchange_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, OAuthError> {
-    if headers.contains_key(header::AUTHORIZATION) {
-        return Err(OAuthError::invalid_client(
-            "this endpoint does not authenticate clients (token_endpoint_auth_methods_supported is none): send no Authorization header; the actor_token is the agent's credential",
-        ));
+    if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+        let bearer = authorization
+            .as_bytes()
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "));
+        return Err(OAuthError {
+            challenge: if bearer {
+                "Bearer realm=\"stackpass\""
+            } else {
+                "Basic realm=\"stackpass\""
+            },
+            ..OAuthError::invalid_client(
+                "this endpoint does not authenticate clients (token_endpoint_auth_methods_supported is none): send no Authorization header; the actor_token is the agent's credential",
+            )
+        });
     }
     let is_form = headers
         .get(header::CONTENT_TYPE)

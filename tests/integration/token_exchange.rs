@@ -354,7 +354,23 @@ async fn malformed_and_refused_requests_get_the_rfc_errors() {
         .unwrap();
     let basic = TestResponse::from_response(basic).await;
     assert_oauth_error(&basic, 401, "invalid_client");
-    assert!(basic.header("www-authenticate").is_some());
+    assert_eq!(
+        basic.header("www-authenticate"),
+        Some("Basic realm=\"stackpass\"")
+    );
+    let bearer = client
+        .post(&url)
+        .bearer_auth(x.person("user:default/jane"))
+        .form(&x.form(&[]))
+        .send()
+        .await
+        .unwrap();
+    let bearer = TestResponse::from_response(bearer).await;
+    assert_oauth_error(&bearer, 401, "invalid_client");
+    assert_eq!(
+        bearer.header("www-authenticate"),
+        Some("Bearer realm=\"stackpass\"")
+    );
     // Nothing was asked of STS, and no refusal reached the log with a token in it.
     assert!(x.world.sts.calls().is_empty());
     assert!(!x.world.broker.logs().contains(&expired_bot));
