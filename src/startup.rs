@@ -342,6 +342,7 @@ fn build_verifier(
                 .expect("validated: subject patterns parse"),
             users_only: issuer.kind == IssuerKind::Backstage,
             dedicated_audience: issuer.dedicated_audience.clone(),
+            agents: issuer.agents,
         });
     }
     Ok(Verifier::new(issuers, identity.max_token_bytes))

@@ -16,6 +16,7 @@ mod extract;
 mod origin;
 mod problem;
 mod serve;
+mod token_exchange;
 
 use std::sync::Arc;
 
@@ -61,6 +62,7 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
         );
     Router::new()
         .merge(authenticated)
+        .merge(token_exchange::routes(config))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/openid-configuration", get(discovery))

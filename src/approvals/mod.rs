@@ -449,6 +449,7 @@ mod tests {
             subject: entity("user:default/alex"),
             kind: PrincipalKind::Human,
             actor: None,
+            actor_chain: Vec::new(),
             groups: vec![],
             dedicated_audience: false,
             pipeline: None,

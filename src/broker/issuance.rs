@@ -361,6 +361,7 @@ fn issuance_facts(issuance: &AllowedIssuance<'_>) -> IssuanceFacts {
         requester: principal.subject.to_string(),
         requester_kind: principal.kind.as_str().to_owned(),
         actor: principal.actor.clone(),
+        actor_chain: principal.actors().into_iter().map(str::to_owned).collect(),
         stack: resolved.stack.reference.to_string(),
         component: resolved.component.as_ref().map(ToString::to_string),
         component_name: resolved.component.as_ref().map(|c| c.name().to_owned()),

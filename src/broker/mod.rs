@@ -226,6 +226,25 @@ impl Broker {
         })?)
     }
 
+    /// A token exchange's `actor_token`: verified like any token, and only
+    /// from an issuer that vouches for agents (`agents = true`), so a person's
+    /// or a pipeline's token can never be made into an actor.
+    pub async fn authenticate_agent(
+        &self,
+        context: &RequestContext,
+        token: &SecretString,
+    ) -> Result<Principal, BrokerError> {
+        let agent = self.authenticate(context, token).await?;
+        if !self.verifier.vouches_for_agents(&agent.issuer) {
+            let error = IdentityError::NotAnAgentIssuer {
+                issuer: agent.issuer_name.clone(),
+            };
+            tracing::warn!(request_id = %context.request_id, client = ?context.client_addr, error = %error, "authentication failed");
+            return Err(error.into());
+        }
+        Ok(agent)
+    }
+
     /// The provider a request names, if this broker has it configured, and the
     /// requested duration checked against that provider's limits.
     fn check_request(

@@ -159,6 +159,7 @@ fn person(subject: &str) -> Principal {
         subject: EntityRef::parse_strict(subject).unwrap(),
         kind: PrincipalKind::Human,
         actor: None,
+        actor_chain: Vec::new(),
         groups: Vec::new(),
         dedicated_audience: false,
         pipeline: None,
@@ -576,6 +577,7 @@ fn agent_for(subject: &str) -> Principal {
     Principal {
         kind: PrincipalKind::Agent,
         actor: Some("agent:deploy-bot".into()),
+        actor_chain: Vec::new(),
         ..person(subject)
     }
 }

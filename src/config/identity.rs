@@ -145,6 +145,12 @@ pub struct TrustedIssuerConfig {
     /// audience it is were minted for stackpass alone, which rules with
     /// `require_dedicated_audience` demand. Accepted besides `audiences`.
     pub dedicated_audience: Option<String>,
+    /// Its subjects are AI agents (`oidc` and `development` issuers only):
+    /// every token it signs is an agent acting for itself (bounded as an
+    /// agent wherever it is used), and only its tokens are accepted as the
+    /// `actor_token` of a token exchange (`POST /oauth2/token`).
+    #[serde(default)]
+    pub agents: bool,
     /// Lets discovery and keys come over plain http from a host that is not
     /// loopback: anyone on that path can then forge tokens.
     #[serde(default)]
@@ -549,6 +555,12 @@ impl IdentityConfig {
                                 format!("{pattern} names no component, but a {} issuer's callers are the components its pipelines deploy; use component:NAMESPACE/* patterns", issuer.kind.as_str()),
                             );
                         }
+                        if issuer.agents && pattern.admits_kind("user") {
+                            problem(
+                                key("subjects"),
+                                format!("{pattern} admits users, but this issuer vouches for agents (agents = true), and an agent is never a person; use component:NAMESPACE/* patterns"),
+                            );
+                        }
                         if issuer.kind == IssuerKind::Backstage && !pattern.admits_kind("user") {
                             problem(
                                 key("subjects"),
@@ -576,6 +588,12 @@ impl IdentityConfig {
                     }
                 }
                 Err(e) => problem(key("subjects"), e.to_string()),
+            }
+            if issuer.agents && !matches!(issuer.kind, IssuerKind::Oidc | IssuerKind::Development) {
+                problem(
+                    key("agents"),
+                    format!("a {} issuer's tokens name people or pipelines, never agents; set agents = true only on the oidc (or development) issuer that signs your agents' tokens", issuer.kind.as_str()),
+                );
             }
             for (field, message) in issuer.machine_problems() {
                 problem(key(field), message);
@@ -697,5 +715,16 @@ mod tests {
             "{GITHUB}\n[[identity.issuers]]\nname = \"tf\"\nkind = \"hcp-terraform\"\naudiences = [\"sp\"]\nsubjects = [\"component:default/*\"]\norganization_ids = [\"org-AbC\"]\nmax_token_lifetime = \"2h\"\n"
         );
         load(&ok).unwrap();
+    }
+
+    #[test]
+    fn agent_issuers_are_oidc_and_vouch_for_no_person() {
+        const AGENTS: &str = "[[identity.issuers]]\nname = \"agents\"\nkind = \"oidc\"\nissuer = \"https://agents.example.com\"\naudiences = [\"stackpass\"]\nsubjects = [\"component:agents/*\"]\nagents = true\n";
+        let config = load(AGENTS).unwrap();
+        assert!(config.identity.issuers[1].agents);
+        let err = load(&AGENTS.replace("component:agents/*", "user:agents/*")).unwrap_err();
+        assert!(err.contains("admits users"), "{err}");
+        let err = load(&format!("{GITHUB}agents = true\n")).unwrap_err();
+        assert!(err.contains("identity.issuers[1].agents"), "{err}");
     }
 }

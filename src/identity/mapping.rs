@@ -64,7 +64,10 @@ fn wrong_type() -> IdentityError {
 pub struct MappedPrincipal {
     pub subject: EntityRef,
     pub kind: PrincipalKind,
-    pub actor: Option<String>,
+    /// The agents acting for `subject`, from the token's RFC 8693 `act`
+    /// claim: the outermost (current) actor first, then the actors it acts
+    /// for in turn (nested `act`). Empty: nobody acts for the subject.
+    pub actors: Vec<String>,
     /// Machine callers: the pipeline run their token describes.
     pub pipeline: Option<PipelineRun>,
 }
@@ -98,31 +101,11 @@ impl CatalogEntityMapping {
         let subject = EntityRef::parse_strict(sub).map_err(|_| {
             IdentityError::InvalidClaims("sub is not a catalog entity reference".into())
         })?;
-        let actor = match claims.0.get("act") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Object(act)) => match act.get("sub") {
-                // A control character (NUL above all) has no place in a name that
-                // is logged, audited and shown to approvers.
-                Some(serde_json::Value::String(actor)) if actor.chars().any(char::is_control) => {
-                    return Err(IdentityError::InvalidClaims(
-                        "act.sub contains a control character".into(),
-                    ))
-                }
-                Some(serde_json::Value::String(actor))
-                    if !actor.is_empty() && actor.len() <= 256 =>
-                {
-                    Some(actor.clone())
-                }
-                Some(serde_json::Value::String(_)) => {
-                    return Err(IdentityError::InvalidClaims(
-                        "act.sub must be 1 to 256 characters".into(),
-                    ))
-                }
-                _ => return Err(wrong_type()),
-            },
-            Some(_) => return Err(wrong_type()),
+        let actors = match claims.0.get("act") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(act) => actor_chain(act)?,
         };
-        let kind = match (&actor, subject.kind()) {
+        let kind = match (actors.first(), subject.kind()) {
             (Some(_), _) => PrincipalKind::Agent,
             (None, "user") => PrincipalKind::Human,
             (None, _) => PrincipalKind::Service,
@@ -130,9 +113,50 @@ impl CatalogEntityMapping {
         Ok(MappedPrincipal {
             subject,
             kind,
-            actor,
+            actors,
             pipeline: None,
         })
+    }
+}
+
+/// The longest `act` chain accepted: deeper nesting is no delegation a person
+/// could follow, and every name ends up in the audit log.
+pub const MAX_ACTOR_CHAIN: usize = 8;
+
+/// An RFC 8693 `act` claim (section 4.1) as a chain: its `sub` is the current
+/// actor, a nested `act` the actor before it, and so on.
+fn actor_chain(act: &serde_json::Value) -> Result<Vec<String>, IdentityError> {
+    let mut chain = Vec::new();
+    let mut next = Some(act);
+    while let Some(act) = next {
+        let serde_json::Value::Object(act) = act else {
+            return Err(wrong_type());
+        };
+        if chain.len() == MAX_ACTOR_CHAIN {
+            return Err(IdentityError::InvalidClaims(format!(
+                "act nests more than {MAX_ACTOR_CHAIN} actors"
+            )));
+        }
+        chain.push(actor_name(act.get("sub"))?);
+        next = act.get("act").filter(|a| !a.is_null());
+    }
+    Ok(chain)
+}
+
+fn actor_name(sub: Option<&serde_json::Value>) -> Result<String, IdentityError> {
+    match sub {
+        // A control character (NUL above all) has no place in a name that
+        // is logged, audited and shown to approvers.
+        Some(serde_json::Value::String(actor)) if actor.chars().any(char::is_control) => Err(
+            IdentityError::InvalidClaims("act.sub contains a control character".into()),
+        ),
+        Some(serde_json::Value::String(actor)) if !actor.is_empty() && actor.len() <= 256 => {
+            Ok(actor.clone())
+        }
+        Some(serde_json::Value::String(_)) => Err(IdentityError::InvalidClaims(
+            "act.sub must be 1 to 256 characters".into(),
+        )),
+        _ => Err(wrong_type()),
     }
 }
 
@@ -156,7 +180,24 @@ mod tests {
             map(serde_json::json!({ "sub": "user:default/jane", "act": { "sub": "agent-7" } }))
                 .unwrap();
         assert_eq!(agent.kind, PrincipalKind::Agent);
-        assert_eq!(agent.actor.as_deref(), Some("agent-7"));
+        assert_eq!(agent.actors, ["agent-7"]);
+    }
+
+    #[test]
+    fn nested_act_claims_are_a_chain_outermost_first() {
+        let map = |value| CatalogEntityMapping::map(&claims(value));
+        let agent = map(serde_json::json!({
+            "sub": "user:default/jane",
+            "act": { "sub": "component:agents/b", "act": { "sub": "component:agents/a" } }
+        }))
+        .unwrap();
+        assert_eq!(agent.kind, PrincipalKind::Agent);
+        assert_eq!(agent.actors, ["component:agents/b", "component:agents/a"]);
+        let mut deep = serde_json::json!({ "sub": "x" });
+        for _ in 0..MAX_ACTOR_CHAIN {
+            deep = serde_json::json!({ "sub": "x", "act": deep });
+        }
+        assert!(map(serde_json::json!({ "sub": "user:default/jane", "act": deep })).is_err());
     }
 
     #[test]
@@ -171,6 +212,8 @@ mod tests {
             serde_json::json!({ "sub": "user:default/jane", "act": { "sub": "bot\u{0}" } }),
             serde_json::json!({ "sub": "user:default/jane", "act": { "sub": "bot\u{1b}[2J" } }),
             serde_json::json!({ "sub": "user:default/jane\u{0}" }),
+            serde_json::json!({ "sub": "user:default/jane", "act": { "sub": "a", "act": "b" } }),
+            serde_json::json!({ "sub": "user:default/jane", "act": { "sub": "a", "act": { "sub": 2 } } }),
         ] {
             assert!(map(bad.clone()).is_err(), "{bad}");
         }

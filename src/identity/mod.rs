@@ -13,6 +13,7 @@
 //! their claims to a catalog component through `machines/`, which may ask
 //! the catalog or the stack source, and describe the run in [`PipelineRun`].
 
+mod delegation;
 mod keys;
 pub mod machines;
 mod mapping;
@@ -27,8 +28,11 @@ use jsonwebtoken::{Algorithm, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+pub use delegation::{delegate, DelegationError};
 pub use keys::{FetchSettings, KeySource, KeySourceError, RemoteJwks, StaticKeys};
-pub use mapping::{CatalogEntityMapping, ClaimMapping, MappedPrincipal, VerifiedClaims};
+pub use mapping::{
+    CatalogEntityMapping, ClaimMapping, MappedPrincipal, VerifiedClaims, MAX_ACTOR_CHAIN,
+};
 pub use pipeline::{PipelineRun, PipelineSystem, RunPhase};
 pub use subjects::{SubjectPattern, SubjectPatternError};
 
@@ -65,8 +69,13 @@ pub struct Principal {
     pub issuer_name: String,
     pub subject: EntityRef,
     pub kind: PrincipalKind,
-    /// An agent acting for `subject` (the token's RFC 8693 `act.sub`).
+    /// An agent acting for `subject` (the token's RFC 8693 `act.sub`): the
+    /// current, outermost actor.
     pub actor: Option<String>,
+    /// Every actor of a nested `act`, outermost (= `actor`) first; empty or
+    /// just `actor` when nobody else is in the chain. See
+    /// [`Principal::actors`].
+    pub actor_chain: Vec<String>,
     pub groups: Vec<EntityRef>,
     /// The token was minted for this broker alone: its every audience is the
     /// issuer's `dedicated_audience`, so no other service could have been sent
@@ -75,6 +84,17 @@ pub struct Principal {
     /// A machine caller's pipeline run (CI job, deployment, workload); `None`
     /// for people, agents and Backstage-style service tokens.
     pub pipeline: Option<PipelineRun>,
+}
+
+impl Principal {
+    /// The actors, outermost first: `actor_chain`, or `actor` alone where
+    /// whoever built the principal set only that.
+    pub fn actors(&self) -> Vec<&str> {
+        match (&self.actor, self.actor_chain.is_empty()) {
+            (Some(actor), true) => vec![actor.as_str()],
+            _ => self.actor_chain.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +149,10 @@ pub enum IdentityError {
     NoCatalogEntity(String),
     #[error("the caller could not be looked up: {0}")]
     LookupUnavailable(String),
+    #[error("issuer {issuer} vouches for agents, but this token names {subject}, a person; an agent's token must name the agent")]
+    AgentIsAPerson { issuer: String, subject: String },
+    #[error("issuer {issuer} does not vouch for agents; an actor_token must come from an issuer configured with agents = true")]
+    NotAnAgentIssuer { issuer: String },
 }
 
 impl IdentityError {
@@ -164,6 +188,12 @@ pub struct TrustedIssuer {
     pub users_only: bool,
     /// An audience of this broker's own; it is also in `audiences`.
     pub dedicated_audience: Option<String>,
+    /// Its subjects are AI agents (`agents = true`): each token is the agent
+    /// acting for itself, a principal of kind agent whose actor is its
+    /// subject, so the agent bounds apply wherever it is presented; and it
+    /// is the only kind of issuer whose tokens are accepted as a token
+    /// exchange's `actor_token`.
+    pub agents: bool,
 }
 
 pub struct Verifier {
@@ -177,6 +207,11 @@ impl Verifier {
             issuers,
             max_token_bytes,
         }
+    }
+
+    /// Whether the issuer with this exact `iss` vouches for agents.
+    pub fn vouches_for_agents(&self, iss: &str) -> bool {
+        self.issuers.iter().any(|i| i.issuer == iss && i.agents)
     }
 
     pub async fn verify(&self, token: &SecretString) -> Result<Principal, IdentityError> {
@@ -264,12 +299,33 @@ impl Verifier {
             .dedicated_audience
             .as_deref()
             .is_some_and(|own| only_audience_is(&claims, own));
+        let (kind, actors) = if issuer.agents {
+            // An agent never stands for a person: it is the agent acting for
+            // itself, and an `act` it carries nests below it.
+            if subject.kind() == "user" {
+                return Err(IdentityError::AgentIsAPerson {
+                    issuer: issuer.name.clone(),
+                    subject: subject.to_string(),
+                });
+            }
+            let mut actors = vec![subject.to_string()];
+            actors.extend(mapped.actors);
+            if actors.len() > MAX_ACTOR_CHAIN {
+                return Err(IdentityError::InvalidClaims(format!(
+                    "act nests more than {MAX_ACTOR_CHAIN} actors"
+                )));
+            }
+            (PrincipalKind::Agent, actors)
+        } else {
+            (mapped.kind, mapped.actors)
+        };
         Ok(Principal {
             issuer: issuer.issuer.clone(),
             issuer_name: issuer.name.clone(),
             subject: mapped.subject,
-            kind: mapped.kind,
-            actor: mapped.actor,
+            kind,
+            actor: actors.first().cloned(),
+            actor_chain: actors,
             groups: Vec::new(),
             dedicated_audience,
             pipeline: mapped.pipeline,

@@ -11,7 +11,9 @@
 //! Claim names are part of every cloud-side trust policy, so they are documented in
 //! ARCHITECTURE.md and must not change casually. `sub` is `stack:{stack ref}`
 //! unless the provider names its own; the requester and its context live under
-//! one namespaced `stackpass` claim.
+//! one namespaced `stackpass` claim. An agent's issuance also carries the
+//! RFC 8693 `act` claim (section 4.1): the current actor outermost, the
+//! actors it acts for nested below it.
 
 mod keyset;
 mod ring;
@@ -35,7 +37,17 @@ pub use ring::{KeyRing, KeyState, RingKey};
 pub use signing_key::{SigningKey, SigningKeyError, RSA_BITS};
 
 /// Claims the broker sets itself; a provider may not set them.
-const RESERVED_CLAIMS: [&str; 8] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "stackpass"];
+const RESERVED_CLAIMS: [&str; 9] = [
+    "iss",
+    "sub",
+    "aud",
+    "iat",
+    "nbf",
+    "exp",
+    "jti",
+    "act",
+    "stackpass",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
@@ -122,6 +134,8 @@ struct SubjectClaimsOut<'a> {
     nbf: i64,
     exp: i64,
     jti: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<serde_json::Value>,
     stackpass: StackpassClaims<'a>,
     #[serde(flatten)]
     provider: &'a serde_json::Map<String, serde_json::Value>,
@@ -134,6 +148,9 @@ struct StackpassClaims<'a> {
     requester_kind: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     actor: Option<&'a str>,
+    /// Only for chains (more than one actor), outermost first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor_chain: Option<&'a [String]>,
     stack: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     component: Option<&'a str>,
@@ -227,8 +244,17 @@ impl Issuer {
 
     /// OpenID Connect Discovery 1.0 metadata: what AWS/GCP/Azure read to trust us.
     pub fn discovery_document(&self) -> serde_json::Value {
-        let mut claims_supported =
-            vec!["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "stackpass"];
+        let mut claims_supported = vec![
+            "iss",
+            "sub",
+            "aud",
+            "iat",
+            "nbf",
+            "exp",
+            "jti",
+            "act",
+            "stackpass",
+        ];
         claims_supported.extend(&self.provider_claims);
         serde_json::json!({
             "issuer": self.issuer_url,
@@ -285,10 +311,12 @@ impl Issuer {
             nbf: now.unix_timestamp(),
             exp: expires_at.unix_timestamp(),
             jti: jti.to_string(),
+            act: act_claim(facts),
             stackpass: StackpassClaims {
                 requester: &facts.requester,
                 requester_kind: &facts.requester_kind,
                 actor: facts.actor.as_deref(),
+                actor_chain: (facts.actor_chain.len() > 1).then_some(&facts.actor_chain[..]),
                 stack: &facts.stack,
                 component: facts.component.as_deref(),
                 owner: facts.owner.as_deref(),
@@ -344,6 +372,24 @@ impl Issuer {
         }
         Ok(())
     }
+}
+
+/// RFC 8693 section 4.1: `{"sub": current, "act": {"sub": before, ...}}`,
+/// built from the innermost actor out.
+fn act_claim(facts: &IssuanceFacts) -> Option<serde_json::Value> {
+    let chain: Vec<&str> = if facts.actor_chain.is_empty() {
+        facts.actor.iter().map(String::as_str).collect()
+    } else {
+        facts.actor_chain.iter().map(String::as_str).collect()
+    };
+    chain.iter().rev().fold(None, |inner, actor| {
+        let mut act = serde_json::Map::new();
+        act.insert("sub".into(), (*actor).into());
+        if let Some(inner) = inner {
+            act.insert("act".into(), inner);
+        }
+        Some(serde_json::Value::Object(act))
+    })
 }
 
 #[cfg(test)]
@@ -459,6 +505,32 @@ mod tests {
         assert_eq!(
             claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
             300
+        );
+        assert!(claims.get("act").is_none());
+
+        // An agent acting for jane, itself acting for another agent.
+        let agent = IssuanceFacts {
+            requester_kind: "agent".into(),
+            actor: Some("component:agents/bot".into()),
+            actor_chain: vec![
+                "component:agents/bot".into(),
+                "component:agents/planner".into(),
+            ],
+            ..facts.clone()
+        };
+        let minted = issuer
+            .mint(&request(&agent, SigningAlgorithm::Es256, None, None))
+            .unwrap();
+        let (_, claims) = verify(&issuer, &minted.token);
+        assert_eq!(
+            claims["act"],
+            serde_json::json!({ "sub": "component:agents/bot", "act": { "sub": "component:agents/planner" } })
+        );
+        assert_eq!(claims["stackpass"]["requester"], "user:default/jane");
+        assert_eq!(claims["stackpass"]["actor"], "component:agents/bot");
+        assert_eq!(
+            claims["stackpass"]["actor_chain"][1],
+            "component:agents/planner"
         );
 
         let discovery = issuer.discovery_document();

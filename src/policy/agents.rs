@@ -737,6 +737,7 @@ quota = { per_agent = 2, window = "1h" }
                 .unwrap(),
             kind: PrincipalKind::Agent,
             actor: Some("component:agents/bot".into()),
+            actor_chain: vec![],
             groups: vec![],
             dedicated_audience: false,
             pipeline: None,

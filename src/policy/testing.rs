@@ -216,6 +216,7 @@ fn check(case: &Case, rules: &[super::Rule], tests: &TestFile) -> Result<(), Str
             },
         ),
         actor: case.principal.actor.clone(),
+        actor_chain: Vec::new(),
         groups: case.principal.groups.clone(),
         dedicated_audience: case.principal.dedicated_audience,
         pipeline: case.principal.pipeline.as_ref().map(|p| {

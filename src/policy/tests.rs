@@ -24,6 +24,7 @@ fn principal(subject: &str, groups: &[&str]) -> Principal {
         subject: entity(subject),
         kind: PrincipalKind::Human,
         actor: None,
+        actor_chain: Vec::new(),
         groups: groups.iter().map(|g| entity(g)).collect(),
         dedicated_audience: false,
         pipeline: None,

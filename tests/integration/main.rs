@@ -34,3 +34,4 @@ mod setup;
 mod stack_sources;
 #[cfg(feature = "testcloud")]
 mod testcloud;
+mod token_exchange;

@@ -19,6 +19,7 @@ mod credential;
 pub mod http;
 mod kind;
 mod target;
+pub mod token_exchange;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ pub use child::{ChildDelivery, ChildEndpoint, ChildEnvironment, ChildFile};
 pub use credential::{Credential, CredentialField, ReceivedCredential};
 pub use kind::{InvalidProviderKind, ProviderKind};
 pub use target::{masked_pattern, pattern_parts, PatternPart, Target, HOLE};
+pub use token_exchange::ExchangedToken;
 
 /// How a grant is handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,8 +121,11 @@ pub struct IssuanceFacts {
     pub requester: String,
     /// `human`, `service` or `agent`.
     pub requester_kind: String,
-    /// An agent acting for the requester.
+    /// An agent acting for the requester (the current actor).
     pub actor: Option<String>,
+    /// Every actor, outermost (= `actor`) first, when agents act for agents
+    /// (a nested RFC 8693 `act`); empty or `actor` alone otherwise.
+    pub actor_chain: Vec<String>,
     /// The stack reference, e.g. `pulumi:acme/payments/dev`.
     pub stack: String,
     /// The catalog component's full reference and its bare name.
@@ -301,6 +306,19 @@ pub trait CloudProvider: Send + Sync {
     /// credential fields in the order the provider lists them.
     fn federation_fields(&self, _target: &Target) -> Vec<(&'static str, Option<String>)> {
         Vec::new()
+    }
+
+    /// RFC 8693 token exchange: the `requested_token_type` that names this
+    /// cloud's credential (starting with [`token_exchange::TOKEN_TYPE_PREFIX`]).
+    /// `None`: the token endpoint does not offer it.
+    fn credential_token_type(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The credential [`Self::exchange`] returned, as a token-exchange answer's
+    /// `access_token`. `None` if it lacks what the format needs.
+    fn exchanged_token(&self, _credential: &Credential) -> Option<ExchangedToken> {
+        None
     }
 }
 

@@ -1,8 +1,16 @@
 //! How the CLI prints AWS credentials besides JSON: shell `export` lines that
 //! every AWS SDK and tool reads, and the exact `credential_process` document.
+//! The same document is the `access_token` of a token exchange.
 
-use secrecy::ExposeSecret;
-use stackpass_provider::{OutputFormat, ReceivedCredential};
+use secrecy::{ExposeSecret, SecretString};
+use stackpass_provider::token_exchange::NOT_APPLICABLE;
+use stackpass_provider::{
+    Credential, CredentialField, ExchangedToken, OutputFormat, ReceivedCredential,
+};
+use time::format_description::well_known::Rfc3339;
+
+/// The `requested_token_type` of AWS credentials at `POST /oauth2/token`.
+pub const CREDENTIALS_TOKEN_TYPE: &str = "urn:stackpass:params:oauth:token-type:aws-credentials";
 
 pub const FORMATS: &[OutputFormat] = &[
     OutputFormat::credentials("env"),
@@ -33,10 +41,37 @@ pub fn render(format: &str, credential: &ReceivedCredential) -> Result<String, S
     }
 }
 
+/// AWS credentials are three values, and an RFC 8693 answer has one
+/// `access_token`: it is the `credential_process` document (version 1),
+/// which every AWS SDK and the CLI read as is, so an agent can hand it to
+/// its tools unchanged. It is no bearer token: `token_type` is `N_A`.
+pub fn exchanged_token(credential: &Credential) -> Option<ExchangedToken> {
+    let field = |name: &str| {
+        credential
+            .fields
+            .iter()
+            .find(|(field, _)| *field == name)
+            .and_then(|(_, value)| match value {
+                CredentialField::Public(value) => value.clone(),
+                CredentialField::Secret(secret) => Some(secret.expose_secret().to_owned()),
+            })
+    };
+    let document = serde_json::json!({
+        "Version": 1,
+        "AccessKeyId": field("access_key_id")?,
+        "SecretAccessKey": field("secret_access_key")?,
+        "SessionToken": field("session_token")?,
+        "Expiration": credential.expires_at.format(&Rfc3339).ok()?,
+    });
+    Some(ExchangedToken {
+        access_token: SecretString::from(document.to_string()),
+        token_type: NOT_APPLICABLE,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
 
     fn received() -> ReceivedCredential {
         ReceivedCredential {
@@ -61,6 +96,28 @@ mod tests {
             serde_json::json!({ "Version": 1, "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "s3cr3t",
                                 "SessionToken": "t0ken", "Expiration": "2026-11-23T09:00:00Z" })
         );
+    }
+
+    #[test]
+    fn a_token_exchange_carries_the_credential_process_document() {
+        let expires = time::OffsetDateTime::from_unix_timestamp(1_795_424_400).unwrap();
+        let credential = Credential::new("ASIAEXAMPLE", expires)
+            .public("access_key_id", Some("ASIAEXAMPLE".into()))
+            .secret("secret_access_key", SecretString::from("s3cr3t"))
+            .secret("session_token", SecretString::from("t0ken"));
+        let token = exchanged_token(&credential).unwrap();
+        assert_eq!(token.token_type, "N_A");
+        let value: serde_json::Value =
+            serde_json::from_str(token.access_token.expose_secret()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({ "Version": 1, "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "s3cr3t",
+                                "SessionToken": "t0ken", "Expiration": "2026-11-23T09:00:00Z" })
+        );
+        assert!(!format!("{token:?}").contains("s3cr3t"));
+        let partial = Credential::new("ASIAEXAMPLE", expires)
+            .public("access_key_id", Some("ASIAEXAMPLE".into()));
+        assert!(exchanged_token(&partial).is_none());
     }
 
     #[test]

@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stackpass_provider::{
-    CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, OutputFormat, ProviderError,
-    ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem, SettingsContext,
-    SubjectClaims, Target, TrustContext,
+    CloudProvider, Credential, ExchangeRequest, ExchangedToken, IssuanceFacts, Limits,
+    OutputFormat, ProviderError, ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem,
+    SettingsContext, SubjectClaims, Target, TrustContext,
 };
 
 pub use role_arn::RoleArn;
@@ -112,6 +112,14 @@ impl CloudProvider for AwsProvider {
 
     fn check_session_tag_key(&self, key: &str) -> Result<(), String> {
         claims::check_tag_key(key)
+    }
+
+    fn credential_token_type(&self) -> Option<&'static str> {
+        Some(formats::CREDENTIALS_TOKEN_TYPE)
+    }
+
+    fn exchanged_token(&self, credential: &Credential) -> Option<ExchangedToken> {
+        formats::exchanged_token(credential)
     }
 
     /// For `AWS_ROLE_ARN` next to `AWS_WEB_IDENTITY_TOKEN_FILE`.

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stackpass_provider::{
-    CloudProvider, Credential, ExchangeRequest, IssuanceFacts, Limits, Mode, OutputFormat,
-    ProviderError, ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem,
+    CloudProvider, Credential, ExchangeRequest, ExchangedToken, IssuanceFacts, Limits, Mode,
+    OutputFormat, ProviderError, ProviderFactory, ProviderKind, ReceivedCredential, SettingProblem,
     SettingsContext, SubjectClaims, Target, TrustContext,
 };
 
@@ -147,6 +147,15 @@ impl CloudProvider for GcpProvider {
             ));
         }
         Ok(())
+    }
+
+    fn credential_token_type(&self) -> Option<&'static str> {
+        Some("urn:stackpass:params:oauth:token-type:gcp-access-token")
+    }
+
+    /// The OAuth access token itself (a bearer token for Google's APIs).
+    fn exchanged_token(&self, credential: &Credential) -> Option<ExchangedToken> {
+        ExchangedToken::bearer_field(credential, "access_token")
     }
 
     fn federation_fields(&self, target: &Target) -> Vec<(&'static str, Option<String>)> {

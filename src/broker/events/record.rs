@@ -152,6 +152,13 @@ impl Event<'_> {
         if let Some(scopes) = self.grant().and_then(|g| g.scopes.as_ref()) {
             add("scopes", json!(scopes));
         }
+        // The `actor` column names the current actor; agents acting for
+        // agents are all named here, outermost first.
+        if let Some(actors) = self.principal().map(|p| p.actors()) {
+            if actors.len() > 1 {
+                add("actor_chain", json!(actors));
+            }
+        }
         record
     }
 

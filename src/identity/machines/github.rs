@@ -160,7 +160,7 @@ impl ClaimMapping for GithubActionsMapping {
         Ok(MappedPrincipal {
             subject,
             kind: PrincipalKind::Service,
-            actor: None,
+            actors: Vec::new(),
             pipeline: Some(checked.run),
         })
     }

@@ -103,7 +103,7 @@ impl ClaimMapping for GitlabCiMapping {
         Ok(MappedPrincipal {
             subject,
             kind: PrincipalKind::Service,
-            actor: None,
+            actors: Vec::new(),
             pipeline: Some(run),
         })
     }

@@ -67,7 +67,7 @@ impl ClaimMapping for KubernetesMapping {
         Ok(MappedPrincipal {
             subject,
             kind: PrincipalKind::Service,
-            actor: None,
+            actors: Vec::new(),
             pipeline: Some(run),
         })
     }

@@ -108,7 +108,7 @@ impl ClaimMapping for PulumiDeploymentsMapping {
         Ok(MappedPrincipal {
             subject,
             kind: PrincipalKind::Service,
-            actor: None,
+            actors: Vec::new(),
             pipeline: Some(run),
         })
     }

@@ -93,7 +93,7 @@ impl ClaimMapping for HcpTerraformMapping {
         Ok(MappedPrincipal {
             subject,
             kind: PrincipalKind::Service,
-            actor: None,
+            actors: Vec::new(),
             pipeline: Some(run),
         })
     }
