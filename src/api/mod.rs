@@ -29,8 +29,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower::ServiceBuilder;
 
-use origin::{request_origin, Origin, TrustedProxies};
 pub use mcp::McpSettings;
+use origin::{request_origin, Origin, TrustedProxies};
 pub use problem::Problem;
 pub use serve::{serve, ConnectionLimits};
 

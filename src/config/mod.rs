@@ -25,8 +25,7 @@ use url::Url;
 pub use identity::{IdentityConfig, IssuerKind, TrustedIssuerConfig};
 pub use sections::{
     AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, McpConfig, NotificationsConfig,
-    PolicyConfig,
-    RemoteStacksConfig, ServerConfig, StackSourceConfig, StacksConfig, StacksKind,
+    PolicyConfig, RemoteStacksConfig, ServerConfig, StackSourceConfig, StacksConfig, StacksKind,
     StaticStacksConfig, SOURCE_COMPONENT_TAG,
 };
 
@@ -181,11 +180,7 @@ impl Config {
         self.identity
             .issuers
             .iter()
-            .filter(|i| {
-                i.accepted_audiences()
-                    .iter()
-                    .any(|a| audiences.contains(a))
-            })
+            .filter(|i| i.accepted_audiences().iter().any(|a| audiences.contains(a)))
             .filter_map(|i| i.issuer_id())
             .collect()
     }

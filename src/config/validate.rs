@@ -267,15 +267,22 @@ impl Config {
         if !self.mcp.enabled {
             return problems;
         }
-        let mut problem =
-            |key: &str, message: String| problems.push(ConfigProblem { key: key.into(), message });
+        let mut problem = |key: &str, message: String| {
+            problems.push(ConfigProblem {
+                key: key.into(),
+                message,
+            })
+        };
         if self
             .mcp
             .audience
             .as_deref()
             .is_some_and(|a| a.trim().is_empty() || a != a.trim())
         {
-            problem("mcp.audience", "must be a non-empty string without surrounding spaces".into());
+            problem(
+                "mcp.audience",
+                "must be a non-empty string without surrounding spaces".into(),
+            );
         }
         let audiences = self.mcp_audiences();
         let accepting: Vec<String> = self
@@ -331,7 +338,10 @@ subjects = ["user:*/*"]
         let config = load("").unwrap();
         assert!(!config.mcp.enabled);
         let error = load("[mcp]\nenabled = true").unwrap_err();
-        assert!(error.contains("mcp.enabled: no trusted issuer accepts an MCP audience"), "{error}");
+        assert!(
+            error.contains("mcp.enabled: no trusted issuer accepts an MCP audience"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -340,21 +350,29 @@ subjects = ["user:*/*"]
         // The resource URL derived from server.public_url is an MCP audience.
         let config = load(&format!("{AGENT_ISSUER}\n{public}\n[mcp]\nenabled = true")).unwrap();
         assert_eq!(config.mcp_resource(), "https://stackpass.example.com/mcp");
-        assert_eq!(config.mcp_authorization_servers(), ["https://idp.example.com"]);
+        assert_eq!(
+            config.mcp_authorization_servers(),
+            ["https://idp.example.com"]
+        );
         // So is mcp.audience, whatever the public URL.
         let config = load(&format!(
             "{AGENT_ISSUER}\n[mcp]\nenabled = true\naudience = \"https://stackpass.example.com/mcp\""
         ))
         .unwrap();
-        assert_eq!(config.mcp_authorization_servers(), ["https://idp.example.com"]);
+        assert_eq!(
+            config.mcp_authorization_servers(),
+            ["https://idp.example.com"]
+        );
         // Backstage accepts only `backstage`: it is no MCP authorization server.
         let error = load(&format!(
             "{AGENT_ISSUER}\n{public}\n[mcp]\nenabled = true\nauthorization_servers = [\"http://localhost:7007/api/auth\"]"
         ))
         .unwrap_err();
         assert!(error.contains("mcp.authorization_servers[0]"), "{error}");
-        let error = load(&format!("{public}\n[mcp]\nenabled = true\naudience = \" \""))
-            .unwrap_err();
+        let error = load(&format!(
+            "{public}\n[mcp]\nenabled = true\naudience = \" \""
+        ))
+        .unwrap_err();
         assert!(error.contains("mcp.audience"), "{error}");
     }
 }

@@ -173,7 +173,12 @@ async fn admit(State(gate): State<Gate>, request: Request, next: Next) -> Respon
     let principal = match gate.broker.authenticate(&context, &token).await {
         Ok(principal) => principal,
         Err(crate::broker::BrokerError::Identity(error)) if !error.is_unavailable() => {
-            return challenge(&gate.settings, &context, Some("invalid_token"), &error.to_string());
+            return challenge(
+                &gate.settings,
+                &context,
+                Some("invalid_token"),
+                &error.to_string(),
+            );
         }
         Err(error) => {
             return Problem::from(error)
@@ -220,7 +225,11 @@ fn aimed_at(token: &str, accepted: &[String]) -> bool {
     else {
         return false;
     };
-    let named = |value: &serde_json::Value| value.as_str().is_some_and(|a| accepted.iter().any(|x| x == a));
+    let named = |value: &serde_json::Value| {
+        value
+            .as_str()
+            .is_some_and(|a| accepted.iter().any(|x| x == a))
+    };
     match claims.get("aud") {
         Some(aud @ serde_json::Value::String(_)) => named(aud),
         Some(serde_json::Value::Array(auds)) => !auds.is_empty() && auds.iter().all(named),
@@ -281,15 +290,27 @@ mod tests {
     use serde_json::json;
 
     fn token(claims: serde_json::Value) -> String {
-        let encode =
-            |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-        format!("{}.{}.sig", encode(json!({ "alg": "ES256" })), encode(claims))
+        let encode = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.sig",
+            encode(json!({ "alg": "ES256" })),
+            encode(claims)
+        )
     }
 
     #[test]
     fn only_tokens_for_this_server_alone_are_aimed_at_it() {
-        let accepted = ["https://sp.example/mcp".to_owned(), "stackpass-mcp".to_owned()];
-        for aud in [json!("https://sp.example/mcp"), json!(["stackpass-mcp"]), json!(["stackpass-mcp", "https://sp.example/mcp"])] {
+        let accepted = [
+            "https://sp.example/mcp".to_owned(),
+            "stackpass-mcp".to_owned(),
+        ];
+        for aud in [
+            json!("https://sp.example/mcp"),
+            json!(["stackpass-mcp"]),
+            json!(["stackpass-mcp", "https://sp.example/mcp"]),
+        ] {
             assert!(aimed_at(&token(json!({ "aud": aud })), &accepted), "{aud}");
         }
         for aud in [

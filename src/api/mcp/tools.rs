@@ -115,7 +115,13 @@ fn tools() -> Vec<Tool> {
         "description": "Why the credential is needed, recorded in the audit log (one line)"
     });
     let read_only = |title: &str| {
-        ToolAnnotations::from_raw(Some(title.into()), Some(true), Some(false), Some(true), Some(false))
+        ToolAnnotations::from_raw(
+            Some(title.into()),
+            Some(true),
+            Some(false),
+            Some(true),
+            Some(false),
+        )
     };
     let mut list = Tool::new(
         "list_stacks",
@@ -239,7 +245,11 @@ impl ServerHandler for StackpassTools {
 }
 
 impl StackpassTools {
-    async fn list_stacks(&self, caller: &McpCaller, arguments: Value) -> Result<CallToolResult, Problem> {
+    async fn list_stacks(
+        &self,
+        caller: &McpCaller,
+        arguments: Value,
+    ) -> Result<CallToolResult, Problem> {
         let args: ListArgs = parse(arguments)?;
         if args.stacks.is_empty() || args.stacks.len() > MAX_LISTED_STACKS {
             return Err(Problem::invalid_request(format!(
@@ -248,7 +258,12 @@ impl StackpassTools {
         }
         let providers: Vec<String> = match &args.provider {
             Some(provider) => vec![provider.clone()],
-            None => self.broker.providers().kinds().map(|k| k.to_string()).collect(),
+            None => self
+                .broker
+                .providers()
+                .kinds()
+                .map(|k| k.to_string())
+                .collect(),
         };
         let mut stacks = Vec::new();
         for stack in &args.stacks {
@@ -291,21 +306,29 @@ impl StackpassTools {
         let summary: Vec<String> = stacks
             .iter()
             .flat_map(|s| {
-                s["providers"].as_array().into_iter().flatten().map(move |p| {
-                    format!(
-                        "{} {}: {}",
-                        s["stack"].as_str().unwrap_or_default(),
-                        p["provider"].as_str().unwrap_or_default(),
-                        p["outcome"].as_str().unwrap_or("error")
-                    )
-                })
+                s["providers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(move |p| {
+                        format!(
+                            "{} {}: {}",
+                            s["stack"].as_str().unwrap_or_default(),
+                            p["provider"].as_str().unwrap_or_default(),
+                            p["outcome"].as_str().unwrap_or("error")
+                        )
+                    })
             })
             .collect();
         let body = json!({ "stacks": stacks });
         Ok(structured(summary.join("\n"), body))
     }
 
-    async fn explain(&self, caller: &McpCaller, arguments: Value) -> Result<CallToolResult, Problem> {
+    async fn explain(
+        &self,
+        caller: &McpCaller,
+        arguments: Value,
+    ) -> Result<CallToolResult, Problem> {
         let args: StackArgs = parse(arguments)?;
         let request = credential_request(wire::CredentialRequest {
             stack: args.stack,
@@ -338,7 +361,11 @@ impl StackpassTools {
         Ok(structured(text, json!(decision)))
     }
 
-    async fn request_access(&self, caller: &McpCaller, arguments: Value) -> Result<CallToolResult, Problem> {
+    async fn request_access(
+        &self,
+        caller: &McpCaller,
+        arguments: Value,
+    ) -> Result<CallToolResult, Problem> {
         let args: AccessArgs = parse(arguments)?;
         let request = credential_request(wire::CredentialRequest {
             stack: args.stack,
@@ -362,7 +389,11 @@ impl StackpassTools {
         Ok(structured(text, json!(body)))
     }
 
-    async fn get_credentials(&self, caller: &McpCaller, arguments: Value) -> Result<CallToolResult, Problem> {
+    async fn get_credentials(
+        &self,
+        caller: &McpCaller,
+        arguments: Value,
+    ) -> Result<CallToolResult, Problem> {
         let args: StackArgs = parse(arguments)?;
         let request = credential_request(wire::CredentialRequest {
             stack: args.stack,
@@ -442,20 +473,38 @@ mod tests {
     fn every_tool_schema_is_a_closed_object() {
         let tools = tools();
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-        assert_eq!(names, ["list_stacks", "explain_decision", "request_access", "get_credentials"]);
+        assert_eq!(
+            names,
+            [
+                "list_stacks",
+                "explain_decision",
+                "request_access",
+                "get_credentials"
+            ]
+        );
         for tool in &tools {
             assert_eq!(tool.input_schema["type"], "object", "{}", tool.name);
-            assert_eq!(tool.input_schema["additionalProperties"], false, "{}", tool.name);
+            assert_eq!(
+                tool.input_schema["additionalProperties"], false,
+                "{}",
+                tool.name
+            );
             for required in tool.input_schema["required"].as_array().unwrap() {
                 let name = required.as_str().unwrap();
-                assert!(tool.input_schema["properties"].get(name).is_some(), "{}: {name}", tool.name);
+                assert!(
+                    tool.input_schema["properties"].get(name).is_some(),
+                    "{}: {name}",
+                    tool.name
+                );
             }
         }
     }
 
     #[test]
     fn arguments_outside_the_schema_are_refused() {
-        let refused = parse::<StackArgs>(json!({ "stack": "pulumi:a/b/c", "provider": "aws", "break_glass": { "reason": "x" } }));
+        let refused = parse::<StackArgs>(
+            json!({ "stack": "pulumi:a/b/c", "provider": "aws", "break_glass": { "reason": "x" } }),
+        );
         assert!(refused.is_err());
         let refused = parse::<AccessArgs>(json!({ "stack": "pulumi:a/b/c", "provider": "aws" }));
         assert!(refused.is_err(), "reason is required");
