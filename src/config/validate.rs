@@ -330,7 +330,7 @@ name = "idp"
 kind = "oidc"
 issuer = "https://idp.example.com"
 audiences = ["https://stackpass.example.com/mcp"]
-subjects = ["user:*/*"]
+subjects = ["component:agents/*"]
 "#;
 
     #[test]
