@@ -334,3 +334,60 @@ async fn only_tokens_whose_every_audience_is_this_mcp_server_are_accepted() {
     assert_eq!(plain.status, 200);
     assert_eq!(plain.body["resource"], w.resource.as_str());
 }
+
+#[tokio::test]
+async fn the_example_agent_runs_a_command_with_credentials_from_mcp() {
+    let w = world().await;
+    let agent = workspace_root().join("examples/agent-mcp/agent.py");
+    let aws = aws_cli();
+    let run = |token: Option<String>| {
+        let mut command = tokio::process::Command::new(venv_python());
+        command
+            .arg(&agent)
+            .args(["--stack", "pulumi:acme/payments/dev", "--"])
+            .arg(&aws)
+            .args([
+                "sts",
+                "get-caller-identity",
+                "--endpoint-url",
+                &w.moto.url,
+                "--output",
+                "json",
+            ])
+            .env("STACKPASS_MCP_URL", &w.resource)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env_remove("STACKPASS_MCP_TOKEN_FILE");
+        match token {
+            Some(token) => command.env("STACKPASS_MCP_TOKEN", token),
+            None => command.env_remove("STACKPASS_MCP_TOKEN"),
+        };
+        command.output()
+    };
+    let output = run(Some(idp_token(&w, "user:default/jane", json!(w.resource))))
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let identity: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert!(identity["Arn"]
+        .as_str()
+        .unwrap()
+        .contains("assumed-role/payments-deployer"));
+    assert!(
+        stderr(&output).contains("stackpass: issued aws credentials for pulumi:acme/payments/dev")
+    );
+    assert!(!stderr(&output).contains("secret_access_key"));
+
+    // Without a token: where to get one, from the metadata.
+    let output = run(None).await.unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains(&format!(
+            "get a token whose audience is {} from: {}",
+            w.resource, w.idp.issuer
+        )),
+        "{}",
+        stderr(&output)
+    );
+}
