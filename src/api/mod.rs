@@ -61,14 +61,7 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig, mcp: Option<McpSetting
                 .load_shed()
                 .concurrency_limit(config.max_concurrent_requests),
         );
-    let mcp = mcp.map(|settings| {
-        mcp::routes(
-            broker.clone(),
-            settings,
-            config.max_body_bytes,
-            config.max_concurrent_requests,
-        )
-    });
+    let mcp = mcp.map(|settings| mcp::routes(broker.clone(), settings, config));
     Router::new()
         .merge(authenticated)
         .merge(mcp.unwrap_or_default())

@@ -329,6 +329,17 @@ async fn only_tokens_whose_every_audience_is_this_mcp_server_are_accepted() {
         )
         .await;
     assert_eq!(response.status, 200, "{}", response.text);
+    // A good token does not lift /v1's body limit.
+    let oversized = reqwest::Client::new()
+        .post(format!("{}/mcp", w.broker.url))
+        .bearer_auth(idp_token(&w, "user:default/jane", json!(w.resource)))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(format!("{{\"pad\":\"{}\"}}", "x".repeat(100_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 413);
     // The metadata is public, also at the suffix-less path.
     let plain = w.broker.get("/.well-known/oauth-protected-resource").await;
     assert_eq!(plain.status, 200);

@@ -19,6 +19,9 @@ mod tools;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -31,9 +34,9 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use secrecy::{ExposeSecret, SecretString};
 use tower::ServiceBuilder;
 
-use super::{Origin, Problem};
+use super::{admission, Origin, Problem};
 use crate::broker::{Broker, RequestContext};
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::identity::Principal;
 
 /// Where the metadata lives (RFC 9728 section 3.1: the well-known prefix
@@ -107,15 +110,17 @@ struct McpCaller {
 struct Gate {
     broker: Arc<Broker>,
     settings: Arc<McpSettings>,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
 }
 
 /// `/mcp` and its metadata documents, to merge into the API router.
 pub(super) fn routes(
     broker: Arc<Broker>,
     settings: McpSettings,
-    max_body_bytes: usize,
-    max_concurrent_requests: usize,
+    server: &ServerConfig,
 ) -> Router<Arc<Broker>> {
+    let max_body_bytes = server.max_body_bytes;
     let settings = Arc::new(settings);
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
@@ -123,15 +128,17 @@ pub(super) fn routes(
         .with_sse_keep_alive(None)
         .with_max_request_body_bytes(max_body_bytes)
         .with_allowed_hosts(settings.allowed_hosts.clone());
-    let server = tools::StackpassTools::new(broker.clone());
+    let tools = tools::StackpassTools::new(broker.clone());
     let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
+        move || Ok(tools.clone()),
         Arc::new(NeverSessionManager::default()),
         config,
     );
     let gate = Gate {
         broker,
         settings: settings.clone(),
+        max_body_bytes,
+        body_read_timeout: server.body_read_timeout,
     };
     let metadata = {
         let settings = settings.clone();
@@ -146,14 +153,16 @@ pub(super) fn routes(
                     super::overloaded_or_timed_out,
                 ))
                 .load_shed()
-                .concurrency_limit(max_concurrent_requests),
+                .concurrency_limit(server.max_concurrent_requests),
         )
         .route(METADATA_PATH, get(metadata.clone()))
         .route("/.well-known/oauth-protected-resource", get(metadata))
 }
 
 /// Admits a request whose token the verifier accepts and whose audience is
-/// this MCP server; anything else gets a 401 naming the metadata.
+/// this MCP server (anything else gets a 401 naming the metadata), and whose
+/// body then arrives whole within the limits `/v1` has, before it takes a
+/// request slot.
 async fn admit(State(gate): State<Gate>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let origin = parts.extensions.get::<Origin>();
@@ -199,8 +208,24 @@ async fn admit(State(gate): State<Gate>, request: Request, next: Next) -> Respon
             ),
         );
     }
+    let body = match tokio::time::timeout(
+        gate.body_read_timeout,
+        admission::read_body(body, gate.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(problem)) => {
+            return admission::close_after(problem.with_request_id(&context.request_id))
+        }
+        Err(_) => {
+            return admission::close_after(
+                admission::body_timeout().with_request_id(&context.request_id),
+            )
+        }
+    };
     parts.extensions.insert(McpCaller { principal, context });
-    next.run(Request::from_parts(parts, body)).await
+    next.run(Request::from_parts(parts, Body::from(body))).await
 }
 
 fn bearer_token(headers: &axum::http::HeaderMap) -> Option<SecretString> {
