@@ -73,13 +73,23 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(server: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = if server { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STACKPASS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // rmcp logs whole MCP requests and results at debug, and a get_credentials
+    // result holds secrets: its debug and trace events never reach the log,
+    // whatever STACKPASS_LOG says.
+    let no_rmcp_detail = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("rmcp") && *meta.level() > tracing::Level::INFO)
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .finish()
+        .with(no_rmcp_detail)
         .init();
 }
 
@@ -499,7 +509,8 @@ async fn serve(config_path: &std::path::Path, listen: Option<SocketAddr>) -> any
     stackpass::startup::spawn_policy_reloader(broker.clone(), &config);
     stackpass::startup::spawn_key_reloader(broker.clone(), &config);
     stackpass::startup::spawn_checkpoint_shipper(broker.clone(), &config);
-    let router = stackpass::api::router(broker, &config.server);
+    let mcp = stackpass::api::McpSettings::from_config(&config);
+    let router = stackpass::api::router(broker, &config.server, mcp);
     tracing::info!(issuer = %config.issuer_url(), "listening on http://{}", config.server.listen);
     let limits = stackpass::api::ConnectionLimits {
         max_connections: config.server.max_connections,

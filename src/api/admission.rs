@@ -49,22 +49,14 @@ pub(super) async fn admit(
     {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(problem)) => return close_after(problem),
-        Err(_) => {
-            return close_after(Problem::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body-timeout",
-                "Request body too slow",
-                "the request body did not arrive in time",
-                "send the whole body at once; a credential request is a small JSON object",
-            ))
-        }
+        Err(_) => return close_after(body_timeout()),
     };
     next.run(Request::from_parts(parts, Body::from(body))).await
 }
 
 /// Reads the body, refusing it as soon as it passes `limit` (by its declared
 /// length, or by what has arrived).
-async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Problem> {
+pub(super) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Problem> {
     if http_body::Body::size_hint(&body).lower() > limit as u64 {
         return Err(too_large());
     }
@@ -82,6 +74,16 @@ async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Problem> {
     Ok(Bytes::from(buffer))
 }
 
+pub(super) fn body_timeout() -> Problem {
+    Problem::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body-timeout",
+        "Request body too slow",
+        "the request body did not arrive in time",
+        "send the whole body at once; a credential request is a small JSON object",
+    )
+}
+
 fn too_large() -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -93,7 +95,7 @@ fn too_large() -> Problem {
 }
 
 /// The rest of an unread body is not worth reading: answer, then close.
-fn close_after(problem: Problem) -> Response {
+pub(super) fn close_after(problem: Problem) -> Response {
     let mut response = problem.into_response();
     response
         .headers_mut()

@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::extract::JsonBody;
 use super::Problem;
-use crate::broker::{Broker, CredentialRequest, RequestContext};
+use crate::broker::{Broker, CredentialRequest, Issued, RequestContext};
 use crate::identity::Principal;
 use crate::stacks::StackRef;
 use crate::wire;
@@ -30,7 +30,18 @@ pub async fn issue(
 ) -> Result<Response, Problem> {
     let request = credential_request(body)?;
     let issued = broker.issue(&context, principal, &request).await?;
-    let body = wire::IssuedCredential {
+    let body = issued_body(&issued);
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The answer body, secrets exposed: `/v1/credentials` writes it straight
+/// into its response, the MCP `get_credentials` tool into its result.
+pub(super) fn issued_body(issued: &Issued) -> wire::IssuedCredential {
+    wire::IssuedCredential {
         issuance_id: issued.issuance_id.to_string(),
         requester: issued.requester.to_string(),
         stack: issued.stack.to_string(),
@@ -39,7 +50,6 @@ pub async fn issue(
         role: issued.target.to_string(),
         duration_seconds: issued.duration.as_secs(),
         expires_at: issued.expires_at.format(&Rfc3339).unwrap_or_default(),
-        // The one place a secret is exposed: written straight into the response.
         credentials: issued
             .credential
             .fields
@@ -52,12 +62,7 @@ pub async fn issue(
                 ((*name).to_owned(), value)
             })
             .collect(),
-    };
-    let mut response = Json(body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    }
 }
 
 /// Parses what the caller sent into a request the broker can act on. The

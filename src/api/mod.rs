@@ -13,6 +13,7 @@ mod audit;
 mod credentials;
 mod decisions;
 mod extract;
+mod mcp;
 mod origin;
 mod problem;
 mod serve;
@@ -29,6 +30,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower::ServiceBuilder;
 
+pub use mcp::McpSettings;
 use origin::{request_origin, Origin, TrustedProxies};
 pub use problem::Problem;
 pub use serve::{serve, ConnectionLimits};
@@ -37,7 +39,7 @@ use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::issuer::JWKS_CACHE_MAX_AGE;
 
-pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
+pub fn router(broker: Arc<Broker>, config: &ServerConfig, mcp: Option<McpSettings>) -> Router {
     let admission = admission::Admission {
         broker: broker.clone(),
         max_body_bytes: config.max_body_bytes,
@@ -60,9 +62,11 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
                 .load_shed()
                 .concurrency_limit(config.max_concurrent_requests),
         );
+    let mcp = mcp.map(|settings| mcp::routes(broker.clone(), settings, config));
     Router::new()
         .merge(authenticated)
         .merge(token_exchange::routes(config))
+        .merge(mcp.unwrap_or_default())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/openid-configuration", get(discovery))

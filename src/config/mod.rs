@@ -24,8 +24,8 @@ use url::Url;
 
 pub use identity::{IdentityConfig, IssuerKind, TrustedIssuerConfig};
 pub use sections::{
-    AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, NotificationsConfig, PolicyConfig,
-    RemoteStacksConfig, ServerConfig, StackSourceConfig, StacksConfig, StacksKind,
+    AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, McpConfig, NotificationsConfig,
+    PolicyConfig, RemoteStacksConfig, ServerConfig, StackSourceConfig, StacksConfig, StacksKind,
     StaticStacksConfig, SOURCE_COMPONENT_TAG,
 };
 
@@ -58,6 +58,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub notifications: NotificationsConfig,
+    #[serde(default)]
+    pub mcp: McpConfig,
 }
 
 /// Every problem found in a configuration, each naming its key.
@@ -152,6 +154,35 @@ impl Config {
     /// trailing slash, as clouds compare it byte for byte.
     pub fn issuer_url(&self) -> String {
         self.public_url().as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// The MCP server's resource identifier (RFC 9728 `resource`, RFC 8707):
+    /// what tokens for `/mcp` must name as their audience.
+    pub fn mcp_resource(&self) -> String {
+        format!("{}/mcp", self.issuer_url())
+    }
+
+    /// Every audience that names the MCP server: its resource URL and the
+    /// configured `mcp.audience`.
+    pub fn mcp_audiences(&self) -> Vec<String> {
+        let mut audiences = vec![self.mcp_resource()];
+        audiences.extend(self.mcp.audience.iter().cloned());
+        audiences
+    }
+
+    /// The issuers the MCP metadata names: those configured, or every trusted
+    /// issuer that accepts an MCP audience.
+    pub fn mcp_authorization_servers(&self) -> Vec<String> {
+        if !self.mcp.authorization_servers.is_empty() {
+            return self.mcp.authorization_servers.clone();
+        }
+        let audiences = self.mcp_audiences();
+        self.identity
+            .issuers
+            .iter()
+            .filter(|i| i.accepted_audiences().iter().any(|a| audiences.contains(a)))
+            .filter_map(|i| i.issuer_id())
+            .collect()
     }
 
     /// What provider settings are checked against.

@@ -460,3 +460,25 @@ impl AuditConfig {
         sqlite_path(&self.url)
     }
 }
+
+/// `[mcp]`: the MCP server at `/mcp` (see `api::mcp`). Off unless enabled: it
+/// is a second way in for agents, and an operator should choose it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// An audience that names the MCP server besides its resource URL
+    /// (`{server.public_url}/mcp`), for identity providers that cannot put a
+    /// URL in `aud`. Tokens whose every audience is one of the two are accepted.
+    pub audience: Option<String>,
+    /// The issuers (`iss`, exactly) that agents and people get tokens for `/mcp`
+    /// from, as the protected-resource metadata advertises them. Default:
+    /// every trusted issuer that accepts an MCP audience.
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// Scopes the metadata advertises as `scopes_supported` (RFC 9728);
+    /// informational: the broker's policy, not scopes, decides.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+}

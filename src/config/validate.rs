@@ -255,8 +255,125 @@ impl Config {
                 "must be between 1s and 30d".into(),
             );
         }
+        problems.extend(self.mcp_problems());
 
         problems
+    }
+
+    /// `[mcp]`: the metadata must name an issuer the broker trusts to mint
+    /// tokens for `/mcp`, or no client could ever get one it accepts.
+    fn mcp_problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        if !self.mcp.enabled {
+            return problems;
+        }
+        let mut problem = |key: &str, message: String| {
+            problems.push(ConfigProblem {
+                key: key.into(),
+                message,
+            })
+        };
+        if self
+            .mcp
+            .audience
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty() || a != a.trim())
+        {
+            problem(
+                "mcp.audience",
+                "must be a non-empty string without surrounding spaces".into(),
+            );
+        }
+        let audiences = self.mcp_audiences();
+        let accepting: Vec<String> = self
+            .identity
+            .issuers
+            .iter()
+            .filter(|i| i.accepted_audiences().iter().any(|a| audiences.contains(a)))
+            .filter_map(|i| i.issuer_id())
+            .collect();
+        if accepting.is_empty() {
+            problem(
+                "mcp.enabled",
+                format!(
+                    "no trusted issuer accepts an MCP audience ({}); add one to an issuer's audiences (identity.issuers[].audiences) so it can mint tokens for /mcp",
+                    audiences.join(" or ")
+                ),
+            );
+        }
+        for (i, server) in self.mcp.authorization_servers.iter().enumerate() {
+            if !accepting.contains(server) {
+                problem(
+                    &format!("mcp.authorization_servers[{i}]"),
+                    format!("{server:?} is not the issuer of a trusted issuer that accepts an MCP audience ({}); name such an issuer's exact iss", audiences.join(" or ")),
+                );
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod mcp_tests {
+    use crate::config::tests::{write, MINIMAL};
+    use crate::config::Config;
+
+    fn load(extra: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &format!("{MINIMAL}\n{extra}"));
+        Config::load(&path).map_err(|e| e.to_string())
+    }
+
+    const AGENT_ISSUER: &str = r#"
+[[identity.issuers]]
+name = "idp"
+kind = "oidc"
+issuer = "https://idp.example.com"
+audiences = ["https://stackpass.example.com/mcp"]
+subjects = ["component:agents/*"]
+"#;
+
+    #[test]
+    fn mcp_is_off_by_default_and_needs_an_issuer_for_its_audience() {
+        let config = load("").unwrap();
+        assert!(!config.mcp.enabled);
+        let error = load("[mcp]\nenabled = true").unwrap_err();
+        assert!(
+            error.contains("mcp.enabled: no trusted issuer accepts an MCP audience"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_metadata_names_the_issuers_that_accept_the_mcp_audience() {
+        let public = "[server]\npublic_url = \"https://stackpass.example.com\"";
+        // The resource URL derived from server.public_url is an MCP audience.
+        let config = load(&format!("{AGENT_ISSUER}\n{public}\n[mcp]\nenabled = true")).unwrap();
+        assert_eq!(config.mcp_resource(), "https://stackpass.example.com/mcp");
+        assert_eq!(
+            config.mcp_authorization_servers(),
+            ["https://idp.example.com"]
+        );
+        // So is mcp.audience, whatever the public URL.
+        let config = load(&format!(
+            "{AGENT_ISSUER}\n[mcp]\nenabled = true\naudience = \"https://stackpass.example.com/mcp\""
+        ))
+        .unwrap();
+        assert_eq!(
+            config.mcp_authorization_servers(),
+            ["https://idp.example.com"]
+        );
+        // Backstage accepts only `backstage`: it is no MCP authorization server.
+        let error = load(&format!(
+            "{AGENT_ISSUER}\n{public}\n[mcp]\nenabled = true\nauthorization_servers = [\"http://localhost:7007/api/auth\"]"
+        ))
+        .unwrap_err();
+        assert!(error.contains("mcp.authorization_servers[0]"), "{error}");
+        let error = load(&format!(
+            "{public}\n[mcp]\nenabled = true\naudience = \" \""
+        ))
+        .unwrap_err();
+        assert!(error.contains("mcp.audience"), "{error}");
     }
 }
 

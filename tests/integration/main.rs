@@ -25,6 +25,7 @@ mod issuance;
 mod issuer_trust;
 mod keys;
 mod machines;
+mod mcp;
 mod notifications;
 mod policy;
 mod postgres;
