@@ -21,6 +21,7 @@ mod audit_reads;
 mod events;
 mod issuance;
 mod resolve;
+mod revocations;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +38,8 @@ use self::audit_reads::AuditReads;
 use self::events::{Allowance, Asked, Event, Recorder};
 use self::issuance::Exchange;
 use self::resolve::{Resolved, Resolver};
+use self::revocations::Revocations;
+pub use self::revocations::RevocationAnswer;
 use crate::approvals::{
     approved_duration, is_a_person, AccessRequest, AccessRequestId, ApprovalError, ApprovalStore,
     StoreError,
@@ -48,6 +51,7 @@ use crate::issuer::{Issuer, IssuerError, KeyRing};
 use crate::notify::Notifier;
 use crate::policy::{ApprovalRequirement, Decision, Denial, Grant, LivePolicy, LoadedPolicy, Rule};
 use crate::registry::{LookupError, Providers};
+use crate::revocations::{Revocation, RevocationError, RevocationStore};
 use crate::stacks::{ComponentTags, StackRef, StackSource, StackSourceError};
 
 /// Facts about the HTTP request that belong in the audit log.
@@ -131,6 +135,26 @@ pub enum BrokerError {
     IssuanceInterrupted,
     #[error("only people break glass; a token with an agent acting (act) or of a service cannot")]
     BreakGlassNotAPerson,
+    #[error("{}", revoked_message(.scope, .person, .agent))]
+    DelegationRevoked {
+        revocation: Uuid,
+        agent: String,
+        person: EntityRef,
+        /// `delegation` (the person revoked it) or `agent` (an admin did).
+        scope: &'static str,
+    },
+    #[error(transparent)]
+    Revocation(#[from] RevocationError),
+    #[error(transparent)]
+    RevocationStore(#[from] crate::revocations::StoreError),
+}
+
+fn revoked_message(scope: &str, person: &EntityRef, agent: &str) -> String {
+    if scope == "agent" {
+        format!("agent {agent} is revoked for every person by an agent admin; nothing is issued to it")
+    } else {
+        format!("{person} revoked their delegation to agent {agent}; nothing is issued to it on their behalf")
+    }
 }
 
 /// What a broker is built from: startup fills it from configuration, tests
@@ -153,6 +177,10 @@ pub struct BrokerParts {
     pub environment_tag: String,
     /// The longest the broker waits for a cloud (see `Config::cloud_budget`).
     pub cloud_budget: Duration,
+    /// Revoked delegations and agents, read on every agent request.
+    pub revocations: Arc<dyn RevocationStore>,
+    /// Members of these groups may revoke an agent for every person.
+    pub agent_admin_groups: Vec<EntityRef>,
 }
 
 pub struct Broker {
@@ -165,6 +193,7 @@ pub struct Broker {
     approvals: Approvals,
     exchange: Exchange,
     audit_reads: AuditReads,
+    revocations: Revocations,
     recorder: Recorder,
 }
 
@@ -198,6 +227,11 @@ impl Broker {
                 recorder: recorder.clone(),
                 catalog: parts.catalog,
                 auditor_groups: parts.auditor_groups,
+            },
+            revocations: Revocations {
+                store: parts.revocations,
+                recorder: recorder.clone(),
+                admin_groups: parts.agent_admin_groups,
             },
             policy,
             recorder,
@@ -308,12 +342,13 @@ impl Broker {
         principal: Principal,
         request: &CredentialRequest,
     ) -> Result<Issued, BrokerError> {
-        let provider = self.check_request(request)?;
         let asked = Asked {
             context,
             principal: &principal,
             request,
         };
+        self.revocations.check(&asked).await?;
+        let provider = self.check_request(request)?;
         let resolved = self.resolve(&asked, false).await?;
         let (grant, allowance) = match self.resolver.decide(&resolved, request) {
             Decision::Deny(denial) => return Err(self.refuse(&asked, &resolved, denial).await),
@@ -408,12 +443,13 @@ impl Broker {
         principal: Principal,
         request: &CredentialRequest,
     ) -> Result<Decision, BrokerError> {
-        self.check_request(request)?;
         let asked = Asked {
             context,
             principal: &principal,
             request,
         };
+        self.revocations.check(&asked).await?;
+        self.check_request(request)?;
         let resolved = self.resolve(&asked, true).await?;
         let decision = self.resolver.decide(&resolved, request);
         let event = match &decision {
@@ -450,12 +486,13 @@ impl Broker {
         principal: Principal,
         request: &CredentialRequest,
     ) -> Result<AccessRequest, BrokerError> {
-        self.check_request(request)?;
         let asked = Asked {
             context,
             principal: &principal,
             request,
         };
+        self.revocations.check(&asked).await?;
+        self.check_request(request)?;
         let resolved = self.resolve(&asked, false).await?;
         match self.resolver.decide(&resolved, request) {
             Decision::NeedsApproval { grant, approval } => {
@@ -501,6 +538,44 @@ impl Broker {
         principal: &Principal,
     ) -> Result<Vec<AccessRequest>, BrokerError> {
         self.approvals.list(principal).await
+    }
+
+    /// Revokes `principal`'s own delegation to `agent` (a name or a glob), or
+    /// with `agent_wide` the agent for every person (agent admins only).
+    /// Audited; lists the credentials already issued under it.
+    pub async fn revoke_agent(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+        agent: &str,
+        agent_wide: bool,
+        reason: Option<String>,
+    ) -> Result<RevocationAnswer, BrokerError> {
+        self.revocations
+            .revoke(context, principal, agent, agent_wide, reason, &self.providers)
+            .await
+    }
+
+    /// Lifts a revocation made by [`Broker::revoke_agent`] with the same
+    /// scope and agent; a person cannot lift an admin's.
+    pub async fn restore_agent(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+        agent: &str,
+        agent_wide: bool,
+    ) -> Result<RevocationAnswer, BrokerError> {
+        self.revocations
+            .restore(context, principal, agent, agent_wide, &self.providers)
+            .await
+    }
+
+    /// The caller's own revocations and every agent-wide one.
+    pub async fn list_revocations(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<Revocation>, BrokerError> {
+        self.revocations.list(principal).await
     }
 
     /// Reads the audit log; the read is itself audited before it returns.

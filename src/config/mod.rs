@@ -24,7 +24,7 @@ use url::Url;
 
 pub use identity::{IdentityConfig, IssuerKind, TrustedIssuerConfig};
 pub use sections::{
-    AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, NotificationsConfig, PolicyConfig,
+    AgentsConfig, AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, NotificationsConfig, PolicyConfig,
     RemoteStacksConfig, ServerConfig, StackSourceConfig, StacksConfig, StacksKind,
     StaticStacksConfig, SOURCE_COMPONENT_TAG,
 };
@@ -58,6 +58,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub notifications: NotificationsConfig,
+    #[serde(default)]
+    pub agents: AgentsConfig,
 }
 
 /// Every problem found in a configuration, each naming its key.

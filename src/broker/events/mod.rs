@@ -27,6 +27,7 @@ use crate::identity::Principal;
 use crate::issuer::KeyRing;
 use crate::notify::Notifier;
 use crate::policy::{ApprovalRequirement, Denial, Grant};
+use crate::revocations::Revocation;
 
 /// Who asked for what, from where: what every record about one credential
 /// request says.
@@ -74,9 +75,42 @@ pub(super) enum ApprovalStep {
     Used,
 }
 
+/// A change to a revocation, recorded with who made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RevocationStep {
+    Revoked,
+    Restored,
+}
+
 pub(super) enum Event<'a> {
     /// The stack source does not know the stack (`dry_run` for explanations).
     UnknownStack { asked: &'a Asked<'a>, dry_run: bool },
+    /// An agent's request refused because its delegation (or the agent) is
+    /// revoked; nothing was resolved or decided.
+    DelegationRevoked {
+        asked: &'a Asked<'a>,
+        revocation: &'a Revocation,
+    },
+    /// A revocation made or lifted; `outstanding`: how many credentials
+    /// already issued under it have not expired.
+    Revocation {
+        context: &'a RequestContext,
+        principal: &'a Principal,
+        revocation: &'a Revocation,
+        step: RevocationStep,
+        outstanding: usize,
+    },
+    /// An attempt to revoke or restore that changed nothing, and why.
+    RevocationRefused {
+        context: &'a RequestContext,
+        principal: &'a Principal,
+        /// `revoke` or `restore`.
+        action: &'static str,
+        /// `delegation` or `agent`.
+        scope: &'static str,
+        agent: &'a str,
+        error: &'a str,
+    },
     Denied {
         asked: &'a Asked<'a>,
         resolved: &'a Resolved,
@@ -189,11 +223,15 @@ impl Event<'_> {
     fn context(&self) -> Option<&RequestContext> {
         match self {
             Event::UnknownStack { asked, .. }
+            | Event::DelegationRevoked { asked, .. }
             | Event::Denied { asked, .. }
             | Event::BreakGlassRefused { asked, .. }
             | Event::ApprovalRequired { asked, .. }
             | Event::WouldAllow { asked, .. }
             | Event::WouldNeedApproval { asked, .. } => Some(asked.context),
+            Event::Revocation { context, .. } | Event::RevocationRefused { context, .. } => {
+                Some(context)
+            }
             Event::Allowed(issuance)
             | Event::IssuanceIntent { issuance, .. }
             | Event::Issued { issuance, .. }
@@ -213,6 +251,7 @@ impl Event<'_> {
     fn principal(&self) -> Option<&Principal> {
         match self {
             Event::UnknownStack { asked, .. }
+            | Event::DelegationRevoked { asked, .. }
             | Event::Denied { asked, .. }
             | Event::BreakGlassRefused { asked, .. }
             | Event::ApprovalRequired { asked, .. }
@@ -271,6 +310,22 @@ impl Event<'_> {
             } => {
                 tracing::warn!(request_id = %issuance.asked.context.request_id, issuance_id = %issuance.issuance_id,
                     %credential_id, "the caller went away; the issued credential was withheld");
+            }
+            Event::DelegationRevoked { asked: a, revocation } => {
+                let (request_id, requester) = asked(a);
+                tracing::info!(%request_id, %requester, actor = ?a.principal.actor,
+                    revocation = %revocation.id, "refused: delegation revoked");
+            }
+            Event::Revocation {
+                context,
+                principal,
+                revocation,
+                step,
+                ..
+            } => {
+                tracing::warn!(request_id = %context.request_id, by = %principal.subject,
+                    revocation = %revocation.id, scope = revocation.scope.as_str(),
+                    agent = %revocation.agent, ?step, "revocation changed");
             }
             Event::PolicyReloaded {
                 reason,
