@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 use stackpass::audit::AuditQuery;
 use stackpass::cli::args::{
-    AgentsCommand, ApprovalsCommand, AuditCommand, AuditTarget, CacheCommand, Cli, Command, ConfigCommand,
-    DevCommand, ExportFormat, KeysCommand, PolicyCommand,
+    AgentsCommand, ApprovalsCommand, AuditCommand, AuditTarget, CacheCommand, Cli, Command,
+    ConfigCommand, DevCommand, ExportFormat, KeysCommand, PolicyCommand,
 };
 use stackpass::cli::cache::CredentialCache;
 use stackpass::cli::{self, read_token, CliError, CredsArgs, DevTokenArgs};

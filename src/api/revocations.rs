@@ -17,9 +17,9 @@ use crate::wire;
 
 fn checked_reason(body: &wire::RevocationRequest, required: bool) -> Result<(), Problem> {
     match body.reason.as_deref() {
-        Some(reason) if !is_one_short_line(reason) || reason.trim().is_empty() => {
-            Err(revocation_problem("reason is at most 500 characters on one line"))
-        }
+        Some(reason) if !is_one_short_line(reason) || reason.trim().is_empty() => Err(
+            revocation_problem("reason is at most 500 characters on one line"),
+        ),
         None if required => Err(revocation_problem(
             "reason is mandatory when revoking an agent for every person: say why",
         )),

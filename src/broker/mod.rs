@@ -38,8 +38,8 @@ use self::audit_reads::AuditReads;
 use self::events::{Allowance, Asked, Event, Recorder};
 use self::issuance::Exchange;
 use self::resolve::{Resolved, Resolver};
-use self::revocations::Revocations;
 pub use self::revocations::RevocationAnswer;
+use self::revocations::Revocations;
 use crate::approvals::{
     approved_duration, is_a_person, AccessRequest, AccessRequestId, ApprovalError, ApprovalStore,
     StoreError,
@@ -151,7 +151,9 @@ pub enum BrokerError {
 
 fn revoked_message(scope: &str, person: &EntityRef, agent: &str) -> String {
     if scope == "agent" {
-        format!("agent {agent} is revoked for every person by an agent admin; nothing is issued to it")
+        format!(
+            "agent {agent} is revoked for every person by an agent admin; nothing is issued to it"
+        )
     } else {
         format!("{person} revoked their delegation to agent {agent}; nothing is issued to it on their behalf")
     }
@@ -225,11 +227,12 @@ impl Broker {
             },
             audit_reads: AuditReads {
                 recorder: recorder.clone(),
-                catalog: parts.catalog,
+                catalog: parts.catalog.clone(),
                 auditor_groups: parts.auditor_groups,
             },
             revocations: Revocations {
                 store: parts.revocations,
+                catalog: parts.catalog,
                 recorder: recorder.clone(),
                 admin_groups: parts.agent_admin_groups,
             },
@@ -347,7 +350,7 @@ impl Broker {
             principal: &principal,
             request,
         };
-        self.revocations.check(&asked).await?;
+        self.revocations.check(&asked, false).await?;
         let provider = self.check_request(request)?;
         let resolved = self.resolve(&asked, false).await?;
         let (grant, allowance) = match self.resolver.decide(&resolved, request) {
@@ -448,7 +451,7 @@ impl Broker {
             principal: &principal,
             request,
         };
-        self.revocations.check(&asked).await?;
+        self.revocations.check(&asked, true).await?;
         self.check_request(request)?;
         let resolved = self.resolve(&asked, true).await?;
         let decision = self.resolver.decide(&resolved, request);
@@ -491,7 +494,7 @@ impl Broker {
             principal: &principal,
             request,
         };
-        self.revocations.check(&asked).await?;
+        self.revocations.check(&asked, false).await?;
         self.check_request(request)?;
         let resolved = self.resolve(&asked, false).await?;
         match self.resolver.decide(&resolved, request) {
@@ -552,7 +555,14 @@ impl Broker {
         reason: Option<String>,
     ) -> Result<RevocationAnswer, BrokerError> {
         self.revocations
-            .revoke(context, principal, agent, agent_wide, reason, &self.providers)
+            .revoke(
+                context,
+                principal,
+                agent,
+                agent_wide,
+                reason,
+                &self.providers,
+            )
             .await
     }
 

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use super::events::{Asked, Event, Recorder, RevocationStep};
 use super::{BrokerError, RequestContext};
-use crate::catalog::EntityRef;
+use crate::catalog::{Catalog, EntityRef};
 use crate::identity::Principal;
 use crate::registry::Providers;
 use crate::revocations::{
@@ -37,14 +37,16 @@ pub struct RevocationAnswer {
 
 pub(super) struct Revocations {
     pub store: Arc<dyn RevocationStore>,
+    pub catalog: Arc<dyn Catalog>,
     pub recorder: Recorder,
     pub admin_groups: Vec<EntityRef>,
 }
 
 impl Revocations {
-    /// Refuses (and audits) a request whose actor may no longer act for its
-    /// subject. Principals without an actor pass untouched.
-    pub async fn check(&self, asked: &Asked<'_>) -> Result<(), BrokerError> {
+    /// Refuses (and audits, as a denial or for a dry run a `would_deny`) a
+    /// request whose actor may no longer act for its subject. Principals
+    /// without an actor pass untouched.
+    pub async fn check(&self, asked: &Asked<'_>, dry_run: bool) -> Result<(), BrokerError> {
         let Some(actor) = asked.principal.actor.as_deref() else {
             return Ok(());
         };
@@ -59,6 +61,7 @@ impl Revocations {
             .record(&[Event::DelegationRevoked {
                 asked,
                 revocation: &revocation,
+                dry_run,
             }])
             .await?;
         Err(BrokerError::DelegationRevoked {
@@ -110,7 +113,13 @@ impl Revocations {
         agent_wide: bool,
         agent: &str,
     ) -> Result<(), BrokerError> {
-        let checked = check_revoker(principal, agent_wide, &self.admin_groups)
+        // Admin groups as the catalog has them now, like auditors and approvers.
+        let groups = if agent_wide && crate::approvals::is_a_person(principal) {
+            self.catalog.groups_of(&principal.subject).await?
+        } else {
+            Vec::new()
+        };
+        let checked = check_revoker(principal, agent_wide, &groups, &self.admin_groups)
             .and_then(|()| check_agent(agent));
         match checked {
             Ok(()) => Ok(()),
@@ -133,10 +142,7 @@ impl Revocations {
             .await?;
         let scope = Self::scope(principal, agent_wide);
         let now = OffsetDateTime::now_utc();
-        let outstanding = self
-            .store
-            .outstanding(scope.person(), agent, now)
-            .await?;
+        let outstanding = self.store.outstanding(scope.person(), agent, now).await?;
         // Revoked already: the existing revocation stands, nothing is
         // recorded twice. Otherwise insert; losing the insert to a concurrent
         // revocation of the same agent ends the same way.
@@ -144,7 +150,13 @@ impl Revocations {
             if let Some(existing) = self.store.active(&scope, agent).await? {
                 return Ok(answer(existing, true, outstanding, providers));
             }
-            let revocation = Revocation::new(scope.clone(), agent, reason.clone(), &principal.subject, now);
+            let revocation = Revocation::new(
+                scope.clone(),
+                agent,
+                reason.clone(),
+                &principal.subject,
+                now,
+            );
             let event = Event::Revocation {
                 context,
                 principal,
@@ -225,7 +237,9 @@ fn answer(
             .ok()
             .and_then(|kind| providers.lookup(&kind).ok())
             .map(|p| p.recall_hint())
-            .unwrap_or("the broker cannot recall issued credentials; they stay valid until they expire");
+            .unwrap_or(
+                "the broker cannot recall issued credentials; they stay valid until they expire",
+            );
         recall_hints.push((provider.to_owned(), hint));
     }
     RevocationAnswer {

@@ -214,7 +214,8 @@ pub async fn agents(
             return Ok(if answer.revocations.is_empty() {
                 "no revocations for you to see".into()
             } else {
-                let lines: Vec<String> = answer.revocations.iter().map(describe_revocation).collect();
+                let lines: Vec<String> =
+                    answer.revocations.iter().map(describe_revocation).collect();
                 lines.join("\n")
             });
         }
@@ -267,7 +268,10 @@ pub async fn agents(
             ));
         }
         for h in &answer.recall_hints {
-            lines.push(format!("  to cut {} credentials short: {}", h.provider, h.hint));
+            lines.push(format!(
+                "  to cut {} credentials short: {}",
+                h.provider, h.hint
+            ));
         }
     }
     Ok(lines.join("\n"))

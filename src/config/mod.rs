@@ -24,8 +24,8 @@ use url::Url;
 
 pub use identity::{IdentityConfig, IssuerKind, TrustedIssuerConfig};
 pub use sections::{
-    AgentsConfig, AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, NotificationsConfig, PolicyConfig,
-    RemoteStacksConfig, ServerConfig, StackSourceConfig, StacksConfig, StacksKind,
+    AgentsConfig, AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, NotificationsConfig,
+    PolicyConfig, RemoteStacksConfig, ServerConfig, StackSourceConfig, StacksConfig, StacksKind,
     StaticStacksConfig, SOURCE_COMPONENT_TAG,
 };
 

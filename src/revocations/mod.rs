@@ -129,10 +129,12 @@ pub fn check_agent(agent: &str) -> Result<(), RevocationError> {
 }
 
 /// Who may revoke or restore in `scope`: a person (no actor), and for an
-/// agent-wide revocation a member of an admin group.
+/// agent-wide revocation a member of an admin group (`groups`: the person's
+/// groups as the catalog has them now).
 pub fn check_revoker(
     principal: &Principal,
     agent_wide: bool,
+    groups: &[EntityRef],
     admin_groups: &[EntityRef],
 ) -> Result<(), RevocationError> {
     if !crate::approvals::is_a_person(principal) {
@@ -141,7 +143,7 @@ pub fn check_revoker(
             actor: principal.actor.clone(),
         });
     }
-    if agent_wide && !admin_groups.iter().any(|g| principal.groups.contains(g)) {
+    if agent_wide && !admin_groups.iter().any(|g| groups.contains(g)) {
         let groups = if admin_groups.is_empty() {
             "none are configured: [agents] admin_groups".to_owned()
         } else {
@@ -192,10 +194,22 @@ mod tests {
     #[test]
     fn an_agent_revocation_covers_every_person_until_restored() {
         let mut everyone = revocation(Scope::Agent, "agent:deploy-bot");
-        assert!(covers(&everyone, &entity("user:default/jane"), "agent:deploy-bot"));
-        assert!(covers(&everyone, &entity("user:default/alex"), "agent:deploy-bot"));
+        assert!(covers(
+            &everyone,
+            &entity("user:default/jane"),
+            "agent:deploy-bot"
+        ));
+        assert!(covers(
+            &everyone,
+            &entity("user:default/alex"),
+            "agent:deploy-bot"
+        ));
         everyone.restored_at = Some(OffsetDateTime::now_utc());
-        assert!(!covers(&everyone, &entity("user:default/jane"), "agent:deploy-bot"));
+        assert!(!covers(
+            &everyone,
+            &entity("user:default/jane"),
+            "agent:deploy-bot"
+        ));
     }
 
     #[test]
@@ -209,7 +223,7 @@ mod tests {
     #[test]
     fn only_people_revoke_and_only_admins_revoke_an_agent_for_everyone() {
         let admins = vec![entity("group:default/security")];
-        let mut principal = Principal {
+        let principal = Principal {
             issuer: "https://backstage.example".into(),
             issuer_name: "backstage".into(),
             subject: entity("user:default/jane"),
@@ -219,21 +233,27 @@ mod tests {
             dedicated_audience: false,
             pipeline: None,
         };
-        assert_eq!(check_revoker(&principal, false, &admins), Ok(()));
+        let mut groups = principal.groups.clone();
+        assert_eq!(check_revoker(&principal, false, &groups, &admins), Ok(()));
         assert!(matches!(
-            check_revoker(&principal, true, &admins),
+            check_revoker(&principal, true, &groups, &admins),
             Err(RevocationError::NotAnAdmin(_))
         ));
         assert!(matches!(
-            check_revoker(&principal, true, &[]),
+            check_revoker(&principal, true, &groups, &[]),
             Err(RevocationError::NotAnAdmin(g)) if g.contains("admin_groups")
         ));
-        principal.groups.push(entity("group:default/security"));
-        assert_eq!(check_revoker(&principal, true, &admins), Ok(()));
-        principal.actor = Some("agent:deploy-bot".into());
-        principal.kind = PrincipalKind::Agent;
+        groups.push(entity("group:default/security"));
+        assert_eq!(check_revoker(&principal, true, &groups, &admins), Ok(()));
+        let mut agent = principal.clone();
+        agent.actor = Some("agent:deploy-bot".into());
+        agent.kind = PrincipalKind::Agent;
         assert!(matches!(
-            check_revoker(&principal, false, &admins),
+            check_revoker(&agent, false, &groups, &admins),
+            Err(RevocationError::NotAPerson { .. })
+        ));
+        assert!(matches!(
+            check_revoker(&agent, true, &groups, &admins),
             Err(RevocationError::NotAPerson { .. })
         ));
     }

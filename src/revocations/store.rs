@@ -360,7 +360,10 @@ mod tests {
             now,
         );
         let record = || AuditRecord::new(AuditEvent::Revocation, Outcome::Revoked, "r");
-        assert!(audit.append_guarded(insert(&first), vec![record()]).await.unwrap());
+        assert!(audit
+            .append_guarded(insert(&first), vec![record()])
+            .await
+            .unwrap());
         // The same scope and agent again: nothing inserted, nothing recorded.
         let again = Revocation::new(
             Scope::Delegation(jane.clone()),
@@ -369,7 +372,10 @@ mod tests {
             &jane,
             now,
         );
-        assert!(!audit.append_guarded(insert(&again), vec![record()]).await.unwrap());
+        assert!(!audit
+            .append_guarded(insert(&again), vec![record()])
+            .await
+            .unwrap());
         let found = store.active_for(&jane, "agent:deploy-bot").await.unwrap();
         assert_eq!(found.as_ref().map(|r| r.id), Some(first.id));
         assert!(store
@@ -377,12 +383,19 @@ mod tests {
             .await
             .unwrap()
             .is_none());
-        assert!(store.active_for(&jane, "agent:other").await.unwrap().is_none());
+        assert!(store
+            .active_for(&jane, "agent:other")
+            .await
+            .unwrap()
+            .is_none());
 
         // An agent-wide pattern covers everyone.
         let admin = entity("user:default/sam");
         let wide = Revocation::new(Scope::Agent, "component:agents/*", None, &admin, now);
-        assert!(audit.append_guarded(insert(&wide), vec![record()]).await.unwrap());
+        assert!(audit
+            .append_guarded(insert(&wide), vec![record()])
+            .await
+            .unwrap());
         let alex = entity("user:default/alex");
         let hit = store
             .active_for(&alex, "component:agents/deploy-bot")
@@ -401,7 +414,11 @@ mod tests {
             .append_guarded(restore(&first, &jane, now), vec![record()])
             .await
             .unwrap());
-        assert!(store.active_for(&jane, "agent:deploy-bot").await.unwrap().is_none());
+        assert!(store
+            .active_for(&jane, "agent:deploy-bot")
+            .await
+            .unwrap()
+            .is_none());
         assert!(store
             .active(&Scope::Delegation(jane.clone()), "agent:deploy-bot")
             .await
@@ -411,7 +428,10 @@ mod tests {
         let lifted = listed.iter().find(|r| r.id == first.id).unwrap();
         assert_eq!(lifted.restored_by.as_ref(), Some(&jane));
         // Revoked anew after a restore: a new row.
-        assert!(audit.append_guarded(insert(&again), vec![record()]).await.unwrap());
+        assert!(audit
+            .append_guarded(insert(&again), vec![record()])
+            .await
+            .unwrap());
     }
 
     #[tokio::test]
@@ -435,7 +455,12 @@ mod tests {
         audit
             .append(vec![
                 issued("user:default/jane", Some("agent:bot"), later, "ASIA1"),
-                issued("user:default/jane", Some("agent:bot"), now - time::Duration::minutes(1), "ASIA2"),
+                issued(
+                    "user:default/jane",
+                    Some("agent:bot"),
+                    now - time::Duration::minutes(1),
+                    "ASIA2",
+                ),
                 issued("user:default/jane", None, later, "ASIA3"),
                 issued("user:default/jane", Some("agent:other"), later, "ASIA4"),
                 issued("user:default/alex", Some("agent:bot"), later, "ASIA5"),
@@ -449,13 +474,19 @@ mod tests {
         };
         let jane = entity("user:default/jane");
         assert_eq!(
-            ids(store.outstanding(Some(&jane), "agent:bot", now).await.unwrap()),
+            ids(store
+                .outstanding(Some(&jane), "agent:bot", now)
+                .await
+                .unwrap()),
             ["ASIA1"]
         );
         let mut everyone = ids(store.outstanding(None, "agent:bot", now).await.unwrap());
         everyone.sort();
         assert_eq!(everyone, ["ASIA1", "ASIA5"]);
-        let mut pattern = ids(store.outstanding(Some(&jane), "agent:*", now).await.unwrap());
+        let mut pattern = ids(store
+            .outstanding(Some(&jane), "agent:*", now)
+            .await
+            .unwrap());
         pattern.sort();
         assert_eq!(pattern, ["ASIA1", "ASIA4"]);
     }

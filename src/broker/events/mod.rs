@@ -90,6 +90,7 @@ pub(super) enum Event<'a> {
     DelegationRevoked {
         asked: &'a Asked<'a>,
         revocation: &'a Revocation,
+        dry_run: bool,
     },
     /// A revocation made or lifted; `outstanding`: how many credentials
     /// already issued under it have not expired.
@@ -311,7 +312,11 @@ impl Event<'_> {
                 tracing::warn!(request_id = %issuance.asked.context.request_id, issuance_id = %issuance.issuance_id,
                     %credential_id, "the caller went away; the issued credential was withheld");
             }
-            Event::DelegationRevoked { asked: a, revocation } => {
+            Event::DelegationRevoked {
+                asked: a,
+                revocation,
+                ..
+            } => {
                 let (request_id, requester) = asked(a);
                 tracing::info!(%request_id, %requester, actor = ?a.principal.actor,
                     revocation = %revocation.id, "refused: delegation revoked");

@@ -159,8 +159,17 @@ impl Event<'_> {
                     Some(json!({ "reason": "the stack source does not know this stack" }));
                 record
             }
-            Event::DelegationRevoked { asked, revocation } => {
-                let mut record = asked.record(AuditEvent::Decision, Outcome::Denied);
+            Event::DelegationRevoked {
+                asked,
+                revocation,
+                dry_run,
+            } => {
+                let outcome = if *dry_run {
+                    Outcome::WouldDeny
+                } else {
+                    Outcome::Denied
+                };
+                let mut record = asked.record(dry_or(*dry_run), outcome);
                 record.detail = Some(json!({
                     "summary": "the delegation to this agent is revoked",
                     "revocation": revocation.id.to_string(),
@@ -206,8 +215,11 @@ impl Event<'_> {
                 agent,
                 error,
             } => {
-                let mut record =
-                    AuditRecord::new(AuditEvent::Revocation, Outcome::Refused, &context.request_id);
+                let mut record = AuditRecord::new(
+                    AuditEvent::Revocation,
+                    Outcome::Refused,
+                    &context.request_id,
+                );
                 record.requester = Some(principal.subject.to_string());
                 record.requester_kind = Some(principal.kind.as_str().to_owned());
                 record.actor = principal.actor.clone();
