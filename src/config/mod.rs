@@ -342,6 +342,27 @@ mod tests {
     }
 
     #[test]
+    fn agent_admin_groups_must_be_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MINIMAL}\n[agents]\nadmin_groups = [\"group:default/security\", \"user:default/jane\"]\n"
+        );
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("agents.admin_groups[1]"), "{err}");
+        assert!(!err.contains("agents.admin_groups[0]"), "{err}");
+        let fixed = text.replace(", \"user:default/jane\"", "");
+        let config = Config::load(&write(dir.path(), &fixed)).unwrap();
+        assert_eq!(config.agents.admin_groups.len(), 1);
+        assert!(Config::load(&write(dir.path(), MINIMAL))
+            .unwrap()
+            .agents
+            .admin_groups
+            .is_empty());
+    }
+
+    #[test]
     fn shared_secret_algorithms_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let text = MINIMAL.replace(
