@@ -191,12 +191,12 @@ impl Problem {
                 error.to_string(),
                 "a person must break glass with their own token, without an agent acting for them",
             ),
-            BrokerError::DelegationRevoked { scope, .. } => Problem::new(
+            BrokerError::DelegationRevoked { revoked } => Problem::new(
                 StatusCode::FORBIDDEN,
                 "delegation-revoked",
                 "Delegation revoked",
                 error.to_string(),
-                if *scope == "agent" {
+                if revoked.scope == "agent" {
                     "an agent admin revoked this agent; they can restore it with `stackpass agents restore AGENT --all-persons`"
                 } else {
                     "the person revoked this agent's delegation; only they can restore it, with `stackpass agents restore AGENT`"

@@ -135,22 +135,32 @@ pub enum BrokerError {
     IssuanceInterrupted,
     #[error("only people break glass; a token with an agent acting (act) or of a service cannot")]
     BreakGlassNotAPerson,
-    #[error("{}", revoked_message(.scope, .person, .agent))]
-    DelegationRevoked {
-        revocation: Uuid,
-        agent: String,
-        person: EntityRef,
-        /// `delegation` (the person revoked it) or `agent` (an admin did).
-        scope: &'static str,
-    },
+    #[error("{}", revoked_message(.revoked))]
+    DelegationRevoked { revoked: Box<RevokedDelegation> },
     #[error(transparent)]
     Revocation(#[from] RevocationError),
     #[error(transparent)]
     RevocationStore(#[from] crate::revocations::StoreError),
 }
 
-fn revoked_message(scope: &str, person: &EntityRef, agent: &str) -> String {
-    if scope == "agent" {
+/// Which revocation refused an agent's request.
+#[derive(Debug)]
+pub struct RevokedDelegation {
+    pub revocation: Uuid,
+    pub agent: String,
+    pub person: EntityRef,
+    /// `delegation` (the person revoked it) or `agent` (an admin did).
+    pub scope: &'static str,
+}
+
+fn revoked_message(revoked: &RevokedDelegation) -> String {
+    let RevokedDelegation {
+        agent,
+        person,
+        scope,
+        ..
+    } = revoked;
+    if *scope == "agent" {
         format!(
             "agent {agent} is revoked for every person by an agent admin; nothing is issued to it"
         )

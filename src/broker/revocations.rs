@@ -14,7 +14,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::events::{Asked, Event, Recorder, RevocationStep};
-use super::{BrokerError, RequestContext};
+use super::{BrokerError, RequestContext, RevokedDelegation};
 use crate::catalog::{Catalog, EntityRef};
 use crate::identity::Principal;
 use crate::registry::Providers;
@@ -65,10 +65,12 @@ impl Revocations {
             }])
             .await?;
         Err(BrokerError::DelegationRevoked {
-            revocation: revocation.id,
-            agent: actor.to_owned(),
-            person: asked.principal.subject.clone(),
-            scope: revocation.scope.as_str(),
+            revoked: Box::new(RevokedDelegation {
+                revocation: revocation.id,
+                agent: actor.to_owned(),
+                person: asked.principal.subject.clone(),
+                scope: revocation.scope.as_str(),
+            }),
         })
     }
 
