@@ -360,7 +360,9 @@ impl Broker {
             principal: &principal,
             request,
         };
-        self.revocations.check(&asked, false).await?;
+        self.revocations
+            .check(context, &principal, Some(request), false)
+            .await?;
         let provider = self.check_request(request)?;
         let resolved = self.resolve(&asked, false).await?;
         let (grant, allowance) = match self.resolver.decide(&resolved, request) {
@@ -461,7 +463,9 @@ impl Broker {
             principal: &principal,
             request,
         };
-        self.revocations.check(&asked, true).await?;
+        self.revocations
+            .check(context, &principal, Some(request), true)
+            .await?;
         self.check_request(request)?;
         let resolved = self.resolve(&asked, true).await?;
         let decision = self.resolver.decide(&resolved, request);
@@ -504,7 +508,9 @@ impl Broker {
             principal: &principal,
             request,
         };
-        self.revocations.check(&asked, false).await?;
+        self.revocations
+            .check(context, &principal, Some(request), false)
+            .await?;
         self.check_request(request)?;
         let resolved = self.resolve(&asked, false).await?;
         match self.resolver.decide(&resolved, request) {
@@ -548,9 +554,26 @@ impl Broker {
     /// Pending requests `principal` may decide, and their own requests.
     pub async fn list_access_requests(
         &self,
+        context: &RequestContext,
         principal: &Principal,
     ) -> Result<Vec<AccessRequest>, BrokerError> {
+        self.check_delegation(context, principal).await?;
         self.approvals.list(principal).await
+    }
+
+    /// Refuses (403 `delegation-revoked`, audited as a denial) a principal
+    /// whose actor's delegation, or the agent itself, is revoked; a principal
+    /// without an actor passes. Issuing, explaining and requesting access
+    /// check it themselves; other entry points an agent reaches (audit
+    /// reads, listings, the MCP tools) call this first.
+    pub async fn check_delegation(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+    ) -> Result<(), BrokerError> {
+        self.revocations
+            .check(context, principal, None, false)
+            .await
     }
 
     /// Revokes `principal`'s own delegation to `agent` (a name or a glob), or
@@ -605,6 +628,7 @@ impl Broker {
         principal: &Principal,
         query: &AuditQuery,
     ) -> Result<AuditPage, BrokerError> {
+        self.check_delegation(context, principal).await?;
         self.audit_reads.read(context, principal, query).await
     }
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::events::{Asked, Event, Recorder, RevocationStep};
-use super::{BrokerError, RequestContext, RevokedDelegation};
+use super::events::{Event, Recorder, RevocationStep};
+use super::{BrokerError, CredentialRequest, RequestContext, RevokedDelegation};
 use crate::catalog::{Catalog, EntityRef};
 use crate::identity::Principal;
 use crate::registry::Providers;
@@ -46,20 +46,24 @@ impl Revocations {
     /// Refuses (and audits, as a denial or for a dry run a `would_deny`) a
     /// request whose actor may no longer act for its subject. Principals
     /// without an actor pass untouched.
-    pub async fn check(&self, asked: &Asked<'_>, dry_run: bool) -> Result<(), BrokerError> {
-        let Some(actor) = asked.principal.actor.as_deref() else {
+    pub async fn check(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+        request: Option<&CredentialRequest>,
+        dry_run: bool,
+    ) -> Result<(), BrokerError> {
+        let Some(actor) = principal.actor.as_deref() else {
             return Ok(());
         };
-        let Some(revocation) = self
-            .store
-            .active_for(&asked.principal.subject, actor)
-            .await?
-        else {
+        let Some(revocation) = self.store.active_for(&principal.subject, actor).await? else {
             return Ok(());
         };
         self.recorder
             .record(&[Event::DelegationRevoked {
-                asked,
+                context,
+                principal,
+                request,
                 revocation: &revocation,
                 dry_run,
             }])
@@ -68,7 +72,7 @@ impl Revocations {
             revoked: Box::new(RevokedDelegation {
                 revocation: revocation.id,
                 agent: actor.to_owned(),
-                person: asked.principal.subject.clone(),
+                person: principal.subject.clone(),
                 scope: revocation.scope.as_str(),
             }),
         })

@@ -590,7 +590,7 @@ async fn one_approval_covers_one_issuance() {
     assert_eq!(w.cloud.calls(), 1);
     let used = w
         .broker
-        .list_access_requests(&person("user:default/jane"))
+        .list_access_requests(&context(), &person("user:default/jane"))
         .await
         .unwrap();
     assert_eq!(used[0].state, AccessState::Used);
@@ -740,7 +740,7 @@ async fn racing_approvers_one_wins_and_the_other_is_told_and_audited() {
         assert!(outcomes.contains(&"approved") && outcomes.contains(&"refused"));
         let stored = w
             .broker
-            .list_access_requests(&person("user:default/jane"))
+            .list_access_requests(&context(), &person("user:default/jane"))
             .await
             .unwrap();
         assert_eq!(
@@ -764,7 +764,7 @@ async fn an_approval_whose_record_cannot_be_committed_changes_nothing() {
     *w.audit.allowed.lock().unwrap() = None;
     let stored = w
         .broker
-        .list_access_requests(&person("user:default/jane"))
+        .list_access_requests(&context(), &person("user:default/jane"))
         .await
         .unwrap();
     assert_eq!(stored[0].state, AccessState::Pending);

@@ -38,6 +38,16 @@ async fn post(url: &str, path: &str, token: &str, body: Value) -> TestResponse {
     TestResponse::from_response(response).await
 }
 
+async fn get(url: &str, path: &str, token: &str) -> TestResponse {
+    let response = reqwest::Client::new()
+        .get(format!("{url}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    TestResponse::from_response(response).await
+}
+
 async fn start(
     backstage: &BackstageDouble,
     sts: &StsRecorder,
@@ -141,6 +151,13 @@ async fn a_person_revokes_their_agent_and_only_its_next_requests_are_refused() {
         .await
         .assert_problem(403, "delegation-revoked");
     assert_eq!(sts.calls().len(), calls);
+    // Nor may it read jane's audit records or list her access requests.
+    get(&broker.url, "/v1/audit?requester=user:default/jane", &bot)
+        .await
+        .assert_problem(403, "delegation-revoked");
+    get(&broker.url, "/v1/access-requests", &bot)
+        .await
+        .assert_problem(403, "delegation-revoked");
 
     // Other agents, other people's use of the same agent, and jane herself.
     let other = agent_token(&backstage, "user:default/jane", "agent:other-bot");
@@ -187,12 +204,19 @@ async fn a_person_revokes_their_agent_and_only_its_next_requests_are_refused() {
         .collect();
     assert_eq!(
         denials.len(),
-        1,
-        "the dry run is audited as a denial too, once"
+        3,
+        "the issuance, the audit read, the listing"
     );
-    assert_eq!(denials[0]["actor"], DEPLOY_BOT);
-    assert_eq!(denials[0]["requester"], "user:default/jane");
-    assert_eq!(detail(denials[0])["revocation"], id.as_str());
+    assert!(rows.iter().any(|r| r["event"] == "dry_run"
+        && r["outcome"] == "would_deny"
+        && r["actor"] == DEPLOY_BOT
+        && detail(r)["revocation"] == id.as_str()));
+    for denial in &denials {
+        assert_eq!(denial["actor"], DEPLOY_BOT);
+        assert_eq!(denial["requester"], "user:default/jane");
+        assert_eq!(detail(denial)["revocation"], id.as_str());
+    }
+    assert_eq!(denials[0]["stack"], "pulumi:acme/payments/dev");
     assert!(verify_database(&broker.audit_url(), None).status.success());
 
     // The CLI lists it; jane restores it; the agent may act again.

@@ -88,7 +88,11 @@ pub(super) enum Event<'a> {
     /// An agent's request refused because its delegation (or the agent) is
     /// revoked; nothing was resolved or decided.
     DelegationRevoked {
-        asked: &'a Asked<'a>,
+        context: &'a RequestContext,
+        principal: &'a Principal,
+        /// The credential request refused, if it was one (not, e.g., an
+        /// audit read).
+        request: Option<&'a CredentialRequest>,
         revocation: &'a Revocation,
         dry_run: bool,
     },
@@ -224,15 +228,14 @@ impl Event<'_> {
     fn context(&self) -> Option<&RequestContext> {
         match self {
             Event::UnknownStack { asked, .. }
-            | Event::DelegationRevoked { asked, .. }
             | Event::Denied { asked, .. }
             | Event::BreakGlassRefused { asked, .. }
             | Event::ApprovalRequired { asked, .. }
             | Event::WouldAllow { asked, .. }
             | Event::WouldNeedApproval { asked, .. } => Some(asked.context),
-            Event::Revocation { context, .. } | Event::RevocationRefused { context, .. } => {
-                Some(context)
-            }
+            Event::Revocation { context, .. }
+            | Event::RevocationRefused { context, .. }
+            | Event::DelegationRevoked { context, .. } => Some(context),
             Event::Allowed(issuance)
             | Event::IssuanceIntent { issuance, .. }
             | Event::Issued { issuance, .. }
@@ -252,12 +255,12 @@ impl Event<'_> {
     fn principal(&self) -> Option<&Principal> {
         match self {
             Event::UnknownStack { asked, .. }
-            | Event::DelegationRevoked { asked, .. }
             | Event::Denied { asked, .. }
             | Event::BreakGlassRefused { asked, .. }
             | Event::ApprovalRequired { asked, .. }
             | Event::WouldAllow { asked, .. }
             | Event::WouldNeedApproval { asked, .. } => Some(asked.principal),
+            Event::DelegationRevoked { principal, .. } => Some(principal),
             Event::Allowed(issuance)
             | Event::IssuanceIntent { issuance, .. }
             | Event::Issued { issuance, .. }
@@ -313,13 +316,13 @@ impl Event<'_> {
                     %credential_id, "the caller went away; the issued credential was withheld");
             }
             Event::DelegationRevoked {
-                asked: a,
+                context,
+                principal,
                 revocation,
                 ..
             } => {
-                let (request_id, requester) = asked(a);
-                tracing::info!(%request_id, %requester, actor = ?a.principal.actor,
-                    revocation = %revocation.id, "refused: delegation revoked");
+                tracing::info!(request_id = %context.request_id, requester = %principal.subject,
+                    actor = ?principal.actor, revocation = %revocation.id, "refused: delegation revoked");
             }
             Event::Revocation {
                 context,

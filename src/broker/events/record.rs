@@ -160,7 +160,9 @@ impl Event<'_> {
                 record
             }
             Event::DelegationRevoked {
-                asked,
+                context,
+                principal,
+                request,
                 revocation,
                 dry_run,
             } => {
@@ -169,7 +171,24 @@ impl Event<'_> {
                 } else {
                     Outcome::Denied
                 };
-                let mut record = asked.record(dry_or(*dry_run), outcome);
+                let mut record = match request {
+                    Some(request) => Asked {
+                        context,
+                        principal,
+                        request,
+                    }
+                    .record(dry_or(*dry_run), outcome),
+                    None => {
+                        let mut record =
+                            AuditRecord::new(AuditEvent::Decision, outcome, &context.request_id);
+                        record.requester = Some(principal.subject.to_string());
+                        record.requester_kind = Some(principal.kind.as_str().to_owned());
+                        record.actor = principal.actor.clone();
+                        record.issuer = Some(principal.issuer.clone());
+                        record.client_addr = context.client_addr.clone();
+                        record
+                    }
+                };
                 record.detail = Some(json!({
                     "summary": "the delegation to this agent is revoked",
                     "revocation": revocation.id.to_string(),
