@@ -53,9 +53,19 @@ async fn start(
     sts: &StsRecorder,
     audit_url: Option<String>,
 ) -> Broker {
+    start_with(backstage, sts, audit_url, Vec::new()).await
+}
+
+async fn start_with(
+    backstage: &BackstageDouble,
+    sts: &StsRecorder,
+    audit_url: Option<String>,
+    env: Vec<(String, String)>,
+) -> Broker {
     let mut options = BrokerOptions::new(backstage, &sts.url);
     options.extra_config = ADMINS.into();
     options.audit_url = audit_url;
+    options.env = env;
     Broker::start(options).await
 }
 
@@ -257,7 +267,12 @@ async fn a_person_revokes_their_agent_and_only_its_next_requests_are_refused() {
 async fn an_admin_revokes_an_agent_for_everyone_and_agents_and_others_cannot() {
     let backstage = BackstageDouble::start().await;
     let sts = StsRecorder::start(StsBehaviour::Succeed).await;
-    let broker = start(&backstage, &sts, None).await;
+    let webhook = WebhookListener::start().await;
+    let env = vec![(
+        "STACKPASS_NOTIFICATIONS__WEBHOOK_URL".to_owned(),
+        webhook.url.clone(),
+    )];
+    let broker = start_with(&backstage, &sts, None, env).await;
     let jane = backstage.user_token("user:default/jane");
     let jane_bot = agent_token(&backstage, "user:default/jane", DEPLOY_BOT);
     let alex_bot = agent_token(&backstage, "user:default/alex", DEPLOY_BOT);
@@ -357,6 +372,12 @@ async fn an_admin_revokes_an_agent_for_everyone_and_agents_and_others_cannot() {
         out.contains("user:default/jane") && out.contains("user:default/alex"),
         "{out}"
     );
+    // Announced, naming who revoked which agent for whom.
+    let announced = webhook
+        .wait_for("user:default/sam revoked agent agent:deploy-bot acting for every person")
+        .await;
+    assert_eq!(announced["stackpass"]["event"], "agent_revoked");
+    assert_eq!(announced["stackpass"]["outstanding_credentials"], 2);
 
     broker
         .request_credentials(Some(&jane_bot), dev())
