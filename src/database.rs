@@ -1,8 +1,9 @@
 //! The one database handle the stores share: SQLite (the embedded default) or
 //! PostgreSQL (for several broker instances), chosen by URL, with the schema
 //! migrated on open. The audit chain store (`audit::SqlAuditStore`) and the
-//! approvals store (`approvals::SqlApprovalStore`) live in their own modules
-//! over this handle, so an issuance after approval and its audit records share
+//! approvals store (`approvals::SqlApprovalStore`) and the revocation store
+//! (`revocations::SqlRevocationStore`) live in their own modules over this
+//! handle, so an issuance after approval and its audit records share
 //! one database and one failure domain.
 //!
 //! Timestamps are stored as text in one fixed-width UTC form in every table

@@ -19,6 +19,7 @@ pub mod issuer;
 pub mod notify;
 pub mod policy;
 pub mod registry;
+pub mod revocations;
 pub mod stacks;
 pub mod startup;
 pub mod wire;

@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 use stackpass::audit::AuditQuery;
 use stackpass::cli::args::{
-    ApprovalsCommand, AuditCommand, AuditTarget, CacheCommand, Cli, Command, ConfigCommand,
-    DevCommand, ExportFormat, KeysCommand, PolicyCommand,
+    AgentsCommand, ApprovalsCommand, AuditCommand, AuditTarget, CacheCommand, Cli, Command,
+    ConfigCommand, DevCommand, ExportFormat, KeysCommand, PolicyCommand,
 };
 use stackpass::cli::cache::CredentialCache;
 use stackpass::cli::{self, read_token, CliError, CredsArgs, DevTokenArgs};
@@ -174,6 +174,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ApprovalsCommand::Deny { id, note } => cli::ApprovalAction::Deny { id, note },
             };
             println!("{}", cli::approvals(&server, &token, action).await?);
+            Ok(())
+        }
+        Command::Agents {
+            command,
+            server,
+            token_file,
+        } => {
+            let token = read_token(token_file.as_deref())?;
+            let action = match command {
+                AgentsCommand::Revoke {
+                    agent,
+                    all_persons,
+                    reason,
+                } => cli::AgentAction::Revoke {
+                    agent,
+                    all_persons,
+                    reason,
+                },
+                AgentsCommand::Restore { agent, all_persons } => {
+                    cli::AgentAction::Restore { agent, all_persons }
+                }
+                AgentsCommand::List => cli::AgentAction::List,
+            };
+            println!("{}", cli::agents(&server, &token, action).await?);
             Ok(())
         }
         Command::Policy { command } => match command {

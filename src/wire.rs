@@ -268,3 +268,132 @@ impl From<&DomainAccessRequest> for AccessRequest {
         }
     }
 }
+
+/// `POST /v1/delegations/revoke` and `/restore` (the caller's own delegation
+/// to `agent`), `POST /v1/agents/revoke` and `/restore` (the agent for every
+/// person; agent admins, `reason` required to revoke).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationRequest {
+    /// The agent as it acts (its `act.sub`), or a glob (`*`, `?`) on it.
+    pub agent: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One revocation as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revocation {
+    pub id: String,
+    /// `delegation` (one person's) or `agent` (every person's).
+    pub scope: String,
+    /// The person whose delegation is revoked; absent for an agent revocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
+    pub agent: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub revoked_by: String,
+    pub revoked_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_by: Option<String>,
+}
+
+/// A credential issued to the agent before the revocation that has not
+/// expired: stackpass cannot recall it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutstandingCredential {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuance_id: Option<String>,
+    pub person: String,
+    pub agent: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The non-secret id the cloud shows (the AWS access key id, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    pub expires_at: String,
+}
+
+/// How to cut one provider's outstanding credentials short.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecallHint {
+    pub provider: String,
+    pub hint: String,
+}
+
+/// The answer to a revocation or a restore.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationAnswer {
+    pub revocation: Revocation,
+    /// Nothing changed: it was revoked (or restored) already.
+    pub unchanged: bool,
+    pub outstanding_credentials: Vec<OutstandingCredential>,
+    /// Present when credentials are outstanding: stackpass cannot recall them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recall_hints: Vec<RecallHint>,
+}
+
+/// `GET /v1/delegations`: the caller's revocations and every agent-wide one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationList {
+    pub revocations: Vec<Revocation>,
+}
+
+impl From<&crate::revocations::Revocation> for Revocation {
+    fn from(r: &crate::revocations::Revocation) -> Self {
+        Revocation {
+            id: r.id.to_string(),
+            scope: r.scope.as_str().to_owned(),
+            person: r.scope.person().map(ToString::to_string),
+            agent: r.agent.clone(),
+            reason: r.reason.clone(),
+            revoked_by: r.revoked_by.to_string(),
+            revoked_at: format_timestamp(r.revoked_at),
+            restored_at: r.restored_at.map(format_timestamp),
+            restored_by: r.restored_by.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+impl From<&crate::broker::RevocationAnswer> for RevocationAnswer {
+    fn from(a: &crate::broker::RevocationAnswer) -> Self {
+        RevocationAnswer {
+            revocation: (&a.revocation).into(),
+            unchanged: a.unchanged,
+            outstanding_credentials: a
+                .outstanding
+                .iter()
+                .map(|o| OutstandingCredential {
+                    issuance_id: o.issuance_id.clone(),
+                    person: o.person.clone(),
+                    agent: o.agent.clone(),
+                    stack: o.stack.clone(),
+                    provider: o.provider.clone(),
+                    role: o.role.clone(),
+                    credential_id: o.credential_id.clone(),
+                    expires_at: format_timestamp(o.expires_at),
+                })
+                .collect(),
+            note: (!a.outstanding.is_empty()).then(|| {
+                "credentials issued before the revocation cannot be recalled by stackpass; they stay valid until expires_at unless cut short at the cloud (see recall_hints)".to_owned()
+            }),
+            recall_hints: a
+                .recall_hints
+                .iter()
+                .map(|(provider, hint)| RecallHint {
+                    provider: provider.clone(),
+                    hint: (*hint).to_owned(),
+                })
+                .collect(),
+        }
+    }
+}

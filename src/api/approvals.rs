@@ -32,9 +32,10 @@ pub async fn create(
 
 pub async fn list(
     State(broker): State<Arc<Broker>>,
+    context: RequestContext,
     principal: Principal,
 ) -> Result<Json<wire::AccessRequestList>, Problem> {
-    let requests = broker.list_access_requests(&principal).await?;
+    let requests = broker.list_access_requests(&context, &principal).await?;
     Ok(Json(wire::AccessRequestList {
         access_requests: requests.iter().map(Into::into).collect(),
     }))

@@ -16,6 +16,7 @@ mod extract;
 mod mcp;
 mod origin;
 mod problem;
+mod revocations;
 mod serve;
 mod token_exchange;
 
@@ -55,6 +56,17 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig, mcp: Option<McpSetting
         )
         .route("/v1/access-requests/{id}/approve", post(approvals::approve))
         .route("/v1/access-requests/{id}/deny", post(approvals::deny))
+        .route("/v1/delegations", get(revocations::list))
+        .route(
+            "/v1/delegations/revoke",
+            post(revocations::revoke_delegation),
+        )
+        .route(
+            "/v1/delegations/restore",
+            post(revocations::restore_delegation),
+        )
+        .route("/v1/agents/revoke", post(revocations::revoke_agent))
+        .route("/v1/agents/restore", post(revocations::restore_agent))
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn_with_state(admission, admission::admit))

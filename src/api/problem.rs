@@ -216,6 +216,35 @@ impl Problem {
                 error.to_string(),
                 "a person must break glass with their own token, without an agent acting for them",
             ),
+            BrokerError::DelegationRevoked { revoked } => Problem::new(
+                StatusCode::FORBIDDEN,
+                "delegation-revoked",
+                "Delegation revoked",
+                error.to_string(),
+                if revoked.scope == "agent" {
+                    "an agent admin revoked this agent; they can restore it with `stackpass agents restore AGENT --all-persons`"
+                } else {
+                    "the person revoked this agent's delegation; only they can restore it, with `stackpass agents restore AGENT`"
+                },
+            ),
+            BrokerError::Revocation(e) => {
+                use crate::revocations::RevocationError::*;
+                let (status, slug, title, hint) = match e {
+                    NotAPerson { .. } => (StatusCode::FORBIDDEN, "revocation-forbidden", "Not allowed to revoke", "a person revokes or restores with their own token, without an agent acting for them"),
+                    NotAnAdmin(_) => (StatusCode::FORBIDDEN, "revocation-forbidden", "Not allowed to revoke", "revoke your own delegation with POST /v1/delegations/revoke, or ask an agent admin"),
+                    InvalidAgent(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "Invalid request", "name the agent as it acts (its act.sub), or a pattern such as component:agents/*"),
+                    NothingToRestore { .. } => (StatusCode::NOT_FOUND, "revocation-not-found", "No such revocation", "list revocations with `stackpass agents list`; an admin's revocation is restored with --all-persons"),
+                    Contended(_) => (StatusCode::CONFLICT, "revocation-contended", "Revocation changed meanwhile", "retry"),
+                };
+                Problem::new(status, slug, title, e.to_string(), hint)
+            }
+            BrokerError::RevocationStore(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocations-unavailable",
+                "Revocations unavailable",
+                "revocations could not be read or written, so nothing was decided or issued",
+                "retry shortly; if it persists, the operator should check the audit database",
+            ),
             BrokerError::ApprovalStore(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "approvals-unavailable",

@@ -269,6 +269,11 @@ fn from_broker_error(error: BrokerError) -> OAuthError {
             retry_after: Some(retry_after),
             ..OAuthError::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", message)
         },
+        // "If either the subject_token or actor_token are ... unacceptable
+        // based on policy, the invalid_request error code MUST be used"
+        // (RFC 8693 section 2.2.2): a revoked delegation is such a policy.
+        BrokerError::DelegationRevoked { .. } => OAuthError::invalid_request(error.to_string()),
+        BrokerError::RevocationStore(_) => OAuthError::unavailable(error.to_string()),
         BrokerError::BreakGlassNotAllowed(_) | BrokerError::BreakGlassNotAPerson => {
             OAuthError::invalid_request(error.to_string())
         }
@@ -283,6 +288,7 @@ fn from_broker_error(error: BrokerError) -> OAuthError {
         }
         BrokerError::Cloud(e) => OAuthError::server_error(StatusCode::BAD_GATEWAY, e.to_string()),
         BrokerError::AuditForbidden(_)
+        | BrokerError::Revocation(_)
         | BrokerError::ApprovalNotNeeded
         | BrokerError::Approval(_)
         | BrokerError::IssuanceInterrupted

@@ -42,6 +42,10 @@ pub enum AuditEvent {
     /// A notification the dispatcher gave up on (`given_up`); `detail` names
     /// the audit record it would have announced and the last error.
     Notification,
+    /// A delegation or an agent was `revoked` or `restored`, or an attempt
+    /// to do either was `refused`; `requester` is who acted, `actor` the
+    /// agent named, `detail` the revocation's id and scope.
+    Revocation,
 }
 
 impl AuditEvent {
@@ -59,6 +63,7 @@ impl AuditEvent {
             AuditEvent::Approval => "approval",
             AuditEvent::AuditRead => "audit_read",
             AuditEvent::Notification => "notification",
+            AuditEvent::Revocation => "revocation",
         }
     }
 }
@@ -105,6 +110,9 @@ pub enum Outcome {
     Returned,
     // notification
     GivenUp,
+    // revocation (and `refused`)
+    Revoked,
+    Restored,
 }
 
 impl Outcome {
@@ -134,6 +142,8 @@ impl Outcome {
             Outcome::Pruned => "pruned",
             Outcome::Returned => "returned",
             Outcome::GivenUp => "given_up",
+            Outcome::Revoked => "revoked",
+            Outcome::Restored => "restored",
         }
     }
 }

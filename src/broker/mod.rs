@@ -21,6 +21,7 @@ mod audit_reads;
 mod events;
 mod issuance;
 mod resolve;
+mod revocations;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +38,8 @@ use self::audit_reads::AuditReads;
 use self::events::{Allowance, Asked, Event, Recorder};
 use self::issuance::Exchange;
 use self::resolve::{Resolved, Resolver};
+pub use self::revocations::RevocationAnswer;
+use self::revocations::Revocations;
 use crate::approvals::{
     approved_duration, is_a_person, AccessRequest, AccessRequestId, ApprovalError, ApprovalStore,
     StoreError,
@@ -50,6 +53,7 @@ use crate::policy::{
     AgentBounds, ApprovalRequirement, Decision, Denial, Grant, LivePolicy, LoadedPolicy, Rule,
 };
 use crate::registry::{LookupError, Providers};
+use crate::revocations::{Revocation, RevocationError, RevocationStore};
 use crate::stacks::{ComponentTags, StackRef, StackSource, StackSourceError};
 
 /// Facts about the HTTP request that belong in the audit log.
@@ -141,6 +145,38 @@ pub enum BrokerError {
         retry_after: Duration,
         message: String,
     },
+    #[error("{}", revoked_message(.revoked))]
+    DelegationRevoked { revoked: Box<RevokedDelegation> },
+    #[error(transparent)]
+    Revocation(#[from] RevocationError),
+    #[error(transparent)]
+    RevocationStore(#[from] crate::revocations::StoreError),
+}
+
+/// Which revocation refused an agent's request.
+#[derive(Debug)]
+pub struct RevokedDelegation {
+    pub revocation: Uuid,
+    pub agent: String,
+    pub person: EntityRef,
+    /// `delegation` (the person revoked it) or `agent` (an admin did).
+    pub scope: &'static str,
+}
+
+fn revoked_message(revoked: &RevokedDelegation) -> String {
+    let RevokedDelegation {
+        agent,
+        person,
+        scope,
+        ..
+    } = revoked;
+    if *scope == "agent" {
+        format!(
+            "agent {agent} is revoked for every person by an agent admin; nothing is issued to it"
+        )
+    } else {
+        format!("{person} revoked their delegation to agent {agent}; nothing is issued to it on their behalf")
+    }
 }
 
 /// What a broker is built from: startup fills it from configuration, tests
@@ -165,6 +201,10 @@ pub struct BrokerParts {
     pub environment_tag: String,
     /// The longest the broker waits for a cloud (see `Config::cloud_budget`).
     pub cloud_budget: Duration,
+    /// Revoked delegations and agents, read on every agent request.
+    pub revocations: Arc<dyn RevocationStore>,
+    /// Members of these groups may revoke an agent for every person.
+    pub agent_admin_groups: Vec<EntityRef>,
 }
 
 pub struct Broker {
@@ -177,6 +217,7 @@ pub struct Broker {
     approvals: Approvals,
     exchange: Exchange,
     audit_reads: AuditReads,
+    revocations: Revocations,
     recorder: Recorder,
 }
 
@@ -208,8 +249,14 @@ impl Broker {
             },
             audit_reads: AuditReads {
                 recorder: recorder.clone(),
-                catalog: parts.catalog,
+                catalog: parts.catalog.clone(),
                 auditor_groups: parts.auditor_groups,
+            },
+            revocations: Revocations {
+                store: parts.revocations,
+                catalog: parts.catalog,
+                recorder: recorder.clone(),
+                admin_groups: parts.agent_admin_groups,
             },
             policy,
             recorder,
@@ -339,12 +386,15 @@ impl Broker {
         principal: Principal,
         request: &CredentialRequest,
     ) -> Result<Issued, BrokerError> {
-        let provider = self.check_request(request)?;
         let asked = Asked {
             context,
             principal: &principal,
             request,
         };
+        self.revocations
+            .check(context, &principal, Some(request), false)
+            .await?;
+        let provider = self.check_request(request)?;
         let resolved = self.resolve(&asked, false).await?;
         let decision = self.resolver.decide(&resolved, request);
         if !matches!(decision, Decision::Deny(_)) {
@@ -524,12 +574,15 @@ impl Broker {
         principal: Principal,
         request: &CredentialRequest,
     ) -> Result<Decision, BrokerError> {
-        self.check_request(request)?;
         let asked = Asked {
             context,
             principal: &principal,
             request,
         };
+        self.revocations
+            .check(context, &principal, Some(request), true)
+            .await?;
+        self.check_request(request)?;
         let resolved = self.resolve(&asked, true).await?;
         let decision = self.resolver.decide(&resolved, request);
         let event = match &decision {
@@ -566,12 +619,15 @@ impl Broker {
         principal: Principal,
         request: &CredentialRequest,
     ) -> Result<AccessRequest, BrokerError> {
-        self.check_request(request)?;
         let asked = Asked {
             context,
             principal: &principal,
             request,
         };
+        self.revocations
+            .check(context, &principal, Some(request), false)
+            .await?;
+        self.check_request(request)?;
         let resolved = self.resolve(&asked, false).await?;
         match self.resolver.decide(&resolved, request) {
             Decision::NeedsApproval { grant, approval } => {
@@ -614,9 +670,71 @@ impl Broker {
     /// Pending requests `principal` may decide, and their own requests.
     pub async fn list_access_requests(
         &self,
+        context: &RequestContext,
         principal: &Principal,
     ) -> Result<Vec<AccessRequest>, BrokerError> {
+        self.check_delegation(context, principal).await?;
         self.approvals.list(principal).await
+    }
+
+    /// Refuses (403 `delegation-revoked`, audited as a denial) a principal
+    /// whose actor's delegation, or the agent itself, is revoked; a principal
+    /// without an actor passes. Issuing, explaining and requesting access
+    /// check it themselves; other entry points an agent reaches (audit
+    /// reads, listings, the MCP tools) call this first.
+    pub async fn check_delegation(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+    ) -> Result<(), BrokerError> {
+        self.revocations
+            .check(context, principal, None, false)
+            .await
+    }
+
+    /// Revokes `principal`'s own delegation to `agent` (a name or a glob), or
+    /// with `agent_wide` the agent for every person (agent admins only).
+    /// Audited; lists the credentials already issued under it.
+    pub async fn revoke_agent(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+        agent: &str,
+        agent_wide: bool,
+        reason: Option<String>,
+    ) -> Result<RevocationAnswer, BrokerError> {
+        self.revocations
+            .revoke(
+                context,
+                principal,
+                agent,
+                agent_wide,
+                reason,
+                &self.providers,
+            )
+            .await
+    }
+
+    /// Lifts a revocation made by [`Broker::revoke_agent`] with the same
+    /// scope and agent; a person cannot lift an admin's.
+    pub async fn restore_agent(
+        &self,
+        context: &RequestContext,
+        principal: &Principal,
+        agent: &str,
+        agent_wide: bool,
+    ) -> Result<RevocationAnswer, BrokerError> {
+        self.revocations
+            .restore(context, principal, agent, agent_wide, &self.providers)
+            .await
+    }
+
+    /// The caller's own revocations and every agent-wide one.
+    pub async fn list_revocations(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<Revocation>, BrokerError> {
+        self.revocations.list(principal).await
     }
 
     /// Reads the audit log; the read is itself audited before it returns.
@@ -626,6 +744,7 @@ impl Broker {
         principal: &Principal,
         query: &AuditQuery,
     ) -> Result<AuditPage, BrokerError> {
+        self.check_delegation(context, principal).await?;
         self.audit_reads.read(context, principal, query).await
     }
 

@@ -129,8 +129,10 @@ async fn world() -> World {
         ),
         providers,
         audit: audit.clone(),
-        approvals: Arc::new(SqlApprovalStore::new(db)),
+        approvals: Arc::new(SqlApprovalStore::new(db.clone())),
         notifier: Notifier::disabled(),
+        revocations: Arc::new(crate::revocations::SqlRevocationStore::new(db)),
+        agent_admin_groups: vec![EntityRef::parse_strict("group:default/security").unwrap()],
         auditor_groups: vec![EntityRef::parse_strict("group:default/security").unwrap()],
         component_tags: ComponentTags::same("backstage.io/component"),
         environment_tag: "environment".into(),
@@ -597,7 +599,7 @@ async fn one_approval_covers_one_issuance() {
     assert_eq!(w.cloud.calls(), 1);
     let used = w
         .broker
-        .list_access_requests(&person("user:default/jane"))
+        .list_access_requests(&context(), &person("user:default/jane"))
         .await
         .unwrap();
     assert_eq!(used[0].state, AccessState::Used);
@@ -747,7 +749,7 @@ async fn racing_approvers_one_wins_and_the_other_is_told_and_audited() {
         assert!(outcomes.contains(&"approved") && outcomes.contains(&"refused"));
         let stored = w
             .broker
-            .list_access_requests(&person("user:default/jane"))
+            .list_access_requests(&context(), &person("user:default/jane"))
             .await
             .unwrap();
         assert_eq!(
@@ -771,7 +773,7 @@ async fn an_approval_whose_record_cannot_be_committed_changes_nothing() {
     *w.audit.allowed.lock().unwrap() = None;
     let stored = w
         .broker
-        .list_access_requests(&person("user:default/jane"))
+        .list_access_requests(&context(), &person("user:default/jane"))
         .await
         .unwrap();
     assert_eq!(stored[0].state, AccessState::Pending);

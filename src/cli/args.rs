@@ -111,6 +111,22 @@ pub enum Command {
         #[arg(long, global = true)]
         token_file: Option<PathBuf>,
     },
+    /// Revoke or restore AI agents acting for people, and list revocations.
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+        /// The broker's URL.
+        #[arg(
+            long,
+            global = true,
+            env = "STACKPASS_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        server: String,
+        /// A file holding your identity token (otherwise STACKPASS_TOKEN).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+    },
     /// Print what a cloud must be told to trust this broker (aws, gcp, azure),
     /// filled in from the configuration and the targets its rules name.
     Setup {
@@ -269,6 +285,30 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         note: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum AgentsCommand {
+    /// Stop AGENT acting for you (its act.sub, or a pattern such as
+    /// component:agents/*); with --all-persons, for everyone (agent admins).
+    /// Lists the credentials it already holds, which cannot be recalled.
+    Revoke {
+        agent: String,
+        /// Revoke the agent for every person (needs an [agents] admin group).
+        #[arg(long)]
+        all_persons: bool,
+        /// Why (mandatory with --all-persons).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a revocation you made (with --all-persons: an admin's).
+    Restore {
+        agent: String,
+        #[arg(long)]
+        all_persons: bool,
+    },
+    /// Your revocations and every agent-wide one.
+    List,
 }
 
 #[derive(Subcommand)]

@@ -187,6 +187,120 @@ pub async fn approvals(
     }
 }
 
+/// What `stackpass agents` does.
+pub enum AgentAction {
+    Revoke {
+        agent: String,
+        all_persons: bool,
+        reason: Option<String>,
+    },
+    Restore {
+        agent: String,
+        all_persons: bool,
+    },
+    List,
+}
+
+pub async fn agents(
+    server: &str,
+    token: &SecretString,
+    action: AgentAction,
+) -> Result<String, CliError> {
+    let prefix = |all: bool| if all { "/v1/agents" } else { "/v1/delegations" };
+    let (path, body) = match action {
+        AgentAction::List => {
+            let text = call(server, token, "/v1/delegations", None::<&()>).await?;
+            let answer: wire::RevocationList = parse(&text, "a list of revocations")?;
+            return Ok(if answer.revocations.is_empty() {
+                "no revocations for you to see".into()
+            } else {
+                let lines: Vec<String> =
+                    answer.revocations.iter().map(describe_revocation).collect();
+                lines.join("\n")
+            });
+        }
+        AgentAction::Revoke {
+            agent,
+            all_persons,
+            reason,
+        } => {
+            if all_persons && reason.is_none() {
+                return Err(CliError::new(
+                    "revoking an agent for every person needs a reason",
+                    "add --reason \"why\"",
+                ));
+            }
+            (
+                format!("{}/revoke", prefix(all_persons)),
+                wire::RevocationRequest { agent, reason },
+            )
+        }
+        AgentAction::Restore { agent, all_persons } => (
+            format!("{}/restore", prefix(all_persons)),
+            wire::RevocationRequest {
+                agent,
+                reason: None,
+            },
+        ),
+    };
+    let text = call(server, token, &path, Some(&body)).await?;
+    let answer: wire::RevocationAnswer = parse(&text, "a revocation")?;
+    let mut lines = vec![describe_revocation(&answer.revocation)];
+    if answer.unchanged {
+        lines.push("(unchanged: it was already in this state)".into());
+    }
+    if !answer.outstanding_credentials.is_empty() {
+        lines.push(format!(
+            "{} credential(s) issued before cannot be recalled by stackpass and stay valid until they expire:",
+            answer.outstanding_credentials.len()
+        ));
+        for c in &answer.outstanding_credentials {
+            lines.push(format!(
+                "  {}  {} for {} via {} {}  credential {}  issuance {}  expires {}",
+                c.agent,
+                c.stack.as_deref().unwrap_or("-"),
+                c.person,
+                c.provider.as_deref().unwrap_or("-"),
+                c.role.as_deref().unwrap_or("-"),
+                c.credential_id.as_deref().unwrap_or("-"),
+                c.issuance_id.as_deref().unwrap_or("-"),
+                c.expires_at,
+            ));
+        }
+        for h in &answer.recall_hints {
+            lines.push(format!(
+                "  to cut {} credentials short: {}",
+                h.provider, h.hint
+            ));
+        }
+    }
+    Ok(lines.join("\n"))
+}
+
+fn describe_revocation(r: &wire::Revocation) -> String {
+    let whom = match &r.person {
+        Some(person) => format!("acting for {person}"),
+        None => "acting for anyone".into(),
+    };
+    let state = match (&r.restored_at, &r.restored_by) {
+        (Some(at), Some(by)) => format!("restored {at} by {by}"),
+        _ => "revoked".into(),
+    };
+    format!(
+        "{}  {:<8} {} {}  by {} at {}{}",
+        r.id,
+        state,
+        r.agent,
+        whom,
+        r.revoked_by,
+        r.revoked_at,
+        r.reason
+            .as_deref()
+            .map(|why| format!("  reason: {why}"))
+            .unwrap_or_default(),
+    )
+}
+
 /// One access request on one line: what an approval of it covers (role,
 /// stack, provider, mode, duration and the grant's digest), then its state.
 fn describe(r: &wire::AccessRequest) -> String {

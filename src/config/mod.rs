@@ -24,9 +24,9 @@ use url::Url;
 
 pub use identity::{IdentityConfig, IssuerKind, TrustedIssuerConfig};
 pub use sections::{
-    AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, McpConfig, NotificationsConfig,
-    PolicyConfig, RemoteStacksConfig, ServerConfig, StackSourceConfig, StacksConfig, StacksKind,
-    StaticStacksConfig, SOURCE_COMPONENT_TAG,
+    AgentsConfig, AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, McpConfig,
+    NotificationsConfig, PolicyConfig, RemoteStacksConfig, ServerConfig, StackSourceConfig,
+    StacksConfig, StacksKind, StaticStacksConfig, SOURCE_COMPONENT_TAG,
 };
 
 use crate::registry::Providers;
@@ -60,6 +60,8 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     #[serde(default)]
     pub mcp: McpConfig,
+    #[serde(default)]
+    pub agents: AgentsConfig,
 }
 
 /// Every problem found in a configuration, each naming its key.
@@ -368,6 +370,27 @@ mod tests {
                 .checkpoint_interval,
             std::time::Duration::from_secs(3600)
         );
+    }
+
+    #[test]
+    fn agent_admin_groups_must_be_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MINIMAL}\n[agents]\nadmin_groups = [\"group:default/security\", \"user:default/jane\"]\n"
+        );
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("agents.admin_groups[1]"), "{err}");
+        assert!(!err.contains("agents.admin_groups[0]"), "{err}");
+        let fixed = text.replace(", \"user:default/jane\"", "");
+        let config = Config::load(&write(dir.path(), &fixed)).unwrap();
+        assert_eq!(config.agents.admin_groups.len(), 1);
+        assert!(Config::load(&write(dir.path(), MINIMAL))
+            .unwrap()
+            .agents
+            .admin_groups
+            .is_empty());
     }
 
     #[test]

@@ -454,6 +454,15 @@ impl Default for AuditConfig {
     }
 }
 
+/// `[agents]`: who administers AI agents acting for people.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// Members of these catalog groups may revoke (and restore) an agent for
+    /// every person; without any, only people revoke their own delegations.
+    pub admin_groups: Vec<EntityRef>,
+}
+
 impl AuditConfig {
     /// The SQLite file path, if the URL names one.
     pub fn sqlite_path(&self) -> Option<PathBuf> {

@@ -213,6 +213,15 @@ impl Config {
             );
         }
 
+        for (i, group) in self.agents.admin_groups.iter().enumerate() {
+            if group.kind() != "group" {
+                problem(
+                    format!("agents.admin_groups[{i}]"),
+                    format!("{group} is not a group; name catalog groups such as group:default/security"),
+                );
+            }
+        }
+
         let n = &self.notifications;
         if let Some(url) = &n.webhook_url {
             if !webhook_url_is_acceptable(url.expose_secret()) {

@@ -32,12 +32,15 @@ impl Message {
 }
 
 /// The records that are announced: break-glass issuances, new access
-/// requests, and access requests approved or denied.
-pub const ANNOUNCED: [(AuditEvent, Outcome); 4] = [
+/// requests, access requests approved or denied, and agents revoked or
+/// restored.
+pub const ANNOUNCED: [(AuditEvent, Outcome); 6] = [
     (AuditEvent::Decision, Outcome::BreakGlass),
     (AuditEvent::AccessRequested, Outcome::Pending),
     (AuditEvent::Approval, Outcome::Approved),
     (AuditEvent::Approval, Outcome::Denied),
+    (AuditEvent::Revocation, Outcome::Revoked),
+    (AuditEvent::Revocation, Outcome::Restored),
 ];
 
 /// Whether records with this event and outcome are announced.
@@ -150,6 +153,52 @@ pub fn render(record: &SourceRecord) -> Option<Message> {
                     "required_approvals": required,
                     "approvers": approvers,
                 },
+            }),
+        )
+    } else if record.event == AuditEvent::Revocation.as_str() {
+        // `requester` is who revoked or restored.
+        let revoked = record.outcome == Outcome::Revoked.as_str();
+        let agent = record.detail_str("agent");
+        let person = record.detail_str("person");
+        let reason = record.detail_str("reason");
+        let outstanding = record
+            .detail
+            .as_ref()
+            .and_then(|d| d.get("outstanding_credentials"))
+            .and_then(Value::as_i64);
+        let whom = person.map_or_else(|| "every person".to_owned(), |p| name(Some(p)));
+        let text = if revoked {
+            format!(
+                ":no_entry: {} revoked agent {} acting for {whom}.{}{}",
+                name(requester),
+                name(agent),
+                reason
+                    .map(|r| format!(" Reason: {}.", free_text(r)))
+                    .unwrap_or_default(),
+                match outstanding {
+                    Some(n) if n > 0 =>
+                        format!(" {n} credential(s) issued before stay valid until they expire."),
+                    _ => String::new(),
+                },
+            )
+        } else {
+            format!(
+                "{} restored agent {} acting for {whom}.",
+                name(requester),
+                name(agent),
+            )
+        };
+        (
+            text,
+            json!({
+                "event": if revoked { "agent_revoked" } else { "agent_restored" },
+                "revocation": fact(record.detail_str("revocation")),
+                "scope": fact(record.detail_str("scope")),
+                "by": fact(requester),
+                "person": fact(person),
+                "agent": fact(agent),
+                "reason": fact(reason),
+                "outstanding_credentials": outstanding,
             }),
         )
     } else {
@@ -278,6 +327,39 @@ mod tests {
             message.facts["reason"],
             "<!channel> see <https://evil.example|INC-7> gpj.exe @here"
         );
+    }
+
+    #[test]
+    fn revocations_name_who_which_agent_and_for_whom() {
+        let mut record = break_glass("");
+        record.event = "revocation".into();
+        record.outcome = "revoked".into();
+        record.requester = Some("user:default/sam".into());
+        record.stack = None;
+        record.detail = Some(json!({
+            "revocation": "r-1", "scope": "agent", "person": null,
+            "agent": "agent:<!channel>", "reason": "compromised", "outstanding_credentials": 2,
+        }));
+        let revoked = render(&record).unwrap();
+        assert_eq!(
+            revoked.text,
+            ":no_entry: user:default/sam revoked agent agent:&lt;!channel&gt; acting for every person. Reason: compromised. 2 credential(s) issued before stay valid until they expire."
+        );
+        assert_eq!(revoked.facts["event"], "agent_revoked");
+        assert_eq!(revoked.facts["agent"], "agent:<!channel>");
+        record.outcome = "restored".into();
+        record.detail = Some(json!({
+            "revocation": "r-1", "scope": "delegation", "person": "user:default/jane",
+            "agent": "agent:bot", "outstanding_credentials": 0,
+        }));
+        let restored = render(&record).unwrap();
+        assert_eq!(
+            restored.text,
+            "user:default/sam restored agent agent:bot acting for user:default/jane."
+        );
+        assert_eq!(restored.facts["event"], "agent_restored");
+        record.outcome = "refused".into();
+        assert_eq!(render(&record), None);
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod notifications;
 mod policy;
 mod postgres;
 mod quickstart;
+mod revocation;
 mod run;
 mod setup;
 mod stack_sources;

@@ -274,6 +274,12 @@ pub trait CloudProvider: Send + Sync {
         SigningAlgorithm::Es256
     }
 
+    /// How an operator cuts short credentials this cloud already issued, which
+    /// the broker cannot recall (shown when an agent's delegation is revoked).
+    fn recall_hint(&self) -> &'static str {
+        "the broker cannot recall issued credentials; they stay valid until they expire"
+    }
+
     /// Claim names this provider adds, for the discovery document.
     fn claims_supported(&self) -> &'static [&'static str] {
         &[]

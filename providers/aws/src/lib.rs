@@ -86,6 +86,10 @@ impl CloudProvider for AwsProvider {
         KIND
     }
 
+    fn recall_hint(&self) -> &'static str {
+        "STS sessions cannot be recalled one by one; to end them early, revoke the role's older sessions (IAM console: the role's \"Revoke active sessions\", an inline deny on aws:TokenIssueTime), which also ends everyone else's sessions on that role"
+    }
+
     fn limits(&self) -> Limits {
         LIMITS
     }

@@ -76,6 +76,10 @@ impl CloudProvider for AzureProvider {
         KIND
     }
 
+    fn recall_hint(&self) -> &'static str {
+        "Entra access tokens cannot be revoked one by one; removing the application's role assignments stops what they can do (Azure applies such changes within minutes), and removing its federated credential stops further exchanges of issued subject tokens"
+    }
+
     /// Assertions from 5 minutes (federation mode) to 12 hours; credentials
     /// mode needs at least Entra's own token lifetime (see `check_delivery`).
     fn limits(&self) -> Limits {

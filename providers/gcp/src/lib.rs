@@ -88,6 +88,10 @@ impl CloudProvider for GcpProvider {
         KIND
     }
 
+    fn recall_hint(&self) -> &'static str {
+        "Google access tokens cannot be revoked one by one; disabling the service account rejects its existing tokens at once (for every user of it) until it is enabled again"
+    }
+
     /// Impersonated tokens last from minutes up to the organisation's cap.
     fn limits(&self) -> Limits {
         let max_duration = self.exchanger.settings().max_lifetime;

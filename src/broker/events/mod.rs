@@ -27,6 +27,7 @@ use crate::identity::Principal;
 use crate::issuer::KeyRing;
 use crate::notify::Notifier;
 use crate::policy::{ApprovalRequirement, Denial, Grant};
+use crate::revocations::Revocation;
 
 /// Who asked for what, from where: what every record about one credential
 /// request says.
@@ -74,9 +75,47 @@ pub(super) enum ApprovalStep {
     Used,
 }
 
+/// A change to a revocation, recorded with who made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RevocationStep {
+    Revoked,
+    Restored,
+}
+
 pub(super) enum Event<'a> {
     /// The stack source does not know the stack (`dry_run` for explanations).
     UnknownStack { asked: &'a Asked<'a>, dry_run: bool },
+    /// An agent's request refused because its delegation (or the agent) is
+    /// revoked; nothing was resolved or decided.
+    DelegationRevoked {
+        context: &'a RequestContext,
+        principal: &'a Principal,
+        /// The credential request refused, if it was one (not, e.g., an
+        /// audit read).
+        request: Option<&'a CredentialRequest>,
+        revocation: &'a Revocation,
+        dry_run: bool,
+    },
+    /// A revocation made or lifted; `outstanding`: how many credentials
+    /// already issued under it have not expired.
+    Revocation {
+        context: &'a RequestContext,
+        principal: &'a Principal,
+        revocation: &'a Revocation,
+        step: RevocationStep,
+        outstanding: usize,
+    },
+    /// An attempt to revoke or restore that changed nothing, and why.
+    RevocationRefused {
+        context: &'a RequestContext,
+        principal: &'a Principal,
+        /// `revoke` or `restore`.
+        action: &'static str,
+        /// `delegation` or `agent`.
+        scope: &'static str,
+        agent: &'a str,
+        error: &'a str,
+    },
     Denied {
         asked: &'a Asked<'a>,
         resolved: &'a Resolved,
@@ -194,6 +233,9 @@ impl Event<'_> {
             | Event::ApprovalRequired { asked, .. }
             | Event::WouldAllow { asked, .. }
             | Event::WouldNeedApproval { asked, .. } => Some(asked.context),
+            Event::Revocation { context, .. }
+            | Event::RevocationRefused { context, .. }
+            | Event::DelegationRevoked { context, .. } => Some(context),
             Event::Allowed(issuance)
             | Event::IssuanceIntent { issuance, .. }
             | Event::Issued { issuance, .. }
@@ -218,6 +260,7 @@ impl Event<'_> {
             | Event::ApprovalRequired { asked, .. }
             | Event::WouldAllow { asked, .. }
             | Event::WouldNeedApproval { asked, .. } => Some(asked.principal),
+            Event::DelegationRevoked { principal, .. } => Some(principal),
             Event::Allowed(issuance)
             | Event::IssuanceIntent { issuance, .. }
             | Event::Issued { issuance, .. }
@@ -288,6 +331,26 @@ impl Event<'_> {
             } => {
                 tracing::warn!(request_id = %issuance.asked.context.request_id, issuance_id = %issuance.issuance_id,
                     %credential_id, "the caller went away; the issued credential was withheld");
+            }
+            Event::DelegationRevoked {
+                context,
+                principal,
+                revocation,
+                ..
+            } => {
+                tracing::info!(request_id = %context.request_id, requester = %principal.subject,
+                    actor = ?principal.actor, revocation = %revocation.id, "refused: delegation revoked");
+            }
+            Event::Revocation {
+                context,
+                principal,
+                revocation,
+                step,
+                ..
+            } => {
+                tracing::warn!(request_id = %context.request_id, by = %principal.subject,
+                    revocation = %revocation.id, scope = revocation.scope.as_str(),
+                    agent = %revocation.agent, ?step, "revocation changed");
             }
             Event::PolicyReloaded {
                 reason,

@@ -4,7 +4,7 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Allowance, AllowedIssuance, ApprovalStep, Asked, Event};
+use super::{Allowance, AllowedIssuance, ApprovalStep, Asked, Event, RevocationStep};
 use crate::audit::{AuditEvent, AuditQuery, AuditRecord, Outcome};
 use crate::broker::resolve::Resolved;
 use crate::database::format_timestamp;
@@ -175,6 +175,99 @@ impl Event<'_> {
                 let mut record = asked.record(dry_or(*dry_run), Outcome::UnknownStack);
                 record.detail =
                     Some(json!({ "reason": "the stack source does not know this stack" }));
+                record
+            }
+            Event::DelegationRevoked {
+                context,
+                principal,
+                request,
+                revocation,
+                dry_run,
+            } => {
+                let outcome = if *dry_run {
+                    Outcome::WouldDeny
+                } else {
+                    Outcome::Denied
+                };
+                let mut record = match request {
+                    Some(request) => Asked {
+                        context,
+                        principal,
+                        request,
+                    }
+                    .record(dry_or(*dry_run), outcome),
+                    None => {
+                        let mut record =
+                            AuditRecord::new(AuditEvent::Decision, outcome, &context.request_id);
+                        record.requester = Some(principal.subject.to_string());
+                        record.requester_kind = Some(principal.kind.as_str().to_owned());
+                        record.actor = principal.actor.clone();
+                        record.issuer = Some(principal.issuer.clone());
+                        record.client_addr = context.client_addr.clone();
+                        record
+                    }
+                };
+                record.detail = Some(json!({
+                    "summary": "the delegation to this agent is revoked",
+                    "revocation": revocation.id.to_string(),
+                    "scope": revocation.scope.as_str(),
+                    "revoked_agent": revocation.agent,
+                    "revoked_by": revocation.revoked_by.to_string(),
+                    "revoked_at": format_timestamp(revocation.revoked_at),
+                }));
+                record
+            }
+            Event::Revocation {
+                context,
+                principal,
+                revocation,
+                step,
+                outstanding,
+            } => {
+                let outcome = match step {
+                    RevocationStep::Revoked => Outcome::Revoked,
+                    RevocationStep::Restored => Outcome::Restored,
+                };
+                let mut record =
+                    AuditRecord::new(AuditEvent::Revocation, outcome, &context.request_id);
+                record.requester = Some(principal.subject.to_string());
+                record.requester_kind = Some(principal.kind.as_str().to_owned());
+                record.issuer = Some(principal.issuer.clone());
+                record.client_addr = context.client_addr.clone();
+                record.detail = Some(json!({
+                    "revocation": revocation.id.to_string(),
+                    "scope": revocation.scope.as_str(),
+                    "person": revocation.scope.person().map(ToString::to_string),
+                    "agent": revocation.agent,
+                    "reason": revocation.reason,
+                    "outstanding_credentials": outstanding,
+                }));
+                record
+            }
+            Event::RevocationRefused {
+                context,
+                principal,
+                action,
+                scope,
+                agent,
+                error,
+            } => {
+                let mut record = AuditRecord::new(
+                    AuditEvent::Revocation,
+                    Outcome::Refused,
+                    &context.request_id,
+                );
+                record.requester = Some(principal.subject.to_string());
+                record.requester_kind = Some(principal.kind.as_str().to_owned());
+                record.actor = principal.actor.clone();
+                record.issuer = Some(principal.issuer.clone());
+                record.client_addr = context.client_addr.clone();
+                record.detail = Some(json!({
+                    "action": action,
+                    "scope": scope,
+                    "agent": agent,
+                    "error": error,
+                }));
                 record
             }
             Event::Denied {
