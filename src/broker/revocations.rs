@@ -53,10 +53,16 @@ impl Revocations {
         request: Option<&CredentialRequest>,
         dry_run: bool,
     ) -> Result<(), BrokerError> {
-        let Some(actor) = principal.actor.as_deref() else {
-            return Ok(());
-        };
-        let Some(revocation) = self.store.active_for(&principal.subject, actor).await? else {
+        // Every agent in a chain acts for the person: revoking any of them
+        // stops the chain, not only the outermost.
+        let mut found = None;
+        for actor in principal.actors() {
+            if let Some(revocation) = self.store.active_for(&principal.subject, actor).await? {
+                found = Some((actor, revocation));
+                break;
+            }
+        }
+        let Some((actor, revocation)) = found else {
             return Ok(());
         };
         self.recorder

@@ -178,6 +178,20 @@ async fn a_person_revokes_their_agent_and_only_its_next_requests_are_refused() {
         .await
         .assert_problem(403, "delegation-revoked");
 
+    // A chain with the revoked agent inside it is refused too: other-bot
+    // acting through deploy-bot for jane.
+    let mut chained = backstage.user_claims("user:default/jane");
+    chained["act"] = json!({ "sub": "agent:other-bot", "act": { "sub": DEPLOY_BOT } });
+    let chained = sign_jwt(
+        &backstage.user_header(),
+        &chained,
+        Signer::Es256(&backstage.key),
+    );
+    broker
+        .request_credentials(Some(&chained), dev())
+        .await
+        .assert_problem(403, "delegation-revoked");
+
     // Other agents, other people's use of the same agent, and jane herself.
     let other = agent_token(&backstage, "user:default/jane", "agent:other-bot");
     assert_eq!(
@@ -223,8 +237,19 @@ async fn a_person_revokes_their_agent_and_only_its_next_requests_are_refused() {
         .collect();
     assert_eq!(
         denials.len(),
-        3,
-        "the issuance, the audit read, the listing"
+        4,
+        "the issuance, the chain, the audit read, the listing"
+    );
+    // The chain's denial names its current actor, and the revocation that
+    // stopped it.
+    let (chain, denials): (Vec<&Value>, Vec<&Value>) = denials
+        .into_iter()
+        .partition(|r| r["actor"] == "agent:other-bot");
+    assert_eq!(chain.len(), 1);
+    assert_eq!(detail(chain[0])["revocation"], id.as_str());
+    assert_eq!(
+        detail(chain[0])["actor_chain"],
+        json!(["agent:other-bot", DEPLOY_BOT])
     );
     assert!(rows.iter().any(|r| r["event"] == "dry_run"
         && r["outcome"] == "would_deny"
