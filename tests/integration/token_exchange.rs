@@ -688,3 +688,51 @@ max_duration = "1h"
         json!(["provider:aws", "provider:gcp"])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_agent_exchanges_and_runs_a_command_with_the_credentials() {
+    let x = Exchange::start().await;
+    let script = workspace_root().join("examples/agent-token-exchange/agent.py");
+    let run = |person: &str| {
+        let path = format!(
+            "{}:{}",
+            aws_cli().parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        std::process::Command::new(venv_python())
+            .arg(&script)
+            .args(["--stack", DEV, "--", "aws", "sts", "get-caller-identity"])
+            .args([
+                "--endpoint-url",
+                &x.moto_url,
+                "--query",
+                "Arn",
+                "--output",
+                "text",
+            ])
+            .env("STACKPASS_URL", &x.world.broker.url)
+            .env("PERSON_TOKEN", x.person(person))
+            .env("AGENT_TOKEN", x.bot())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("PATH", path)
+            .env_remove("AWS_PROFILE")
+            .output()
+            .unwrap()
+    };
+    let output = run("user:default/jane");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output).trim(),
+        "arn:aws:sts::111111111111:assumed-role/payments-deployer/user.default.jane"
+    );
+    assert!(stderr(&output).contains(&format!("agent: {BOT} acting for user:default/jane")));
+    // A person who does not own the stack: the RFC error, with a hint.
+    let refused = run("user:default/bob");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("error: invalid_target"),
+        "{}",
+        stderr(&refused)
+    );
+}
