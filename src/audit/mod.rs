@@ -80,6 +80,48 @@ pub enum IssuanceFilter {
     Requester(String),
 }
 
+/// What an agent quota counts: every issuance an agent started, in either
+/// mode, is one `decision`/`allowed` record with an actor (committed with the
+/// intent, or with a federation-mode outcome), whatever the cloud then said.
+pub(crate) const AGENT_ISSUANCES: &str =
+    "event = 'decision' AND outcome = 'allowed' AND actor IS NOT NULL";
+
+impl IssuanceFilter {
+    pub(crate) fn column(&self) -> (&'static str, &str) {
+        match self {
+            IssuanceFilter::Actor(actor) => ("actor", actor),
+            IssuanceFilter::Requester(requester) => ("requester", requester),
+        }
+    }
+}
+
+/// A guard for [`AuditStore::append_guarded`] that holds only while every
+/// `(filter, limit)` has fewer than `limit` agent issuances recorded at or
+/// after `since` (fixed-width UTC text). Checked under the chain lock, so two
+/// requests can never both take an agent's last issuance in the window, on
+/// one broker or many.
+pub fn quota_guard(since: &str, limits: &[(IssuanceFilter, u32)]) -> Guarded {
+    // One row that exists on both backends and that the runtime role may
+    // update (the readiness heartbeat): the guard "changes" it only while
+    // every count is under its limit.
+    let mut sql = String::from("UPDATE audit_readiness SET checked_at = checked_at WHERE id = 1");
+    let mut binds = vec![Bind::Text(Some(since.to_owned()))];
+    for (filter, limit) in limits {
+        let (column, value) = filter.column();
+        binds.push(Bind::Text(Some(value.to_owned())));
+        binds.push(Bind::Int(i64::from(*limit)));
+        sql.push_str(&format!(
+            " AND (SELECT COUNT(*) FROM audit_records WHERE recorded_at >= $1 AND {AGENT_ISSUANCES} AND {column} = ${}) < ${}",
+            binds.len() - 1,
+            binds.len()
+        ));
+    }
+    Guarded {
+        check: Statement::new(sql, binds),
+        then: Vec::new(),
+    }
+}
+
 /// The audit log as the broker sees it.
 #[async_trait::async_trait]
 pub trait AuditStore: Send + Sync {
@@ -103,9 +145,9 @@ pub trait AuditStore: Send + Sync {
 
     async fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError>;
 
-    /// When each committed agent issuance (an `issuance_outcome` record with
-    /// outcome `issued` and an actor) matching `filter` was recorded, at or
-    /// after `since`, oldest first: what agent quotas count. Counting the
+    /// When each agent issuance (see [`quota_guard`]: an allowed decision
+    /// with an actor) matching `filter` was recorded, at or after `since`,
+    /// oldest first: what agent quotas count. Counting the
     /// shared log makes a quota hold across replicas.
     async fn agent_issuances(
         &self,

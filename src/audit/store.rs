@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::chain::{ChainBreak, ChainStart, ChainSummary, ChainVerifier, Checkpoint, StoredRecord};
 use super::{
     AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore, Bind, Guarded,
-    IssuanceFilter, Outcome, Statement,
+    IssuanceFilter, Outcome, Statement, AGENT_ISSUANCES,
 };
 use crate::database::{format_timestamp, on_db, parse_timestamp, Database};
 
@@ -570,20 +570,15 @@ impl AuditStore for SqlAuditStore {
         since: OffsetDateTime,
     ) -> Result<Vec<OffsetDateTime>, AuditError> {
         let since = format_timestamp(since);
-        let (column, value) = match filter {
-            IssuanceFilter::Actor(actor) => ("actor", actor),
-            IssuanceFilter::Requester(requester) => ("requester", requester),
-        };
+        let (column, value) = filter.column();
         // Timestamps are fixed-width UTC text, so text order is time order.
         let sql = format!(
-            "SELECT recorded_at FROM audit_records WHERE recorded_at >= $1 AND event = $2 \
-             AND outcome = $3 AND actor IS NOT NULL AND {column} = $4 ORDER BY recorded_at"
+            "SELECT recorded_at FROM audit_records WHERE recorded_at >= $1 AND {AGENT_ISSUANCES} \
+             AND {column} = $2 ORDER BY recorded_at"
         );
         let times: Vec<String> = on_db!(&self.db, pool => {
             sqlx::query_scalar(&sql)
                 .bind(&since)
-                .bind(AuditEvent::IssuanceOutcome.as_str())
-                .bind(Outcome::Issued.as_str())
                 .bind(value)
                 .fetch_all(pool)
                 .await

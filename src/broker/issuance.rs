@@ -30,9 +30,10 @@ use uuid::Uuid;
 use super::events::{Allowance, AllowedIssuance, Asked, Event, Recorder};
 use super::resolve::Resolved;
 use super::{BrokerError, CredentialRequest, Issued, RequestContext};
+use crate::audit::Guarded;
 use crate::identity::Principal;
 use crate::issuer::{Issuer, SubjectToken, SubjectTokenRequest};
-use crate::policy::Grant;
+use crate::policy::{Denial, Grant, RuleMiss};
 
 pub(super) struct Exchange {
     pub issuer: Issuer,
@@ -49,6 +50,7 @@ impl Exchange {
         resolved: &Resolved,
         grant: Grant,
         allowance: Allowance,
+        quota: Option<Guarded>,
         provider: &Arc<dyn CloudProvider>,
     ) -> Result<Issued, BrokerError> {
         provider
@@ -61,6 +63,7 @@ impl Exchange {
             resolved: resolved.clone(),
             grant,
             allowance,
+            quota,
             issuance_id: Uuid::new_v4(),
         };
         let (facts, claims) = job.with_issuance(|issuance| {
@@ -127,6 +130,8 @@ struct Job {
     resolved: Resolved,
     grant: Grant,
     allowance: Allowance,
+    /// An agent quota to hold when the issuance's first records commit.
+    quota: Option<Guarded>,
     issuance_id: Uuid,
 }
 
@@ -166,17 +171,20 @@ impl Job {
     ) {
         let asked = self.asked();
         let issuance = &self.issuance(&asked);
-        let intent = recorder
-            .record(&[
-                Event::Allowed(issuance),
-                Event::IssuanceIntent {
-                    issuance,
-                    subject_token_id: subject_token.jti,
-                },
-            ])
+        let intent = self
+            .record_first(
+                &recorder,
+                &[
+                    Event::Allowed(issuance),
+                    Event::IssuanceIntent {
+                        issuance,
+                        subject_token_id: subject_token.jti,
+                    },
+                ],
+            )
             .await;
         if let Err(error) = intent {
-            return handover.fail(error.into());
+            return handover.fail(error);
         }
         if handover.caller_gone() {
             let abandoned = recorder
@@ -230,8 +238,15 @@ impl Job {
             credential_id: &credential_id,
             expires_at: credential.expires_at,
         };
-        self.hand_over(issuance, &recorder, handover, vec![issued], credential)
-            .await;
+        self.hand_over(
+            issuance,
+            &recorder,
+            handover,
+            vec![issued],
+            credential,
+            false,
+        )
+        .await;
     }
 
     /// Federation mode: the subject token is the credential. It lives as long as
@@ -267,13 +282,60 @@ impl Job {
                 expires_at: token.expires_at,
             },
         ];
-        self.hand_over(issuance, &recorder, handover, outcome, credential)
+        self.hand_over(issuance, &recorder, handover, outcome, credential, true)
             .await;
     }
 
     /// Commits the outcome (and, if the caller is already gone, that the
     /// credential was withheld), then hands the credential over; a caller that
     /// leaves between the commit and the hand-over is recorded too.
+    /// Commits the issuance's first records (its decision with the intent,
+    /// or with the federation outcome), holding the agent's quota under the
+    /// chain lock if it has one: when a concurrent request took the last
+    /// issuance in the window, nothing is written and the caller is told to
+    /// ask again (the next answer carries the real `Retry-After`).
+    async fn record_first(
+        &self,
+        recorder: &Recorder,
+        events: &[Event<'_>],
+    ) -> Result<(), BrokerError> {
+        let Some(quota) = &self.quota else {
+            return Ok(recorder.record(events).await?);
+        };
+        if recorder.record_guarded(quota.clone(), events).await? {
+            return Ok(());
+        }
+        let message = "quota: a request at the same moment took the agent's last issuance in this window; ask again to learn when one frees up";
+        let label = self
+            .grant
+            .agent_bounds
+            .as_ref()
+            .map(|bounds| crate::policy::bounds_label(&bounds.entry));
+        let denial = Denial {
+            summary: message.into(),
+            denied_by: label.clone(),
+            rules: label
+                .into_iter()
+                .map(|rule| RuleMiss {
+                    rule,
+                    reasons: vec![message.into()],
+                })
+                .collect(),
+        };
+        recorder
+            .record(&[Event::Denied {
+                asked: &self.asked(),
+                resolved: &self.resolved,
+                denial: &denial,
+                dry_run: false,
+            }])
+            .await?;
+        Err(BrokerError::QuotaExceeded {
+            retry_after: Duration::from_secs(1),
+            message: message.into(),
+        })
+    }
+
     async fn hand_over(
         &self,
         issuance: &AllowedIssuance<'_>,
@@ -281,6 +343,7 @@ impl Job {
         handover: Handover,
         mut outcome: Vec<Event<'_>>,
         credential: Credential,
+        first: bool,
     ) {
         let credential_id = credential.credential_id.clone();
         let withheld = || Event::IssuanceWithheld {
@@ -291,13 +354,18 @@ impl Job {
         if gone {
             outcome.push(withheld());
         }
-        if let Err(error) = recorder.record(&outcome).await {
+        let recorded = if first {
+            self.record_first(recorder, &outcome).await
+        } else {
+            recorder.record(&outcome).await.map_err(Into::into)
+        };
+        if let Err(error) = recorded {
             // The credential exists but is dropped here, unseen: without a
             // committed record it must not reach the caller.
             tracing::error!(request_id = %self.context.request_id, issuance_id = %self.issuance_id,
                 %credential_id, %error,
                 "issued credential withheld: its audit record could not be committed");
-            return handover.fail(error.into());
+            return handover.fail(error);
         }
         if gone {
             return;

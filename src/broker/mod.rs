@@ -44,7 +44,7 @@ use crate::approvals::{
     approved_duration, is_a_person, AccessRequest, AccessRequestId, ApprovalError, ApprovalStore,
     StoreError,
 };
-use crate::audit::{AuditError, AuditPage, AuditQuery, AuditStore, IssuanceFilter};
+use crate::audit::{AuditError, AuditPage, AuditQuery, AuditStore, Guarded, IssuanceFilter};
 use crate::catalog::{Catalog, CatalogError, EntityRef};
 use crate::identity::{IdentityError, Principal, Verifier};
 use crate::issuer::{Issuer, IssuerError, KeyRing};
@@ -397,11 +397,13 @@ impl Broker {
         let provider = self.check_request(request)?;
         let resolved = self.resolve(&asked, false).await?;
         let decision = self.resolver.decide(&resolved, request);
-        if !matches!(decision, Decision::Deny(_)) {
+        let quota = if matches!(decision, Decision::Deny(_)) {
+            None
+        } else {
             // Before an approval is taken or an intent written: a refused
             // request consumes nothing.
-            self.check_quota(&asked, &resolved).await?;
-        }
+            self.check_quota(&asked, &resolved).await?
+        };
         let (grant, allowance) = match decision {
             Decision::Deny(denial) => return Err(self.refuse(&asked, &resolved, denial).await),
             Decision::Allow(grant) => (grant, Allowance::Policy),
@@ -411,27 +413,31 @@ impl Broker {
             }
         };
         self.exchange
-            .run(&asked, &resolved, grant, allowance, provider)
+            .run(&asked, &resolved, grant, allowance, quota, provider)
             .await
     }
 
     /// An agent's quota (its bounds entry's `quota`): the issuances committed
     /// to the audit log in the window, by this agent and for this person
-    /// (by any agent). Counting the shared log holds across replicas. Small
-    /// race, accepted: requests running at the same moment each count the
-    /// others' issuances only once committed, so concurrent requests can
-    /// overshoot by at most their number. A refusal is audited as a denial
+    /// (by any agent). Counting the shared log holds across replicas, and the
+    /// returned guard counts again under the chain lock when the issuance's
+    /// first records commit, so concurrent requests (on any replica) never
+    /// overshoot. A refusal here is audited as a denial
     /// naming the entry (it is tied to an authenticated agent, so it cannot
     /// be used to flood the log anonymously).
-    async fn check_quota(&self, asked: &Asked<'_>, resolved: &Resolved) -> Result<(), BrokerError> {
+    async fn check_quota(
+        &self,
+        asked: &Asked<'_>,
+        resolved: &Resolved,
+    ) -> Result<Option<Guarded>, BrokerError> {
         let Some((agent, entry)) = self
             .resolver
             .agent_bounds(&resolved.principal, asked.request)
         else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(quota) = entry.quota else {
-            return Ok(());
+            return Ok(None);
         };
         let now = OffsetDateTime::now_utc();
         let since = now - quota.window;
@@ -448,6 +454,10 @@ impl Broker {
                 format!("agents acting for {person}"),
             ),
         ];
+        let limits: Vec<(IssuanceFilter, u32)> = counts
+            .iter()
+            .filter_map(|(limit, filter, _)| limit.map(|limit| (filter.clone(), limit)))
+            .collect();
         for (limit, filter, who) in counts {
             let Some(limit) = limit else { continue };
             let times = self
@@ -491,7 +501,12 @@ impl Broker {
                 message: reason,
             });
         }
-        Ok(())
+        // Counted again under the chain lock when the issuance is recorded,
+        // so concurrent requests cannot all take the last one.
+        Ok(Some(crate::audit::quota_guard(
+            &crate::database::format_timestamp(since),
+            &limits,
+        )))
     }
 
     /// For a grant that needs approval: break-glass (capped) if asked for,

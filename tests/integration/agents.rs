@@ -184,3 +184,44 @@ async fn beyond_the_bounds_a_person_approves_and_then_the_agent_gets_it() {
     assert_eq!(issued.body["duration_seconds"], 3600);
     assert_eq!(w.sts.calls().pop().unwrap().form["DurationSeconds"], "3600");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_never_overshoot_the_quota() {
+    let w = world().await;
+    let a = w.agent_token("agent:deploy-a", "user:default/jane");
+    // Ten at once against a quota of two: the count is checked again under the
+    // chain lock as each issuance's first records commit.
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (url, token) = (format!("{}/v1/credentials", w.broker.url), a.clone());
+        requests.spawn(async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&dev(None))
+                .send()
+                .await
+                .unwrap();
+            TestResponse::from_response(response).await
+        });
+    }
+    let answers = requests.join_all().await;
+    let issued = answers.iter().filter(|r| r.status == 200).count();
+    let refused = answers.iter().filter(|r| r.status == 429).count();
+    assert_eq!(
+        (issued, refused),
+        (2, 8),
+        "{:?}",
+        answers.iter().map(|r| &r.text).collect::<Vec<_>>()
+    );
+    for answer in answers.iter().filter(|r| r.status == 429) {
+        answer.assert_problem(429, "quota-exceeded");
+        assert!(answer.header("retry-after").is_some());
+    }
+    let rows = w.broker.audit_rows().await;
+    let allowed = rows
+        .iter()
+        .filter(|r| r["event"] == "decision" && r["outcome"] == "allowed")
+        .count();
+    assert_eq!(allowed, 2, "only the two issuances are recorded as allowed");
+}
