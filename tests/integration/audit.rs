@@ -70,7 +70,7 @@ async fn an_issued_credential_whose_outcome_cannot_be_recorded_is_withheld() {
     let rows = w.broker.audit_rows().await;
     let events: Vec<&str> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
     assert_eq!(events, vec!["decision", "issuance_intent"]);
-    assert!(w.broker.logs().contains("issued credential withheld"));
+    assert!(w.broker.logged("issued credential withheld").await);
 }
 
 #[tokio::test]

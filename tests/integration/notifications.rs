@@ -100,7 +100,7 @@ async fn a_break_glass_announcement_survives_a_crash_before_delivery() {
     assert_eq!(message["stackpass"]["id"], record["record_id"]);
     assert_eq!(message["idempotency_key_header"], record["record_id"]);
     assert_eq!(message["stackpass"]["audit_seq"], record["seq"]);
-    assert!(second.logs().contains("notification delivered"));
+    assert!(second.logged("notification delivered").await);
     assert!(!second.logs().contains(&webhook.url) && !first.logs().contains(&webhook.url));
 }
 
@@ -142,7 +142,7 @@ async fn a_live_replica_takes_over_the_claim_of_one_that_died_on_postgres() {
     assert_eq!(message["stackpass"]["id"], record_id.as_str());
     assert_eq!((attempts, state.as_str()), (2, "delivered"));
     assert_eq!(stuck.attempts(), 1);
-    assert!(survivor.logs().contains("notification delivered"));
+    assert!(survivor.logged("notification delivered").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +214,7 @@ async fn an_undeliverable_message_is_given_up_and_audited() {
     assert_eq!(detail["event"], "decision");
     assert!(detail["error"].as_str().unwrap().contains("HTTP 500"));
     assert!(webhook.attempts() >= 2, "it was retried before giving up");
-    assert!(broker.logs().contains("notification given up"));
+    assert!(broker.logged("notification given up").await);
     assert!(!broker.logs().contains(&webhook.url));
     // Given up once, and then left alone.
     let attempts = webhook.attempts();

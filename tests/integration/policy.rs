@@ -132,7 +132,7 @@ async fn a_changed_policy_file_is_picked_up_and_a_broken_one_is_refused() {
         detail.contains("prod.toml") && detail.contains("colour"),
         "{detail}"
     );
-    assert!(broker.logs().contains("policy reload rejected"));
+    assert!(broker.logged("policy reload rejected").await);
     let still = broker
         .request_credentials(Some(&jane), credential_request("pulumi:acme/payments/prod"))
         .await;

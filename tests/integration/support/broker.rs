@@ -224,6 +224,21 @@ impl Broker {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Whether `needle` shows up in the log within ten seconds. A line the
+    /// broker writes after the effect a test observed (a delivered webhook, a
+    /// committed row) reaches the captured log a moment later, and later still
+    /// on a loaded machine.
+    pub async fn logged(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.logs().contains(needle) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     pub async fn request_credentials(&self, token: Option<&str>, body: Value) -> TestResponse {
         let client = reqwest::Client::new();
         let mut request = client
