@@ -28,6 +28,10 @@ pub(super) struct Admission {
     pub broker: Arc<Broker>,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
+    /// The MCP server's audiences: a token minted for it is its alone, and
+    /// is not taken here either (it would let the MCP client's token act
+    /// outside the MCP tools).
+    pub mcp_audiences: Vec<String>,
 }
 
 pub(super) async fn admit(
@@ -40,6 +44,23 @@ pub(super) async fn admit(
         Ok(principal) => principal,
         Err(problem) => return problem.into_response(),
     };
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .map(|(_, token)| token.trim());
+    // Verified above: the audience read here is the signed one.
+    if token.is_some_and(|token| super::mcp::names_any(token, &admission.mcp_audiences)) {
+        return Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "token-for-another-resource",
+            "Token for another resource",
+            "the token was minted for this broker's MCP server, and is accepted there only",
+            "use the MCP tools with it, or get a token whose audience is this broker's API",
+        )
+        .into_response();
+    }
     parts.extensions.insert(Admitted(principal));
     let body = match tokio::time::timeout(
         admission.body_read_timeout,

@@ -45,6 +45,10 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig, mcp: Option<McpSetting
         broker: broker.clone(),
         max_body_bytes: config.max_body_bytes,
         body_read_timeout: config.body_read_timeout,
+        mcp_audiences: mcp
+            .as_ref()
+            .map(|settings| settings.audiences.clone())
+            .unwrap_or_default(),
     };
     let authenticated = Router::new()
         .route("/v1/credentials", post(credentials::issue))

@@ -329,6 +329,15 @@ async fn only_tokens_whose_every_audience_is_this_mcp_server_are_accepted() {
         )
         .await;
     assert_eq!(response.status, 200, "{}", response.text);
+    // ...and a token minted for the MCP server is not taken by /v1.
+    let for_mcp = idp_token(&w, "user:default/jane", json!(w.resource));
+    w.broker
+        .request_credentials(
+            Some(&for_mcp),
+            credential_request("pulumi:acme/payments/dev"),
+        )
+        .await
+        .assert_problem(401, "token-for-another-resource");
     // A good token does not lift /v1's body limit.
     let oversized = reqwest::Client::new()
         .post(format!("{}/mcp", w.broker.url))

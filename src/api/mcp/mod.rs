@@ -240,25 +240,41 @@ fn bearer_token(headers: &axum::http::HeaderMap) -> Option<SecretString> {
 /// `accepted` values. Only meaningful for a token the verifier accepted:
 /// the audience read here is then the signed one.
 fn aimed_at(token: &str, accepted: &[String]) -> bool {
-    let Some(payload) = token.split('.').nth(1) else {
-        return false;
-    };
-    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
-        return false;
-    };
-    let Ok(claims) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes)
-    else {
-        return false;
-    };
-    let named = |value: &serde_json::Value| {
-        value
-            .as_str()
-            .is_some_and(|a| accepted.iter().any(|x| x == a))
-    };
-    match claims.get("aud") {
-        Some(aud @ serde_json::Value::String(_)) => named(aud),
-        Some(serde_json::Value::Array(auds)) => !auds.is_empty() && auds.iter().all(named),
-        _ => false,
+    let audiences = audiences(token);
+    !audiences.is_empty() && audiences.iter().all(|a| accepted.contains(a))
+}
+
+/// Whether the token's `aud` names any of `audiences` (for `/v1`, which
+/// leaves tokens minted for the MCP server to it). Only meaningful for a
+/// token the verifier accepted.
+pub(super) fn names_any(token: &str, audiences: &[String]) -> bool {
+    !audiences.is_empty() && self::audiences(token).iter().any(|a| audiences.contains(a))
+}
+
+/// The token's `aud`, a string or an array of them; none if unreadable.
+fn audiences(token: &str) -> Vec<String> {
+    let claims = token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+        })
+        .and_then(|bytes| {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
+        });
+    let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
+    match claims.as_ref().and_then(|claims| claims.get("aud")) {
+        Some(aud @ serde_json::Value::String(_)) => text(aud).into_iter().collect(),
+        Some(serde_json::Value::Array(auds)) => {
+            // A non-string member makes the whole list unreadable.
+            auds.iter()
+                .map(text)
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -351,6 +367,21 @@ mod tests {
         }
         assert!(!aimed_at(&token(json!({})), &accepted));
         assert!(!aimed_at("not-a-jwt", &accepted));
+    }
+
+    #[test]
+    fn a_token_naming_this_server_among_others_is_not_for_v1() {
+        let mcp = ["https://sp.example/mcp".to_owned()];
+        let names = |aud| names_any(&token(json!({ "aud": aud })), &mcp);
+        assert!(names(json!("https://sp.example/mcp")));
+        assert!(names(json!(["stackpass", "https://sp.example/mcp"])));
+        assert!(!names(json!("stackpass")));
+        assert!(!names(json!(["stackpass"])));
+        // MCP off: nothing is set aside for it.
+        assert!(!names_any(
+            &token(json!({ "aud": "https://sp.example/mcp" })),
+            &[]
+        ));
     }
 
     #[test]
