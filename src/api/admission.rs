@@ -51,7 +51,7 @@ pub(super) async fn admit(
         .and_then(|value| value.split_once(' '))
         .map(|(_, token)| token.trim());
     // Verified above: the audience read here is the signed one.
-    if token.is_some_and(|token| super::mcp::names_any(token, &admission.mcp_audiences)) {
+    if token.is_some_and(|token| super::audience::names_any(token, &admission.mcp_audiences)) {
         return Problem::new(
             StatusCode::UNAUTHORIZED,
             "token-for-another-resource",

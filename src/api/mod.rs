@@ -9,6 +9,7 @@
 
 mod admission;
 mod approvals;
+mod audience;
 mod audit;
 mod credentials;
 mod decisions;

@@ -408,7 +408,10 @@ impl Approvals {
             self.expire(context, request, &principal.subject).await?;
             return Err(ApprovalError::Expired(request.id).into());
         }
-        let requirement = self.policy.approval_for_request(request);
+        let requirement = self.policy.approval_for_request(
+            &request.rule,
+            request.binding.as_ref().map(|b| b.facts.as_str()),
+        );
         let groups = self.catalog.groups_of(&principal.subject).await?;
         check_decider(
             request,
@@ -481,7 +484,12 @@ impl Approvals {
                         r,
                         me,
                         &groups,
-                        self.policy.approval_for_request(r).as_ref(),
+                        self.policy
+                            .approval_for_request(
+                                &r.rule,
+                                r.binding.as_ref().map(|b| b.facts.as_str()),
+                            )
+                            .as_ref(),
                         now,
                     )
                     .is_ok()

@@ -5,7 +5,6 @@
 use std::sync::{Arc, RwLock};
 
 use super::{AgentBounds, ApprovalRequirement, Rule};
-use crate::approvals::AccessRequest;
 
 /// Rules and agent bounds, swapped together.
 #[derive(Debug, Clone, Default)]
@@ -55,12 +54,17 @@ impl LivePolicy {
             .and_then(|r| r.approval.clone())
     }
 
-    /// The approval an access request needs under the current policy: for an
-    /// agent's request beyond its bounds, the bounds entry's (if the entry
-    /// still exists and still asks for approval); otherwise its rule's.
-    pub fn approval_for_request(&self, request: &AccessRequest) -> Option<ApprovalRequirement> {
-        let beyond = request.binding.as_ref().and_then(|binding| {
-            let facts: serde_json::Value = serde_json::from_str(&binding.facts).ok()?;
+    /// The approval an access request for `rule` needs under the current
+    /// policy, given the grant facts it is bound to: for an agent's request
+    /// beyond its bounds, the bounds entry's (if the entry still exists and
+    /// still asks for approval); otherwise the rule's.
+    pub fn approval_for_request(
+        &self,
+        rule: &str,
+        bound_facts: Option<&str>,
+    ) -> Option<ApprovalRequirement> {
+        let beyond = bound_facts.and_then(|facts| {
+            let facts: serde_json::Value = serde_json::from_str(facts).ok()?;
             let beyond = facts.get("beyond_agent_bounds")?.as_bool()?;
             let entry = facts.get("agent_bounds")?.as_str()?.to_owned();
             beyond.then_some(entry)
@@ -72,7 +76,7 @@ impl LivePolicy {
                 .iter()
                 .find(|a| a.name == entry)
                 .and_then(|a| a.approval.clone()),
-            None => self.approval_for(&request.rule),
+            None => self.approval_for(rule),
         }
     }
 }
