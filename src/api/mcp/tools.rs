@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use super::super::credentials::{credential_request, issued_body};
 use super::super::Problem;
 use super::McpCaller;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, CredentialRequest};
 use crate::wire;
 
 /// The `_meta` key that marks a result or content block as secret. MCP has
@@ -55,6 +55,20 @@ struct StackArgs {
     duration_seconds: Option<u64>,
     mode: Option<String>,
     reason: Option<String>,
+}
+
+impl StackArgs {
+    /// The `/v1` request these arguments make (never break-glass).
+    fn request(self) -> Result<CredentialRequest, Problem> {
+        credential_request(wire::CredentialRequest {
+            stack: self.stack,
+            provider: self.provider,
+            duration_seconds: self.duration_seconds,
+            reason: self.reason,
+            break_glass: None,
+            mode: self.mode,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -329,15 +343,7 @@ impl StackpassTools {
         caller: &McpCaller,
         arguments: Value,
     ) -> Result<CallToolResult, Problem> {
-        let args: StackArgs = parse(arguments)?;
-        let request = credential_request(wire::CredentialRequest {
-            stack: args.stack,
-            provider: args.provider,
-            duration_seconds: args.duration_seconds,
-            reason: args.reason,
-            break_glass: None,
-            mode: args.mode,
-        })?;
+        let request = parse::<StackArgs>(arguments)?.request()?;
         let decision = self
             .broker
             .explain(&caller.context, caller.principal.clone(), &request)
@@ -394,15 +400,7 @@ impl StackpassTools {
         caller: &McpCaller,
         arguments: Value,
     ) -> Result<CallToolResult, Problem> {
-        let args: StackArgs = parse(arguments)?;
-        let request = credential_request(wire::CredentialRequest {
-            stack: args.stack,
-            provider: args.provider,
-            duration_seconds: args.duration_seconds,
-            reason: args.reason,
-            break_glass: None,
-            mode: args.mode,
-        })?;
+        let request = parse::<StackArgs>(arguments)?.request()?;
         let issued = self
             .broker
             .issue(&caller.context, caller.principal.clone(), &request)

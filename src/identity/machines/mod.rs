@@ -26,7 +26,7 @@ pub use kubernetes::KubernetesMapping;
 pub use pulumi::PulumiDeploymentsMapping;
 pub use terraform::HcpTerraformMapping;
 
-use super::IdentityError;
+use super::{IdentityError, MappedPrincipal, PipelineRun, PrincipalKind};
 use crate::catalog::{Catalog, CatalogError, EntityRef};
 use crate::stacks::{ComponentTags, StackRef, StackSource};
 
@@ -144,6 +144,24 @@ pub struct StackComponents {
 }
 
 impl StackComponents {
+    /// The caller a run bound to one stack acts as: a service, the component
+    /// that stack's component tag names.
+    pub(super) async fn principal_of(
+        &self,
+        run: PipelineRun,
+    ) -> Result<MappedPrincipal, IdentityError> {
+        let stack = run
+            .bound_stack
+            .as_ref()
+            .expect("a stack-bound mapping sets the run's stack");
+        Ok(MappedPrincipal {
+            subject: self.component_of(stack).await?,
+            kind: PrincipalKind::Service,
+            actors: Vec::new(),
+            pipeline: Some(run),
+        })
+    }
+
     async fn component_of(&self, stack: &StackRef) -> Result<EntityRef, IdentityError> {
         let found = self
             .stacks

@@ -9,8 +9,8 @@
 
 use super::{invalid, plain, refused, StackComponents};
 use crate::identity::{
-    ClaimMapping, IdentityError, MappedPrincipal, PipelineRun, PipelineSystem, PrincipalKind,
-    RunPhase, VerifiedClaims,
+    ClaimMapping, IdentityError, MappedPrincipal, PipelineRun, PipelineSystem, RunPhase,
+    VerifiedClaims,
 };
 use crate::stacks::StackRef;
 
@@ -102,15 +102,7 @@ impl PulumiDeploymentsMapping {
 #[async_trait::async_trait]
 impl ClaimMapping for PulumiDeploymentsMapping {
     async fn principal(&self, claims: &VerifiedClaims) -> Result<MappedPrincipal, IdentityError> {
-        let run = self.check(claims)?;
-        let stack = run.bound_stack.as_ref().expect("set by check");
-        let subject = self.stacks.component_of(stack).await?;
-        Ok(MappedPrincipal {
-            subject,
-            kind: PrincipalKind::Service,
-            actors: Vec::new(),
-            pipeline: Some(run),
-        })
+        self.stacks.principal_of(self.check(claims)?).await
     }
 }
 

@@ -11,8 +11,8 @@
 
 use super::{invalid, plain, refused, StackComponents};
 use crate::identity::{
-    ClaimMapping, IdentityError, MappedPrincipal, PipelineRun, PipelineSystem, PrincipalKind,
-    RunPhase, VerifiedClaims,
+    ClaimMapping, IdentityError, MappedPrincipal, PipelineRun, PipelineSystem, RunPhase,
+    VerifiedClaims,
 };
 use crate::stacks::StackRef;
 
@@ -87,15 +87,7 @@ impl HcpTerraformMapping {
 #[async_trait::async_trait]
 impl ClaimMapping for HcpTerraformMapping {
     async fn principal(&self, claims: &VerifiedClaims) -> Result<MappedPrincipal, IdentityError> {
-        let run = self.check(claims)?;
-        let stack = run.bound_stack.as_ref().expect("set by check");
-        let subject = self.stacks.component_of(stack).await?;
-        Ok(MappedPrincipal {
-            subject,
-            kind: PrincipalKind::Service,
-            actors: Vec::new(),
-            pipeline: Some(run),
-        })
+        self.stacks.principal_of(self.check(claims)?).await
     }
 }
 
