@@ -58,14 +58,6 @@ impl RunWorld {
     }
 }
 
-fn path_with_venv() -> String {
-    format!(
-        "{}:{}",
-        aws_cli().parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 fn combined(output: &std::process::Output) -> String {
     format!("{}{}", stdout(output), stderr(output))
 }

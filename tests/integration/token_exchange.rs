@@ -694,11 +694,6 @@ async fn the_example_agent_exchanges_and_runs_a_command_with_the_credentials() {
     let x = Exchange::start().await;
     let script = workspace_root().join("examples/agent-token-exchange/agent.py");
     let run = |person: &str| {
-        let path = format!(
-            "{}:{}",
-            aws_cli().parent().unwrap().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
         std::process::Command::new(venv_python())
             .arg(&script)
             .args(["--stack", DEV, "--", "aws", "sts", "get-caller-identity"])
@@ -715,7 +710,7 @@ async fn the_example_agent_exchanges_and_runs_a_command_with_the_credentials() {
             .env("AGENT_TOKEN", x.bot())
             .env("AWS_REGION", "us-east-1")
             .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("PATH", path)
+            .env("PATH", path_with_venv())
             .env_remove("AWS_PROFILE")
             .output()
             .unwrap()

@@ -35,6 +35,15 @@ pub fn aws_cli() -> PathBuf {
     venv_binary("aws")
 }
 
+/// `PATH` with the test venv first, so commands a test runs find `aws`.
+pub fn path_with_venv() -> String {
+    format!(
+        "{}:{}",
+        aws_cli().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// The `stackpass` CLI, without the caller's STACKPASS_* environment.
 pub fn stackpass(args: &[&str]) -> Command {
     let mut command = Command::new(stackpass_binary());
