@@ -200,24 +200,8 @@ impl CredentialCache {
             answer: answer.to_owned(),
         };
         let text = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
-        let name = key.file_name();
-        let temp = self
-            .dir
-            .join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        let written = (|| {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temp)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-            fs::rename(&temp, self.dir.join(&name))
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(format!("could not write {}: {e}", self.dir.display()));
-        }
+        write_private(&self.dir.join(key.file_name()), &text)
+            .map_err(|e| format!("could not write {}: {e}", self.dir.display()))?;
         self.remove_expired();
         Ok(())
     }
@@ -300,6 +284,31 @@ impl CredentialCache {
             }
         }
     }
+}
+
+/// Writes `contents` to `path` whole, readable by this user alone: a new
+/// 0600 file beside it, then a rename over whatever was there, so a reader
+/// never sees half a file (or a file someone else made).
+pub(super) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
 }
 
 fn is_cache_file(name: &str) -> bool {

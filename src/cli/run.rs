@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use super::cache::{needs_refresh, renewal_time, token_expiry, CredentialCache};
+use super::cache::{needs_refresh, renewal_time, token_expiry, write_private, CredentialCache};
 use super::creds::{decide, issue, received};
 use super::project::{detect_stack, ProcessEnv};
 use super::{read_token_file, CliError, CredsArgs};
@@ -430,24 +430,12 @@ fn write_files(
     credential: &ReceivedCredential,
     endpoint: &ChildEndpoint<'_>,
 ) -> Result<(), CliError> {
-    use std::io::Write;
     let files = delivery
         .files(credential, endpoint)
         .map_err(|e| CliError::new(e, "use stackpass creds --format json to see the answer"))?;
     for file in files {
         let path = endpoint.dir.join(file.name);
-        let temp = endpoint.dir.join(format!(".{}.tmp", file.name));
-        let written = (|| {
-            let mut out = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)?;
-            out.write_all(file.contents.expose_secret().as_bytes())?;
-            std::fs::rename(&temp, &path)
-        })();
-        written.map_err(|e| {
+        write_private(&path, file.contents.expose_secret().as_bytes()).map_err(|e| {
             CliError::new(
                 format!("could not write {}: {e}", path.display()),
                 "set TMPDIR to a writable directory",
