@@ -194,6 +194,15 @@ async fn sighup_reloads_the_policy() {
     assert_eq!(response.status, 200, "{}", response.text);
     let applied = wait_for_audit(&broker, "policy_reloaded", "applied").await;
     assert!(applied["detail"].as_str().unwrap().contains("SIGHUP"));
+    let metrics = scrape(&format!("{}/metrics", broker.url)).await;
+    assert_eq!(
+        metrics.sum("stackpass_policy_reloads_total", &[("result", "applied")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum("stackpass_policy_reloads_total", &[("result", "rejected")]),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
