@@ -5,7 +5,8 @@
 //! the authenticated API (`/v1`) also passes `admission` (caller, then body)
 //! and the concurrency limit, which the discovery documents, the JWKS and the
 //! health checks stay out of, so that the clouds can always fetch the keys.
-//! `serve` owns the connections.
+//! `serve` owns the connections; `tls` the optional https listener's
+//! certificate and its reload.
 
 mod admission;
 mod approvals;
@@ -19,6 +20,7 @@ mod origin;
 mod problem;
 mod revocations;
 mod serve;
+pub mod tls;
 mod token_exchange;
 
 use std::sync::Arc;

@@ -24,9 +24,9 @@ use url::Url;
 
 pub use identity::{IdentityConfig, IssuerKind, TrustedIssuerConfig};
 pub use sections::{
-    AgentsConfig, AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, McpConfig,
-    NotificationsConfig, PolicyConfig, RemoteStacksConfig, ServerConfig, StackSourceConfig,
-    StacksConfig, StacksKind, StaticStacksConfig, SOURCE_COMPONENT_TAG,
+    AgentsConfig, AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, LimitsConfig, McpConfig,
+    NotificationsConfig, PolicyConfig, RemoteStacksConfig, ServerConfig, ServerTlsConfig,
+    StackSourceConfig, StacksConfig, StacksKind, StaticStacksConfig, SOURCE_COMPONENT_TAG,
 };
 
 use crate::registry::Providers;
@@ -35,7 +35,15 @@ pub const DEFAULT_CONFIG_FILE: &str = "stackpass.toml";
 
 /// Environment variables with the `STACKPASS_` prefix that belong to the CLI, not
 /// to the server configuration.
-const CLI_ONLY_VARIABLES: &[&str] = &["URL", "TOKEN", "CONFIG", "LOG", "STACK", "CACHE_DIR"];
+const CLI_ONLY_VARIABLES: &[&str] = &[
+    "URL",
+    "TOKEN",
+    "CONFIG",
+    "LOG",
+    "STACK",
+    "CACHE_DIR",
+    "CA_FILE",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +70,8 @@ pub struct Config {
     pub mcp: McpConfig,
     #[serde(default)]
     pub agents: AgentsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// Every problem found in a configuration, each naming its key.
@@ -249,6 +259,10 @@ impl Config {
         }
         for p in &mut self.policy.files {
             resolve(p);
+        }
+        if let Some(tls) = &mut self.server.tls {
+            resolve(&mut tls.cert_file);
+            resolve(&mut tls.key_file);
         }
         for source in self.stacks.tool_sources_mut() {
             match source {

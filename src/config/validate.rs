@@ -52,6 +52,55 @@ impl Config {
                 );
             }
         }
+        if let Some(tls) = &self.server.tls {
+            let reload = tls.reload_interval;
+            if reload < Duration::from_secs(1) || reload > Duration::from_secs(3600) {
+                problem(
+                    "server.tls.reload_interval".into(),
+                    "must be between 1s and 1h; a renewed certificate must be picked up well before the old one expires".into(),
+                );
+            }
+        }
+        let limits = &self.limits;
+        for (name, rate, burst) in [
+            (
+                "issuance_per_principal",
+                limits.issuance_per_principal_per_minute,
+                limits.issuance_per_principal_burst,
+            ),
+            (
+                "issuance_per_address",
+                limits.issuance_per_address_per_minute,
+                limits.issuance_per_address_burst,
+            ),
+            (
+                "auth_failures_per_address",
+                limits.auth_failures_per_address_per_minute,
+                limits.auth_failures_per_address_burst,
+            ),
+        ] {
+            // governor spreads a rate over nanoseconds: beyond 1e9 a minute,
+            // the emission interval would round to zero.
+            if rate > 1_000_000_000 {
+                problem(
+                    format!("limits.{name}_per_minute"),
+                    "must be at most 1000000000; set 0 to turn the limit off".into(),
+                );
+            }
+            if rate > 0 && burst == 0 {
+                problem(
+                    format!("limits.{name}_burst"),
+                    format!("must be at least 1 while limits.{name}_per_minute is set; it is how many requests may come at once"),
+                );
+            }
+        }
+        if limits.max_tracked_keys < 100 {
+            problem(
+                "limits.max_tracked_keys".into(),
+                "must be at least 100; past it every new principal or address shares one bucket"
+                    .into(),
+            );
+        }
         let lifetime = self.issuer.token_lifetime;
         if lifetime < Duration::from_secs(60) || lifetime > Duration::from_secs(3600) {
             problem(
