@@ -348,6 +348,63 @@ fn der_time(tag: u8, text: &[u8]) -> Option<OffsetDateTime> {
 mod tests {
     use super::*;
 
+    /// A self-signed `localhost` certificate for `key_pkcs8` (PEM), serial 0x2a.
+    fn certificate_for(key_pkcs8: &str) -> String {
+        let key = rcgen::KeyPair::from_pem(key_pkcs8).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from(42u64));
+        params.not_after = rcgen::date_time_ymd(2040, 2, 29);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    fn load_texts(cert: &str, key: &str) -> Result<LoadedCertificate, TlsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_file, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        load(&cert_file, &key_file)
+    }
+
+    #[test]
+    fn loads_pkcs8_sec1_ec_and_pkcs1_rsa_keys() {
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+
+        let ec = p256::SecretKey::random(&mut rand_core::OsRng);
+        let ec_pkcs8 = ec.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let ec_cert = certificate_for(&ec_pkcs8);
+        let loaded = load_texts(&ec_cert, &ec_pkcs8).unwrap();
+        assert_eq!(loaded.serial.as_deref(), Some("2a"));
+        assert_eq!(
+            loaded.not_after,
+            Some(time::macros::datetime!(2040-02-29 00:00:00 UTC))
+        );
+        let sec1 = ec.to_sec1_pem(LineEnding::LF).unwrap();
+        assert!(sec1.contains("BEGIN EC PRIVATE KEY"));
+        load_texts(&ec_cert, &sec1).unwrap();
+
+        let rsa = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap();
+        let rsa_cert = certificate_for(&rsa.to_pkcs8_pem(LineEnding::LF).unwrap());
+        let pkcs1 = rsa.to_pkcs1_pem(LineEnding::LF).unwrap();
+        assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"));
+        load_texts(&rsa_cert, &pkcs1).unwrap();
+
+        // Another key than the certificate's, a certificate file without
+        // certificates, and a key file without a key are each named.
+        assert!(matches!(
+            load_texts(&rsa_cert, &sec1),
+            Err(TlsError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            load_texts(&sec1, &sec1),
+            Err(TlsError::NoCertificate { .. })
+        ));
+        assert!(matches!(
+            load_texts(&ec_cert, &ec_cert),
+            Err(TlsError::InvalidKey { .. })
+        ));
+    }
+
     #[test]
     fn reads_utc_and_generalized_times() {
         assert_eq!(

@@ -791,3 +791,65 @@ mod stack_source_tests {
             .unwrap();
     }
 }
+
+#[cfg(test)]
+mod limits_tests {
+    use crate::config::tests::{write, MINIMAL};
+    use crate::config::Config;
+
+    fn load(extra: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &format!("{MINIMAL}\n{extra}"));
+        Config::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_are_on_by_default_and_each_can_be_turned_off() {
+        let limits = load("").unwrap().limits;
+        assert_eq!(limits.issuance_per_principal_per_minute, 120);
+        assert_eq!(limits.issuance_per_principal_burst, 60);
+        assert_eq!(limits.issuance_per_address_per_minute, 600);
+        assert_eq!(limits.auth_failures_per_address_per_minute, 30);
+        assert_eq!(limits.auth_failures_per_address_burst, 10);
+        // A rate of 0 turns one limit off; its burst is then not needed.
+        let limits = load(
+            "[limits]\nissuance_per_principal_per_minute = 0\nissuance_per_principal_burst = 0",
+        )
+        .unwrap()
+        .limits;
+        assert_eq!(limits.issuance_per_principal_per_minute, 0);
+        assert_eq!(limits.issuance_per_address_per_minute, 600);
+    }
+
+    #[test]
+    fn a_limit_without_a_burst_and_unknown_keys_are_named() {
+        let error = load("[limits]\nauth_failures_per_address_burst = 0").unwrap_err();
+        assert!(
+            error.contains("limits.auth_failures_per_address_burst: must be at least 1"),
+            "{error}"
+        );
+        let error = load("[limits]\nmax_tracked_keys = 5").unwrap_err();
+        assert!(error.contains("limits.max_tracked_keys"), "{error}");
+        let error = load("[limits]\nissuance_per_minute = 5").unwrap_err();
+        assert!(error.contains("issuance_per_minute"), "{error}");
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_a_sane_reload_interval() {
+        let config =
+            load("[server.tls]\ncert_file = \"tls/cert.pem\"\nkey_file = \"tls/key.pem\"").unwrap();
+        let tls = config.server.tls.unwrap();
+        assert!(
+            tls.cert_file.is_absolute(),
+            "resolved beside the config file"
+        );
+        assert_eq!(tls.reload_interval, std::time::Duration::from_secs(5));
+        let error = load("[server.tls]\ncert_file = \"cert.pem\"").unwrap_err();
+        assert!(error.contains("key_file"), "{error}");
+        let error = load(
+            "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nreload_interval = \"2h\"",
+        )
+        .unwrap_err();
+        assert!(error.contains("server.tls.reload_interval"), "{error}");
+    }
+}

@@ -195,7 +195,11 @@ async fn a_renewed_certificate_is_served_without_restart_and_a_broken_one_is_ref
         broker.logs()
     );
     assert!(broker.logged("reloaded: TLS certificate").await);
-    assert!(broker.logs().contains("serial=\"03ea\""), "{}", broker.logs());
+    assert!(
+        broker.logs().contains("serial=\"03ea\""),
+        "{}",
+        broker.logs()
+    );
 
     // A broken renewal: a certificate whose key is not the one beside it,
     // then a key file that is not a key. Both refused; the second pair keeps
