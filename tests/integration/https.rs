@@ -62,8 +62,10 @@ async fn the_cli_and_the_aws_cli_get_credentials_over_https_trusting_a_private_c
 
     let token = backstage.user_token("user:default/jane");
     let creds = |extra: &[&str], env: &[(&str, &str)]| {
+        // No cache: every call must reach the broker over https.
         let mut args = vec![
             "creds",
+            "--no-cache",
             "--stack",
             "pulumi:acme/payments/dev",
             "--server",
@@ -86,6 +88,9 @@ async fn the_cli_and_the_aws_cli_get_credentials_over_https_trusting_a_private_c
     assert!(text.contains("TLS certificate is not trusted"), "{text}");
     assert!(text.contains("--ca-file"), "{text}");
     // --ca-file, STACKPASS_CA_FILE and SSL_CERT_FILE each make it trusted.
+    let issued =
+        |rows: Vec<serde_json::Value>| rows.iter().filter(|r| r["outcome"] == "issued").count();
+    let issued_before = issued(broker.audit_rows().await);
     let bundle = bundle.to_str().unwrap();
     for output in [
         creds(&["--ca-file", bundle], &[]),
@@ -101,6 +106,7 @@ async fn the_cli_and_the_aws_cli_get_credentials_over_https_trusting_a_private_c
             "{answer}"
         );
     }
+    assert_eq!(issued(broker.audit_rows().await), issued_before + 3);
     // A bundle that is not PEM is named, not ignored.
     let junk = files.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate").unwrap();
@@ -145,9 +151,11 @@ async fn the_cli_and_the_aws_cli_get_credentials_over_https_trusting_a_private_c
         .env_remove("STACKPASS_CA_FILE")
         .env_remove("SSL_CERT_FILE")
         .env_remove("STACKPASS_TOKEN")
+        .env("STACKPASS_CACHE_DIR", files.path().join("cache"))
         .output()
         .unwrap();
     assert!(output.status.success(), "aws failed: {}", stderr(&output));
+    assert_eq!(issued(broker.audit_rows().await), issued_before + 4);
     let identity: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         identity["Arn"],
