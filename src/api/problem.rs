@@ -221,7 +221,12 @@ impl Problem {
                         limited.limit.label()
                     ),
                     format!(
-                        "retry after {seconds} seconds (Retry-After); the operator sets this rate with {}",
+                        "retry after {seconds} seconds (Retry-After){}; the operator sets this rate with {}",
+                        if limited.limit == crate::broker::limits::Limit::AuthFailuresPerAddress {
+                            ", with a valid token: until then every request from this address is refused"
+                        } else {
+                            ""
+                        },
                         limited.limit.config_key()
                     ),
                 );

@@ -63,9 +63,7 @@ impl Limit {
         match self {
             Limit::IssuancePerPrincipal => "credential issuances for this caller",
             Limit::IssuancePerAddress => "credential issuances from this client address",
-            Limit::AuthFailuresPerAddress => {
-                "failed authentications from this client address (every request from it is refused until then)"
-            }
+            Limit::AuthFailuresPerAddress => "failed authentications from this client address",
         }
     }
 }
@@ -227,8 +225,9 @@ impl Limits {
     }
 
     /// How many keys each limit holds (issuance principal, issuance
-    /// address, auth failures): for tests of pruning.
-    pub fn tracked(&self) -> (usize, usize, usize) {
+    /// address, auth failures).
+    #[cfg(test)]
+    fn tracked(&self) -> (usize, usize, usize) {
         (
             self.issuance_principal.len(),
             self.issuance_address.len(),

@@ -314,6 +314,16 @@ fn config_check_loads_the_certificate_and_key() {
     };
     let ok = check(&tls_config(&cert, &key, ""));
     assert!(ok.status.success(), "{}", stderr(&ok));
+    // STACKPASS_CA_FILE is the CLI's, not a configuration key.
+    let with_cli_variable = stackpass(&["config", "check", "--config", config.to_str().unwrap()])
+        .env("STACKPASS_CA_FILE", dir.path().join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        with_cli_variable.status.success(),
+        "{}",
+        stderr(&with_cli_variable)
+    );
 
     let other = ca.server_pair(10);
     let other_key = dir.path().join("other-key.pem");

@@ -208,6 +208,14 @@ async fn an_address_sending_bad_tokens_is_locked_out_before_verification() {
     // "authentication failed" line carries its request id.
     let locked = issue(&broker, &jane, DEV, attacker).await;
     let retry_after = assert_rate_limited(&locked, "auth_failures_address", 10);
+    assert!(
+        locked.body["hint"]
+            .as_str()
+            .unwrap()
+            .contains("valid token"),
+        "{}",
+        locked.text
+    );
     let locked_id = locked.header("x-request-id").unwrap().to_owned();
     let bad_again = issue(&broker, &forged, DEV, attacker).await;
     assert_rate_limited(&bad_again, "auth_failures_address", 10);
