@@ -311,6 +311,7 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
         }
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.limiter.as_ref().map_or(0, |limiter| limiter.len())
     }
