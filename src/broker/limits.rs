@@ -417,7 +417,7 @@ mod tests {
         assert_eq!(over.retry_after_seconds(), 1);
         let locked = limits.before_authentication(bad).unwrap_err();
         assert_eq!(locked.limit, Limit::AuthFailuresPerAddress);
-        // Another address, and the same /64's neighbour over IPv6, apart.
+        // Another address is apart.
         limits
             .before_authentication(Some(ip("198.51.100.2")))
             .unwrap();
@@ -456,6 +456,21 @@ mod tests {
         limits.authentication_failed(c).unwrap();
         limits.authentication_failed(c).unwrap();
         assert_eq!(limits.tracked().2, 2);
+    }
+
+    #[test]
+    fn pruning_forgets_keys_whose_buckets_refilled() {
+        // 6000 a minute: a bucket of 2 refills within a few milliseconds.
+        let limits = Limits::new(settings(rate(6000, 2), rate(6000, 2), rate(6000, 2)));
+        for i in 0..500u32 {
+            let address = IpAddr::from(std::net::Ipv4Addr::from(0xc000_0200 + i));
+            limits.authentication_failed(Some(address)).unwrap();
+            limits.issuance_address.check(&address).unwrap();
+        }
+        assert_eq!(limits.tracked(), (0, 500, 500));
+        std::thread::sleep(Duration::from_millis(50));
+        limits.prune();
+        assert_eq!(limits.tracked(), (0, 0, 0));
     }
 
     #[test]
