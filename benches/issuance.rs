@@ -7,7 +7,8 @@
 //! Knobs: BENCH_REQUESTS (default 2000 per run), BENCH_CONCURRENCY (default
 //! "1,32"), STACKPASS_TEST_POSTGRES_URL (PostgreSQL server for the second store).
 //! Each run starts a fresh broker with a fresh audit store, warms it up, then
-//! fires the requests from one client at the given concurrency.
+//! fires the requests from one client at the given concurrency. The issuance
+//! rate limits are off: one principal asks thousands of times a second.
 
 // The integration tests' support; the benchmark uses only part of it.
 #[allow(dead_code, unused_imports)]
@@ -64,6 +65,14 @@ async fn run(
     options
         .env
         .push(("STACKPASS_CATALOG__CACHE_TTL".into(), "10m".into()));
+    // Thousands of issuances a second by one principal from one address:
+    // the [limits] defaults (120 a minute per principal) would answer 429
+    // to nearly all of them, so they are off here (as in the test config).
+    for limit in ["ISSUANCE_PER_PRINCIPAL", "ISSUANCE_PER_ADDRESS"] {
+        options
+            .env
+            .push((format!("STACKPASS_LIMITS__{limit}_PER_MINUTE"), "0".into()));
+    }
     let broker = Broker::start(options).await;
     let token = backstage.user_token("user:default/jane");
     let client = reqwest::Client::builder()

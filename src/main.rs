@@ -20,6 +20,9 @@ use stackpass_provider::SigningAlgorithm;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(ca_file) = &cli.ca_file {
+        cli::trust_broker_ca(ca_file.clone());
+    }
     // The broker's configuration says how it logs and where its traces go, so
     // it is read before anything else; the CLI logs warnings as text.
     let server_config = match &cli.command {
@@ -231,6 +234,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let loaded = load_config(&config)?;
             let rules = stackpass::startup::check(&loaded)
                 .map_err(|e| CliError::new(e.to_string(), "fix the file or key named above"))?;
+            if let Some(tls) = &loaded.server.tls {
+                stackpass::api::tls::check(tls)
+                    .map_err(|e| CliError::new(e.to_string(), "fix the file named above"))?;
+            }
             println!(
                 "{}: ok ({} trusted issuer(s), {} rule(s), providers: {})",
                 config.display(),
@@ -576,12 +583,20 @@ async fn serve(mut config: Config, listen: Option<SocketAddr>) -> anyhow::Result
         (_, metrics) => metrics,
     };
     let router = stackpass::api::router(broker, &config.server, mcp, api_metrics);
-    tracing::info!(issuer = %config.issuer_url(), "listening on http://{}", config.server.listen);
+    let tls = match &config.server.tls {
+        Some(tls) => Some(
+            stackpass::api::tls::acceptor(tls)
+                .map_err(|e| CliError::new(e.to_string(), "fix the file named above"))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(issuer = %config.issuer_url(), "listening on {scheme}://{}", config.server.listen);
     let limits = stackpass::api::ConnectionLimits {
         max_connections: config.server.max_connections,
         header_read_timeout: config.server.header_read_timeout,
     };
-    stackpass::api::serve(listener, router, limits)
+    stackpass::api::serve(listener, router, limits, tls)
         .await
         .context("serving HTTP")?;
     Ok(())

@@ -10,6 +10,7 @@ use stackpass_provider::SigningAlgorithm;
 
 use crate::approvals::SqlApprovalStore;
 use crate::audit::{AuditStore, SqlAuditStore};
+use crate::broker::limits::{LimitSettings, Limits, Rate};
 use crate::broker::{Broker, BrokerParts};
 use crate::catalog::{
     BackstageCatalog, BackstageCatalogSettings, Catalog, CatalogError, StaticCatalog,
@@ -137,7 +138,44 @@ pub async fn build_broker(config: &Config) -> Result<Broker, StartupError> {
         component_tags,
         environment_tag: config.stacks.environment_tag.clone(),
         cloud_budget: config.cloud_budget(),
+        limits: start_limits(config),
     }))
+}
+
+/// `[limits]`, with the task that forgets idle keys every minute (so a
+/// limiter's memory follows the clients active in the last minute or so).
+fn start_limits(config: &Config) -> Arc<Limits> {
+    let rate = |per_minute, burst| Rate { per_minute, burst };
+    let limits = &config.limits;
+    let limits = Arc::new(Limits::new(LimitSettings {
+        issuance_per_principal: rate(
+            limits.issuance_per_principal_per_minute,
+            limits.issuance_per_principal_burst,
+        ),
+        issuance_per_address: rate(
+            limits.issuance_per_address_per_minute,
+            limits.issuance_per_address_burst,
+        ),
+        auth_failures_per_address: rate(
+            limits.auth_failures_per_address_per_minute,
+            limits.auth_failures_per_address_burst,
+        ),
+        max_tracked_keys: limits.max_tracked_keys,
+    }));
+    let pruned = Arc::downgrade(&limits);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let Some(limits) = pruned.upgrade() else {
+                return;
+            };
+            limits.prune();
+        }
+    });
+    limits
 }
 
 /// With `audit.checkpoint_dir` set, writes a signed checkpoint there every

@@ -6,7 +6,8 @@
 //! and the concurrency limit, which the discovery documents, the JWKS and the
 //! health checks stay out of, so that the clouds can always fetch the keys.
 //! `/metrics` is served here unless it has a listener of its own.
-//! `serve` owns the connections.
+//! `serve` owns the connections; `tls` the optional https listener's
+//! certificate and its reload.
 
 mod admission;
 mod approvals;
@@ -20,6 +21,7 @@ mod origin;
 mod problem;
 mod revocations;
 mod serve;
+pub mod tls;
 mod token_exchange;
 
 use std::sync::Arc;

@@ -33,7 +33,7 @@ pub struct Problem {
     /// `invalid_grant`, `AADSTS700213`), for searching its documentation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_code: Option<Box<str>>,
-    /// For a quota: seconds until a retry can succeed, also sent as the
+    /// For a quota or a rate limit: seconds until a retry can succeed, also sent as the
     /// `Retry-After` header.
     #[serde(
         rename = "retry_after_seconds",
@@ -207,6 +207,31 @@ impl Problem {
                 problem.retry_after = std::num::NonZeroU32::new(
                     u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX),
                 );
+                problem
+            }
+            BrokerError::RateLimited(limited) => {
+                let seconds = limited.retry_after_seconds();
+                let mut problem = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Rate limited",
+                    format!(
+                        "too many {} (limit {}); retry in {seconds}s",
+                        limited.limit.describe(),
+                        limited.limit.label()
+                    ),
+                    format!(
+                        "retry after {seconds} seconds (Retry-After){}; the operator sets this rate with {}",
+                        if limited.limit == crate::broker::limits::Limit::AuthFailuresPerAddress {
+                            ", with a valid token: until then every request from this address is refused"
+                        } else {
+                            ""
+                        },
+                        limited.limit.config_key()
+                    ),
+                );
+                problem.retry_after =
+                    std::num::NonZeroU32::new(u32::try_from(seconds).unwrap_or(u32::MAX));
                 problem
             }
             BrokerError::BreakGlassNotAPerson => Problem::new(

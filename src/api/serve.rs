@@ -2,9 +2,13 @@
 //! connection-level limits that keep clients who never finish a request from
 //! holding the broker: a cap on open connections, and a deadline for request
 //! headers (which also closes idle keep-alive connections). Bodies have their
-//! own deadline in `admission`. On SIGINT or SIGTERM it stops accepting and
-//! lets requests in flight finish.
+//! own deadline in `admission`. With `[server.tls]`, each connection first
+//! completes a TLS handshake (`tls`) within the same header deadline, so a
+//! client that never finishes one holds its slot no longer than one that never
+//! sends headers. On SIGINT or SIGTERM it stops accepting and lets requests in
+//! flight finish.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +16,10 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// How many connections may be open at once, and how long a client may take
@@ -24,11 +30,13 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
 }
 
-/// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+/// Serves until SIGINT or SIGTERM, then drains in-flight requests; https
+/// when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closed) = watch::channel(false);
@@ -52,24 +60,20 @@ pub async fn serve(
             continue;
         };
         let router = router.clone();
-        let mut closed = closed.clone();
+        let closed = closed.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let _slot = slot;
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    router.clone().oneshot(request)
-                });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = closed.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            let Some(tls) = tls else {
+                return serve_connection(stream, peer, router, limits, closed).await;
+            };
+            match tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, peer, router, limits, closed).await,
+                Ok(Err(error)) => {
+                    tracing::debug!(client = %peer.ip(), %error, "TLS handshake failed");
+                }
+                Err(_) => {
+                    tracing::debug!(client = %peer.ip(), "TLS handshake not finished within server.header_read_timeout");
                 }
             }
         });
@@ -79,6 +83,35 @@ pub async fn serve(
     let _ = closing.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// One connection, plain or TLS: HTTP/1.1 until the client leaves, its
+/// headers are late, or shutdown asks it to finish.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    limits: ConnectionLimits,
+    mut closed: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(request)
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = closed.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -269,6 +269,20 @@ fn from_broker_error(error: BrokerError) -> OAuthError {
             retry_after: Some(retry_after),
             ..OAuthError::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", message)
         },
+        // The same for a rate limit (`Retry-After` in whole seconds).
+        BrokerError::RateLimited(limited) => OAuthError {
+            retry_after: Some(Duration::from_secs(limited.retry_after_seconds())),
+            ..OAuthError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                format!(
+                    "too many {} (limit {}); retry in {}s",
+                    limited.limit.describe(),
+                    limited.limit.label(),
+                    limited.retry_after_seconds()
+                ),
+            )
+        },
         // "If either the subject_token or actor_token are ... unacceptable
         // based on policy, the invalid_request error code MUST be used"
         // (RFC 8693 section 2.2.2): a revoked delegation is such a policy.

@@ -20,6 +20,7 @@ mod approvals;
 mod audit_reads;
 mod events;
 mod issuance;
+pub mod limits;
 mod resolve;
 mod revocations;
 
@@ -38,6 +39,7 @@ use self::approvals::Approvals;
 use self::audit_reads::AuditReads;
 use self::events::{Allowance, Asked, Event, Recorder};
 use self::issuance::Exchange;
+use self::limits::{Limited, Limits};
 use self::resolve::{Resolved, Resolver};
 pub use self::revocations::RevocationAnswer;
 use self::revocations::Revocations;
@@ -65,6 +67,13 @@ pub struct RequestContext {
     /// The id the client sent in `x-request-id`, if it was plain enough to keep.
     pub client_request_id: Option<String>,
     pub client_addr: Option<String>,
+}
+
+impl RequestContext {
+    /// The client's address, for the per-address limits.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.client_addr.as_deref().and_then(|a| a.parse().ok())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -146,12 +155,38 @@ pub enum BrokerError {
         retry_after: Duration,
         message: String,
     },
+    /// A `[limits]` rate is used up for now.
+    #[error("too many {}; retry in {}s", .0.limit.describe(), .0.retry_after_seconds())]
+    RateLimited(Limited),
     #[error("{}", revoked_message(.revoked))]
     DelegationRevoked { revoked: Box<RevokedDelegation> },
     #[error(transparent)]
     Revocation(#[from] RevocationError),
     #[error(transparent)]
     RevocationStore(#[from] crate::revocations::StoreError),
+}
+
+/// A refusal by a rate limit: counted in metrics and logged with the
+/// request id and (for issuance) the principal, but not audited. The audit
+/// log's writes are what a flood would make expensive, and it records
+/// decisions about requests; a limit refuses before any decision is made.
+fn rate_limited(
+    context: &RequestContext,
+    principal: Option<&Principal>,
+    limited: Limited,
+) -> BrokerError {
+    metrics::counter!("stackpass_rate_limited_total", "limit" => limited.limit.label())
+        .increment(1);
+    tracing::warn!(
+        request_id = %context.request_id,
+        client = ?context.client_addr,
+        principal = principal.map(|p| p.subject.to_string()),
+        actor = principal.and_then(|p| p.actor.clone()),
+        limit = limited.limit.label(),
+        retry_after_seconds = limited.retry_after_seconds(),
+        "rate limited"
+    );
+    BrokerError::RateLimited(limited)
 }
 
 /// Which revocation refused an agent's request.
@@ -206,6 +241,8 @@ pub struct BrokerParts {
     pub revocations: Arc<dyn RevocationStore>,
     /// Members of these groups may revoke an agent for every person.
     pub agent_admin_groups: Vec<EntityRef>,
+    /// `[limits]`: issuance and authentication-failure rates.
+    pub limits: Arc<Limits>,
 }
 
 pub struct Broker {
@@ -220,6 +257,7 @@ pub struct Broker {
     audit_reads: AuditReads,
     revocations: Revocations,
     recorder: Recorder,
+    limits: Arc<Limits>,
 }
 
 impl Broker {
@@ -261,7 +299,13 @@ impl Broker {
             },
             policy,
             recorder,
+            limits: parts.limits,
         }
+    }
+
+    /// The rate limits, for the task that prunes them.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     #[tracing::instrument(name = "authenticate", skip_all)]
@@ -270,11 +314,23 @@ impl Broker {
         context: &RequestContext,
         token: &SecretString,
     ) -> Result<Principal, BrokerError> {
-        Ok(self
-            .verifier
-            .verify(token)
-            .await
-            .inspect_err(|e| authentication_failed(context, e))?)
+        let address = context.client_ip();
+        self.limits
+            .before_authentication(address)
+            .map_err(|limited| rate_limited(context, None, limited))?;
+        match self.verifier.verify(token).await {
+            Ok(principal) => Ok(principal),
+            Err(e) => {
+                authentication_failed(context, &e);
+                // An issuer the broker cannot reach is not the client's failure.
+                if !e.is_unavailable() {
+                    self.limits
+                        .authentication_failed(address)
+                        .map_err(|limited| rate_limited(context, None, limited))?;
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// A token exchange's `actor_token`: verified like any token, and only
@@ -391,6 +447,11 @@ impl Broker {
         principal: Principal,
         request: &CredentialRequest,
     ) -> Result<Issued, BrokerError> {
+        // First, before any I/O: every issuance path (/v1/credentials,
+        // /oauth2/token, MCP get_credentials) comes through here once.
+        self.limits
+            .issuance(&principal, context.client_ip())
+            .map_err(|limited| rate_limited(context, Some(&principal), limited))?;
         let asked = Asked {
             context,
             principal: &principal,

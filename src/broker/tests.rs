@@ -137,6 +137,9 @@ async fn world() -> World {
         component_tags: ComponentTags::same("backstage.io/component"),
         environment_tag: "environment".into(),
         cloud_budget: Duration::from_secs(5),
+        limits: Arc::new(super::limits::Limits::new(
+            super::limits::LimitSettings::off(),
+        )),
     });
     World {
         broker,

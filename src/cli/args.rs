@@ -22,6 +22,11 @@ use crate::registry;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// A PEM bundle of CA certificates to trust for the broker's https
+    /// (a private CA), besides the public roots. Otherwise SSL_CERT_FILE,
+    /// if set, is trusted the same way.
+    #[arg(long, global = true, env = "STACKPASS_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -1,7 +1,8 @@
 //! `stackpass creds`: asks a broker for credentials (or, in federation mode, a
 //! subject token) and prints them as JSON or in a provider's own format.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -37,6 +38,51 @@ pub fn read_token_file(path: &Path) -> Result<SecretString, CliError> {
     Ok(SecretString::from(token.trim().to_owned()))
 }
 
+/// `--ca-file` / `STACKPASS_CA_FILE`, set once by `main` before any call.
+static BROKER_CA_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Trusts the CAs in `ca_file` (PEM) for the broker's https, besides the
+/// public roots: for a broker whose certificate a private CA signed.
+pub fn trust_broker_ca(ca_file: PathBuf) {
+    let _ = BROKER_CA_FILE.set(ca_file);
+}
+
+/// The CA bundle to trust beside the public roots: `--ca-file`, else
+/// `SSL_CERT_FILE` (which reqwest's built-in roots do not read by themselves).
+fn broker_ca_file() -> Option<(PathBuf, &'static str)> {
+    match BROKER_CA_FILE.get() {
+        Some(path) => Some((path.clone(), "--ca-file / STACKPASS_CA_FILE")),
+        None => std::env::var_os("SSL_CERT_FILE")
+            .filter(|value| !value.is_empty())
+            .map(|value| (PathBuf::from(value), "SSL_CERT_FILE")),
+    }
+}
+
+/// The client for the broker: public roots, plus the bundle named above.
+fn broker_client() -> Result<reqwest::Client, CliError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60));
+    if let Some((path, from)) = broker_ca_file() {
+        let trust = crate::http_client::TlsTrust {
+            ca_file: Some(path),
+            public_roots: true,
+        };
+        let certificates = trust.certificates().map_err(|e| {
+            CliError::new(
+                e.to_string(),
+                format!("{from} must name a readable PEM file of CA certificates"),
+            )
+        })?;
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| CliError::plain(format!("could not build an HTTP client: {e}")))
+}
+
 /// Calls the broker (`body` means POST, none means GET) and returns the answer's
 /// text, or the broker's problem as a CLI error.
 async fn call(
@@ -58,16 +104,7 @@ async fn call_for_status(
     body: Option<&impl serde::Serialize>,
 ) -> Result<String, (Option<u16>, CliError)> {
     let base = server.trim_end_matches('/');
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| {
-            (
-                None,
-                CliError::plain(format!("could not build an HTTP client: {e}")),
-            )
-        })?;
+    let client = broker_client().map_err(|e| (None, e))?;
     let url = format!("{base}{path}");
     let request = match body {
         Some(body) => client.post(url).json(body),
@@ -78,17 +115,24 @@ async fn call_for_status(
         .send()
         .await
         .map_err(|e| {
-            let error = CliError::new(
-                format!(
-                    "could not reach the broker at {base}: {}",
-                    if e.is_timeout() {
-                        "timed out"
-                    } else {
-                        "connection failed"
-                    }
-                ),
-                "check --server / STACKPASS_URL and that the broker is running",
-            );
+            let error = if is_untrusted_certificate(&e) {
+                CliError::new(
+                    format!("could not reach the broker at {base}: its TLS certificate is not trusted"),
+                    "if a private CA signed it, pass its PEM bundle with --ca-file (or STACKPASS_CA_FILE)",
+                )
+            } else {
+                CliError::new(
+                    format!(
+                        "could not reach the broker at {base}: {}",
+                        if e.is_timeout() {
+                            "timed out"
+                        } else {
+                            "connection failed"
+                        }
+                    ),
+                    "check --server / STACKPASS_URL and that the broker is running",
+                )
+            };
             (None, error)
         })?;
     let status = response.status();
@@ -102,6 +146,19 @@ async fn call_for_status(
         return Err((Some(status.as_u16()), problem_error(status.as_u16(), &text)));
     }
     Ok(text)
+}
+
+/// Whether a failed request failed on the server's certificate (rustls says
+/// so somewhere in the error's chain).
+fn is_untrusted_certificate(error: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(current) = source {
+        if current.to_string().contains("certificate") {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 fn request_body(args: &CredsArgs) -> wire::CredentialRequest {

@@ -15,8 +15,8 @@ use std::fmt;
 
 pub use args::read_token;
 pub use creds::{
-    agents, approvals, explain, fetch_credentials, read_token_file, AgentAction, ApprovalAction,
-    CredsArgs, Printer,
+    agents, approvals, explain, fetch_credentials, read_token_file, trust_broker_ca, AgentAction,
+    ApprovalAction, CredsArgs, Printer,
 };
 pub use dev::{dev_token, DevTokenArgs};
 pub use run::{run, RunArgs};

@@ -25,9 +25,9 @@ use url::Url;
 
 pub use identity::{IdentityConfig, IssuerKind, TrustedIssuerConfig};
 pub use sections::{
-    AgentsConfig, AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, McpConfig,
-    NotificationsConfig, PolicyConfig, RemoteStacksConfig, ServerConfig, StackSourceConfig,
-    StacksConfig, StacksKind, StaticStacksConfig, SOURCE_COMPONENT_TAG,
+    AgentsConfig, AuditConfig, CatalogConfig, CatalogKind, IssuerConfig, LimitsConfig, McpConfig,
+    NotificationsConfig, PolicyConfig, RemoteStacksConfig, ServerConfig, ServerTlsConfig,
+    StackSourceConfig, StacksConfig, StacksKind, StaticStacksConfig, SOURCE_COMPONENT_TAG,
 };
 pub use telemetry::{LogFormat, MetricsConfig, TelemetryConfig};
 
@@ -37,7 +37,15 @@ pub const DEFAULT_CONFIG_FILE: &str = "stackpass.toml";
 
 /// Environment variables with the `STACKPASS_` prefix that belong to the CLI, not
 /// to the server configuration.
-const CLI_ONLY_VARIABLES: &[&str] = &["URL", "TOKEN", "CONFIG", "LOG", "STACK", "CACHE_DIR"];
+const CLI_ONLY_VARIABLES: &[&str] = &[
+    "URL",
+    "TOKEN",
+    "CONFIG",
+    "LOG",
+    "STACK",
+    "CACHE_DIR",
+    "CA_FILE",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +76,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// Every problem found in a configuration, each naming its key.
@@ -255,6 +265,10 @@ impl Config {
         }
         for p in &mut self.policy.files {
             resolve(p);
+        }
+        if let Some(tls) = &mut self.server.tls {
+            resolve(&mut tls.cert_file);
+            resolve(&mut tls.key_file);
         }
         for source in self.stacks.tool_sources_mut() {
             match source {

@@ -77,6 +77,63 @@ pub struct ServerConfig {
     /// Load balancers or ingress (CIDR blocks) whose `X-Forwarded-For` names
     /// the client; from anyone else the header is ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[server.tls]`: serve https with this certificate and key (absent:
+    /// plain http, for a broker behind a TLS-terminating proxy).
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: the broker's own certificate, reloaded when the files change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM: the server certificate first, then its intermediates.
+    pub cert_file: PathBuf,
+    /// PEM: the certificate's private key (PKCS#8, or RSA or EC in their
+    /// traditional PEM forms).
+    pub key_file: PathBuf,
+    /// How often the two files are read for changes (a renewed certificate
+    /// is served without a restart).
+    #[serde(with = "humantime_serde", default = "default_tls_reload_interval")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// `[limits]`: rates and bursts, per replica. A rate of 0 turns that limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Issuances (`/v1/credentials`, `/oauth2/token`, MCP `get_credentials`)
+    /// per principal per minute, and how many may come at once.
+    pub issuance_per_principal_per_minute: u32,
+    pub issuance_per_principal_burst: u32,
+    /// Issuances per client address per minute, and the burst.
+    pub issuance_per_address_per_minute: u32,
+    pub issuance_per_address_burst: u32,
+    /// Requests whose token fails verification, per client address per
+    /// minute, and the burst; past it, the address gets 429 before any token
+    /// is verified.
+    pub auth_failures_per_address_per_minute: u32,
+    pub auth_failures_per_address_burst: u32,
+    /// The most principals or addresses each limit tracks; idle ones are
+    /// forgotten every minute, and past this many the rest share one bucket.
+    pub max_tracked_keys: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            issuance_per_principal_per_minute: 120,
+            issuance_per_principal_burst: 60,
+            issuance_per_address_per_minute: 600,
+            issuance_per_address_burst: 300,
+            auth_failures_per_address_per_minute: 30,
+            auth_failures_per_address_burst: 10,
+            max_tracked_keys: 100_000,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -91,6 +148,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }

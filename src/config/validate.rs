@@ -52,6 +52,55 @@ impl Config {
                 );
             }
         }
+        if let Some(tls) = &self.server.tls {
+            let reload = tls.reload_interval;
+            if reload < Duration::from_secs(1) || reload > Duration::from_secs(3600) {
+                problem(
+                    "server.tls.reload_interval".into(),
+                    "must be between 1s and 1h; a renewed certificate must be picked up well before the old one expires".into(),
+                );
+            }
+        }
+        let limits = &self.limits;
+        for (name, rate, burst) in [
+            (
+                "issuance_per_principal",
+                limits.issuance_per_principal_per_minute,
+                limits.issuance_per_principal_burst,
+            ),
+            (
+                "issuance_per_address",
+                limits.issuance_per_address_per_minute,
+                limits.issuance_per_address_burst,
+            ),
+            (
+                "auth_failures_per_address",
+                limits.auth_failures_per_address_per_minute,
+                limits.auth_failures_per_address_burst,
+            ),
+        ] {
+            // governor spreads a rate over nanoseconds: beyond 1e9 a minute,
+            // the emission interval would round to zero.
+            if rate > 1_000_000_000 {
+                problem(
+                    format!("limits.{name}_per_minute"),
+                    "must be at most 1000000000; set 0 to turn the limit off".into(),
+                );
+            }
+            if rate > 0 && burst == 0 {
+                problem(
+                    format!("limits.{name}_burst"),
+                    format!("must be at least 1 while limits.{name}_per_minute is set; it is how many requests may come at once"),
+                );
+            }
+        }
+        if limits.max_tracked_keys < 100 {
+            problem(
+                "limits.max_tracked_keys".into(),
+                "must be at least 100; past it every new principal or address shares one bucket"
+                    .into(),
+            );
+        }
         let lifetime = self.issuer.token_lifetime;
         if lifetime < Duration::from_secs(60) || lifetime > Duration::from_secs(3600) {
             problem(
@@ -773,5 +822,67 @@ mod stack_source_tests {
             .unwrap();
         load("[stacks.pulumi]\nkind = \"pulumi-cloud\"\ntoken = \"t\"\nurl = \"http://pulumi.internal\"\ninsecure_allow_http = true\n")
             .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use crate::config::tests::{write, MINIMAL};
+    use crate::config::Config;
+
+    fn load(extra: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &format!("{MINIMAL}\n{extra}"));
+        Config::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_are_on_by_default_and_each_can_be_turned_off() {
+        let limits = load("").unwrap().limits;
+        assert_eq!(limits.issuance_per_principal_per_minute, 120);
+        assert_eq!(limits.issuance_per_principal_burst, 60);
+        assert_eq!(limits.issuance_per_address_per_minute, 600);
+        assert_eq!(limits.auth_failures_per_address_per_minute, 30);
+        assert_eq!(limits.auth_failures_per_address_burst, 10);
+        // A rate of 0 turns one limit off; its burst is then not needed.
+        let limits = load(
+            "[limits]\nissuance_per_principal_per_minute = 0\nissuance_per_principal_burst = 0",
+        )
+        .unwrap()
+        .limits;
+        assert_eq!(limits.issuance_per_principal_per_minute, 0);
+        assert_eq!(limits.issuance_per_address_per_minute, 600);
+    }
+
+    #[test]
+    fn a_limit_without_a_burst_and_unknown_keys_are_named() {
+        let error = load("[limits]\nauth_failures_per_address_burst = 0").unwrap_err();
+        assert!(
+            error.contains("limits.auth_failures_per_address_burst: must be at least 1"),
+            "{error}"
+        );
+        let error = load("[limits]\nmax_tracked_keys = 5").unwrap_err();
+        assert!(error.contains("limits.max_tracked_keys"), "{error}");
+        let error = load("[limits]\nissuance_per_minute = 5").unwrap_err();
+        assert!(error.contains("issuance_per_minute"), "{error}");
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_a_sane_reload_interval() {
+        let config =
+            load("[server.tls]\ncert_file = \"tls/cert.pem\"\nkey_file = \"tls/key.pem\"").unwrap();
+        let tls = config.server.tls.unwrap();
+        assert!(
+            tls.cert_file.is_absolute(),
+            "resolved beside the config file"
+        );
+        assert_eq!(tls.reload_interval, std::time::Duration::from_secs(5));
+        let error = load("[server.tls]\ncert_file = \"cert.pem\"").unwrap_err();
+        assert!(error.contains("key_file"), "{error}");
+        let error = load(
+            "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nreload_interval = \"2h\"",
+        )
+        .unwrap_err();
+        assert!(error.contains("server.tls.reload_interval"), "{error}");
     }
 }

@@ -116,6 +116,13 @@ max_duration = "1h"
 [audit]
 url = "sqlite://audit.db"
 auditor_groups = ["group:default/security"]
+
+# The suite sends bursts and bad tokens from one address and one principal;
+# the tests of the limits set them (STACKPASS_LIMITS__*).
+[limits]
+issuance_per_principal_per_minute = 0
+issuance_per_address_per_minute = 0
+auth_failures_per_address_per_minute = 0
 {extra}
 "#,
             backstage = self.backstage_url,
@@ -163,22 +170,24 @@ impl Broker {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    // Text or JSON lines: the address ends at the first
-                    // character no address has.
-                    let addr = rest
-                        .split(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c)))
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = address_tx.send(addr);
+                for scheme in ["http", "https"] {
+                    if let Some(rest) = line.split(&format!("listening on {scheme}://")).nth(1) {
+                        // Text or JSON lines: the address ends at the first
+                        // character no address has.
+                        let addr = rest
+                            .split(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c)))
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        let _ = address_tx.send((scheme, addr));
+                    }
                 }
                 let mut logs = sink.lock().unwrap();
                 logs.push_str(&line);
                 logs.push('\n');
             }
         });
-        let address = match address_rx.recv_timeout(Duration::from_secs(30)) {
+        let (scheme, address) = match address_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(address) => address,
             Err(_) => {
                 let _ = child.kill();
@@ -189,8 +198,13 @@ impl Broker {
             }
         };
         let addr: SocketAddr = address.parse().unwrap();
+        // Test certificates are for `localhost`.
+        let url = match scheme {
+            "https" => format!("https://localhost:{}", addr.port()),
+            _ => format!("http://{addr}"),
+        };
         Broker {
-            url: format!("http://{addr}"),
+            url,
             dir,
             child,
             logs,

@@ -52,6 +52,7 @@ pub fn stackpass(args: &[&str]) -> Command {
         .env_remove("STACKPASS_TOKEN")
         .env_remove("STACKPASS_URL")
         .env_remove("STACKPASS_CONFIG")
+        .env_remove("STACKPASS_CA_FILE")
         .env_remove(TEST_POSTGRES_URL);
     command
 }
