@@ -33,6 +33,7 @@ pub const HTTP_IN_FLIGHT: &str = "stackpass_http_requests_in_flight";
 pub const POLICY_RELOADS: &str = "stackpass_policy_reloads_total";
 pub const KEY_RELOADS: &str = "stackpass_signing_key_reloads_total";
 pub const RATE_LIMITED: &str = "stackpass_rate_limited_total";
+pub const RATE_LIMIT_UNTRACKED: &str = "stackpass_rate_limit_untracked_total";
 pub const BUILD_INFO: &str = "stackpass_build_info";
 
 /// Whole requests: most answer in a few milliseconds, an issuance that waits
@@ -154,6 +155,10 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED,
         "Requests refused with 429 by a configured limit, by limit"
+    );
+    describe_counter!(
+        RATE_LIMIT_UNTRACKED,
+        "Requests a limit let through untracked because its table of keys was full, by limit"
     );
     describe_gauge!(
         BUILD_INFO,

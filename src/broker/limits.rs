@@ -342,7 +342,7 @@ impl<K: Hash + Eq + Clone> StateStore for Capped<K> {
                     "rate limit table full: new keys are not limited until idle ones are forgotten (limits.max_tracked_keys)"
                 );
             }
-            metrics::counter!("stackpass_rate_limit_untracked_total", "limit" => self.limit.label())
+            metrics::counter!(crate::metrics::RATE_LIMIT_UNTRACKED, "limit" => self.limit.label())
                 .increment(1);
             return f(None).map(|(outcome, _)| outcome);
         }

@@ -175,8 +175,7 @@ fn rate_limited(
     principal: Option<&Principal>,
     limited: Limited,
 ) -> BrokerError {
-    metrics::counter!("stackpass_rate_limited_total", "limit" => limited.limit.label())
-        .increment(1);
+    metrics::counter!(crate::metrics::RATE_LIMITED, "limit" => limited.limit.label()).increment(1);
     tracing::warn!(
         request_id = %context.request_id,
         client = ?context.client_addr,
