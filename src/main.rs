@@ -534,13 +534,18 @@ async fn serve(config_path: &std::path::Path, listen: Option<SocketAddr>) -> any
     stackpass::startup::spawn_key_reloader(broker.clone(), &config);
     stackpass::startup::spawn_checkpoint_shipper(broker.clone(), &config);
     let mcp = stackpass::api::McpSettings::from_config(&config);
-    let router = stackpass::api::router(broker, &config.server, mcp);
+    let draining = stackpass::api::Draining::default();
+    let router = stackpass::api::router(broker, &config.server, mcp, draining.clone());
     tracing::info!(issuer = %config.issuer_url(), "listening on http://{}", config.server.listen);
     let limits = stackpass::api::ConnectionLimits {
         max_connections: config.server.max_connections,
         header_read_timeout: config.server.header_read_timeout,
     };
-    stackpass::api::serve(listener, router, limits)
+    let timing = stackpass::api::ShutdownTiming {
+        delay: config.server.shutdown_delay,
+        drain_timeout: config.server.request_timeout,
+    };
+    stackpass::api::serve(listener, router, limits, draining, timing)
         .await
         .context("serving HTTP")?;
     Ok(())

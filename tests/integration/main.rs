@@ -17,6 +17,7 @@ mod backstage_real;
 mod cancellation;
 mod cli;
 mod doubles;
+mod drain;
 mod examples;
 mod exhaustion;
 mod gcp;
