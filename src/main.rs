@@ -1,6 +1,5 @@
 //! The `stackpass` binary: the broker (`serve`) and its CLI in one executable.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,7 +20,27 @@ use stackpass_provider::SigningAlgorithm;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Serve { .. }));
+    // The broker's configuration says how it logs and where its traces go, so
+    // it is read before anything else; the CLI logs warnings as text.
+    let server_config = match &cli.command {
+        Command::Serve { config, .. } => match load_config(config) {
+            Ok(config) => Some(config),
+            Err(error) => {
+                report(&error);
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    // Dropped last, after the runtime: flushes spans still queued for export.
+    let _telemetry = match stackpass::telemetry::init(server_config.as_ref().map(|c| &c.telemetry))
+    {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,37 +79,24 @@ fn main() -> ExitCode {
             }
         };
     }
-    match runtime.block_on(run(cli)) {
+    let result = match (cli.command, server_config) {
+        (Command::Serve { listen, .. }, Some(config)) => runtime.block_on(serve(config, listen)),
+        (command, _) => runtime.block_on(run(command)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            match error.downcast_ref::<CliError>() {
-                Some(cli_error) => eprintln!("{cli_error}"),
-                None => eprintln!("error: {error:#}"),
-            }
+            report(&error);
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_tracing(server: bool) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let default = if server { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STACKPASS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // rmcp logs whole MCP requests and results at debug, and a get_credentials
-    // result holds secrets: its debug and trace events never reach the log,
-    // whatever STACKPASS_LOG says.
-    let no_rmcp_detail = tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.target().starts_with("rmcp") && *meta.level() > tracing::Level::INFO)
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .finish()
-        .with(no_rmcp_detail)
-        .init();
+fn report(error: &anyhow::Error) {
+    match error.downcast_ref::<CliError>() {
+        Some(cli_error) => eprintln!("{cli_error}"),
+        None => eprintln!("error: {error:#}"),
+    }
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
@@ -99,9 +105,9 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     })
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve { config, listen } => serve(&config, listen).await,
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { .. } => unreachable!("serve is started from main with its configuration"),
         Command::Creds {
             request,
             format,
@@ -511,8 +517,31 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config_path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let mut config = load_config(config_path)?;
+/// `/metrics` on a listener of its own, for the life of the process.
+async fn serve_metrics(
+    address: SocketAddr,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        CliError::new(
+            format!("could not listen on {address} for metrics: {e}"),
+            "pick a free address for metrics.listen",
+        )
+    })?;
+    let bound = listener
+        .local_addr()
+        .context("reading the metrics address")?;
+    tracing::info!("metrics on http://{bound}/metrics");
+    let router = stackpass::api::metrics_routes(handle);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "the metrics listener stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn serve(mut config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     if let Some(listen) = listen {
         config.server.listen = listen;
     }
@@ -534,8 +563,20 @@ async fn serve(config_path: &std::path::Path, listen: Option<SocketAddr>) -> any
     stackpass::startup::spawn_key_reloader(broker.clone(), &config);
     stackpass::startup::spawn_checkpoint_shipper(broker.clone(), &config);
     let mcp = stackpass::api::McpSettings::from_config(&config);
+    let metrics = if config.metrics.enabled {
+        Some(stackpass::metrics::install().context("installing the metrics recorder")?)
+    } else {
+        None
+    };
+    let api_metrics = match (config.metrics.listen, metrics) {
+        (Some(address), Some(handle)) => {
+            serve_metrics(address, handle).await?;
+            None
+        }
+        (_, metrics) => metrics,
+    };
     let draining = stackpass::api::Draining::default();
-    let router = stackpass::api::router(broker, &config.server, mcp, draining.clone());
+    let router = stackpass::api::router(broker, &config.server, mcp, api_metrics, draining.clone());
     tracing::info!(issuer = %config.issuer_url(), "listening on http://{}", config.server.listen);
     let limits = stackpass::api::ConnectionLimits {
         max_connections: config.server.max_connections,

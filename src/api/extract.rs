@@ -44,7 +44,9 @@ impl FromRequestParts<Arc<Broker>> for Principal {
             return Ok(principal.clone());
         }
         let context = RequestContext::from_request_parts(parts, broker).await?;
-        let token = bearer_token(&parts.headers).map_err(BrokerError::Identity)?;
+        let token = bearer_token(&parts.headers)
+            .inspect_err(|e| crate::broker::authentication_failed(&context, e))
+            .map_err(BrokerError::Identity)?;
         Ok(broker.authenticate(&context, &token).await?)
     }
 }

@@ -5,6 +5,7 @@
 //! the authenticated API (`/v1`) also passes `admission` (caller, then body)
 //! and the concurrency limit, which the discovery documents, the JWKS and the
 //! health checks stay out of, so that the clouds can always fetch the keys.
+//! `/metrics` is served here unless it has a listener of its own.
 //! `serve` owns the connections.
 
 mod admission;
@@ -30,6 +31,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceBuilder;
 
 pub use mcp::McpSettings;
@@ -46,6 +48,7 @@ pub fn router(
     broker: Arc<Broker>,
     config: &ServerConfig,
     mcp: Option<McpSettings>,
+    metrics: Option<PrometheusHandle>,
     draining: Draining,
 ) -> Router {
     let admission = admission::Admission {
@@ -88,6 +91,7 @@ pub fn router(
     let mcp = mcp.map(|settings| mcp::routes(broker.clone(), settings, config));
     Router::new()
         .merge(authenticated)
+        .merge(metrics.map(metrics_routes).unwrap_or_default())
         .merge(token_exchange::routes(config))
         .merge(mcp.unwrap_or_default())
         .route("/healthz", get(healthz))
@@ -115,6 +119,25 @@ pub fn router(
                 .timeout(config.request_timeout),
         )
         .with_state(broker)
+}
+
+/// `/metrics` alone, for the API listener or a listener of its own.
+pub fn metrics_routes<S: Clone + Send + Sync + 'static>(handle: PrometheusHandle) -> Router<S> {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let page = handle.render();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    )],
+                    page,
+                )
+            }
+        }),
+    )
 }
 
 async fn overloaded_or_timed_out(error: tower::BoxError) -> Problem {

@@ -2,20 +2,24 @@
 //! request id (what the audit log and every answer carry), the id the client
 //! sent if it sent a plain one (kept beside it, never instead of it), and the
 //! client's address, read through `X-Forwarded-For` only when the connection
-//! comes from a configured trusted proxy.
+//! comes from a configured trusted proxy. It also puts every request on
+//! `/metrics` (in flight, answered, how long it took).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use ipnet::IpNet;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::Problem;
+use crate::metrics::{HTTP_IN_FLIGHT, HTTP_REQUESTS, HTTP_REQUEST_SECONDS};
 
 /// Where one HTTP request comes from. `request_id` is the broker's own id,
 /// echoed in `x-request-id`, in every problem body and in every audit record,
@@ -43,11 +47,23 @@ pub(super) async fn request_origin(
         .map(|peer| proxies.client_addr(peer.0.ip(), request.headers()));
     let span = tracing::info_span!("request", request_id = %id, client_request_id = client_request_id.as_deref(),
         method = %request.method(), path = %request.uri().path());
+    // A caller's W3C `traceparent` makes this request part of its trace (when
+    // traces are exported at all; otherwise the propagator extracts nothing).
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&TraceHeaders(request.headers()))
+    });
+    let _ = span.set_parent(parent);
     request.extensions_mut().insert(Origin {
         request_id: id.clone(),
         client_request_id,
         client_addr,
     });
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = method_label(request.method());
+    let in_flight = InFlight::start();
     let mut response = async move {
         let response = next.run(request).await;
         tracing::info!(status = response.status().as_u16(), "handled");
@@ -55,6 +71,7 @@ pub(super) async fn request_origin(
     }
     .instrument(span)
     .await;
+    in_flight.finish(route, method, response.status().as_u16());
     // Problems from anywhere inside (handlers, extractors, timeouts, panics)
     // carry the request id, so a user can quote it to an operator.
     if let Some(problem) = response.extensions_mut().remove::<Problem>() {
@@ -64,6 +81,59 @@ pub(super) async fn request_origin(
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// One request on the in-flight gauge from its start until it is answered or
+/// dropped (a client that hangs up mid-request is not left counted).
+struct InFlight(Instant);
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
+        InFlight(Instant::now())
+    }
+
+    /// Counts the answer under its route template (never the raw path, which
+    /// holds ids and would make a label per request).
+    fn finish(self, route: String, method: &'static str, status: u16) {
+        metrics::histogram!(HTTP_REQUEST_SECONDS, "route" => route.clone())
+            .record(self.0.elapsed().as_secs_f64());
+        metrics::counter!(HTTP_REQUESTS, "route" => route, "method" => method,
+            "status" => status.to_string())
+        .increment(1);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Reads trace context from request headers.
+struct TraceHeaders<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for TraceHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
+    }
 }
 
 /// The proxies (load balancers, ingress) whose `X-Forwarded-For` is believed.

@@ -27,6 +27,7 @@ use super::{
     IssuanceFilter, Outcome, Statement, AGENT_ISSUANCES,
 };
 use crate::database::{format_timestamp, on_db, parse_timestamp, Database};
+use crate::metrics as metrics_names;
 
 /// At most this many appends share one transaction; bounded so that one batch
 /// stays well inside SQLite's limit on bound parameters.
@@ -474,6 +475,23 @@ impl SqlAuditStore {
     }
 }
 
+/// Commit latency and group size on `/metrics`; the store label tells a
+/// replica on SQLite from one on PostgreSQL.
+fn observe_commit(db: &Database, started: std::time::Instant, appends: usize, committed: bool) {
+    let store = match db {
+        Database::Sqlite(_) => "sqlite",
+        Database::Postgres(_) => "postgres",
+    };
+    if committed {
+        metrics::histogram!(metrics_names::AUDIT_COMMIT_SECONDS, "store" => store)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metrics_names::AUDIT_COMMIT_APPENDS, "store" => store)
+            .record(appends as f64);
+    } else {
+        metrics::counter!(metrics_names::AUDIT_COMMIT_FAILURES, "store" => store).increment(1);
+    }
+}
+
 /// The group-commit writer: takes every append waiting in the queue (up to
 /// `MAX_BATCH`), commits them in one transaction, then answers each caller.
 async fn write_loop(db: Database, mut queue: mpsc::Receiver<PendingAppend>) {
@@ -486,7 +504,9 @@ async fn write_loop(db: Database, mut queue: mpsc::Receiver<PendingAppend>) {
             }
         }
         let records: Vec<&AuditRecord> = batch.iter().flat_map(|p| p.records.iter()).collect();
+        let started = std::time::Instant::now();
         let result = SqlAuditStore::append_batch(&db, &records).await;
+        observe_commit(&db, started, batch.len(), result.is_ok());
         match result {
             // One request's records the database cannot hold must not fail the
             // others': commit each append on its own, so only that one fails.

@@ -25,6 +25,7 @@ use stackpass_provider::{
 };
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::events::{Allowance, AllowedIssuance, Asked, Event, Recorder};
@@ -85,7 +86,11 @@ impl Exchange {
         let recorder = self.recorder.clone();
         let provider = provider.clone();
         let cloud_budget = self.cloud_budget;
-        tokio::spawn(async move {
+        // A child of the request's span: log lines and exported spans of the
+        // issuance's own task carry both ids.
+        let span = tracing::info_span!("issuance", issuance_id = %job.issuance_id,
+            provider = %job.grant.provider, rule = %job.grant.rule);
+        let task = async move {
             if federation {
                 job.federate(recorder, handover, subject_token, audience, &provider)
                     .await;
@@ -100,7 +105,8 @@ impl Exchange {
                 )
                 .await;
             }
-        });
+        };
+        tokio::spawn(task.instrument(span));
         answered
             .await
             .map_err(|_| BrokerError::IssuanceInterrupted)?
@@ -206,7 +212,9 @@ impl Job {
             scopes: self.grant.scopes.clone(),
             facts,
         });
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(cloud_budget, exchange)
+            .instrument(tracing::info_span!("cloud_exchange", provider = %provider.kind()))
             .await
             .unwrap_or_else(|_| {
                 Err(ProviderError::Unavailable {
@@ -218,6 +226,7 @@ impl Job {
                 })
             })
             .and_then(|credential| outlives_check(credential, grant_ends, provider));
+        observe_exchange(provider.kind().as_str(), started, result.as_ref().err());
         let credential = match result {
             Ok(credential) => credential,
             Err(error) => {
@@ -437,5 +446,37 @@ fn issuance_facts(issuance: &AllowedIssuance<'_>) -> IssuanceFacts {
         environment: resolved.environment.clone(),
         rule: issuance.grant.rule.clone(),
         session_tags: issuance.grant.session_tags.clone(),
+    }
+}
+
+/// The cloud call's latency and, when it failed, the cloud's error code on
+/// `/metrics`. Codes come from the cloud's answer, so they are cut to a short
+/// plain token: a misbehaving endpoint cannot make the label set grow without
+/// bound or carry text into the page.
+fn observe_exchange(provider: &str, started: std::time::Instant, error: Option<&ProviderError>) {
+    use crate::metrics::{CLOUD_EXCHANGE_ERRORS, CLOUD_EXCHANGE_SECONDS};
+    let provider = provider.to_owned();
+    let result = if error.is_some() { "error" } else { "ok" };
+    metrics::histogram!(CLOUD_EXCHANGE_SECONDS, "provider" => provider.clone(), "result" => result)
+        .record(started.elapsed().as_secs_f64());
+    let Some(error) = error else { return };
+    let code = match error {
+        ProviderError::Rejected { code, .. } => error_code_label(code),
+        ProviderError::Unavailable { .. } => "unavailable".to_owned(),
+        ProviderError::InvalidResponse { .. } => "invalid_response".to_owned(),
+    };
+    metrics::counter!(CLOUD_EXCHANGE_ERRORS, "provider" => provider, "code" => code).increment(1);
+}
+
+fn error_code_label(code: &str) -> String {
+    let plain = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if plain {
+        code.to_owned()
+    } else {
+        "other".to_owned()
     }
 }

@@ -22,6 +22,7 @@ mod events;
 mod issuance;
 mod resolve;
 mod revocations;
+
 #[cfg(test)]
 mod tests;
 
@@ -263,14 +264,17 @@ impl Broker {
         }
     }
 
+    #[tracing::instrument(name = "authenticate", skip_all)]
     pub async fn authenticate(
         &self,
         context: &RequestContext,
         token: &SecretString,
     ) -> Result<Principal, BrokerError> {
-        Ok(self.verifier.verify(token).await.inspect_err(|e| {
-            tracing::warn!(request_id = %context.request_id, client = ?context.client_addr, error = %e, "authentication failed");
-        })?)
+        Ok(self
+            .verifier
+            .verify(token)
+            .await
+            .inspect_err(|e| authentication_failed(context, e))?)
     }
 
     /// A token exchange's `actor_token`: verified like any token, and only
@@ -286,7 +290,7 @@ impl Broker {
             let error = IdentityError::NotAnAgentIssuer {
                 issuer: agent.issuer_name.clone(),
             };
-            tracing::warn!(request_id = %context.request_id, client = ?context.client_addr, error = %error, "authentication failed");
+            authentication_failed(context, &error);
             return Err(error.into());
         }
         Ok(agent)
@@ -314,6 +318,7 @@ impl Broker {
     }
 
     /// Resolves the request's facts; an unknown stack is audited and refused.
+    #[tracing::instrument(name = "resolve", skip_all)]
     async fn resolve(&self, asked: &Asked<'_>, dry_run: bool) -> Result<Resolved, BrokerError> {
         match self
             .resolver
@@ -824,4 +829,11 @@ impl Broker {
             .map_err(|e| e.to_string())?;
         self.exchange.issuer.self_test().map_err(|e| e.to_string())
     }
+}
+
+/// Every refused token, wherever it was presented: one log line and one count.
+pub fn authentication_failed(context: &RequestContext, error: &IdentityError) {
+    tracing::warn!(request_id = %context.request_id, client = ?context.client_addr, %error, "authentication failed");
+    metrics::counter!(crate::metrics::AUTHENTICATION_FAILURES, "reason" => error.reason())
+        .increment(1);
 }

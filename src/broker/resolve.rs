@@ -75,6 +75,7 @@ impl Resolver {
     /// (the rules with the person's identity and groups, the requester kind
     /// staying `agent` so rules can single agents out) narrowed by the
     /// agent's bounds.
+    #[tracing::instrument(name = "decide", skip_all)]
     pub fn decide(&self, resolved: &Resolved, request: &CredentialRequest) -> Decision {
         let policy = self.policy.snapshot();
         let person = policy::decide(

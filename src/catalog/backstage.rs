@@ -19,6 +19,7 @@ use url::Url;
 
 use super::{AnnotatedEntity, Catalog, CatalogError, EntityRef};
 use crate::http_client::{self, FetchError};
+use crate::metrics::{CATALOG_CACHE_HITS, CATALOG_FETCHES};
 
 const MAX_ENTITY_BYTES: usize = 1024 * 1024;
 
@@ -129,23 +130,28 @@ impl BackstageCatalog {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose_secret());
         }
-        http_client::get_json(request, url.as_str(), MAX_ENTITY_BYTES)
-            .await
-            .map_err(|e| match e {
-                FetchError::Status {
-                    status: status @ (401 | 403),
-                    ..
-                } => CatalogError::Unauthorized(status),
-                FetchError::InvalidJson { message, .. } => CatalogError::InvalidResponse {
-                    entity: entity.to_owned(),
-                    message,
-                },
-                FetchError::TooLarge { limit, .. } => CatalogError::InvalidResponse {
-                    entity: entity.to_owned(),
-                    message: format!("the entity is larger than {limit} bytes"),
-                },
-                other => CatalogError::Unavailable(other.to_string()),
-            })
+        let fetched = http_client::get_json(request, url.as_str(), MAX_ENTITY_BYTES).await;
+        let result = match &fetched {
+            Ok(Some(_)) => "ok",
+            Ok(None) => "not_found",
+            Err(_) => "error",
+        };
+        metrics::counter!(CATALOG_FETCHES, "result" => result).increment(1);
+        fetched.map_err(|e| match e {
+            FetchError::Status {
+                status: status @ (401 | 403),
+                ..
+            } => CatalogError::Unauthorized(status),
+            FetchError::InvalidJson { message, .. } => CatalogError::InvalidResponse {
+                entity: entity.to_owned(),
+                message,
+            },
+            FetchError::TooLarge { limit, .. } => CatalogError::InvalidResponse {
+                entity: entity.to_owned(),
+                message: format!("the entity is larger than {limit} bytes"),
+            },
+            other => CatalogError::Unavailable(other.to_string()),
+        })
     }
 
     async fn fetch_annotated(
@@ -262,15 +268,19 @@ impl BackstageCatalog {
 impl Catalog for BackstageCatalog {
     async fn owner_of(&self, component: &EntityRef) -> Result<Option<EntityRef>, CatalogError> {
         self.owners
-            .try_get_with_by_ref(component, self.fetch_owner(component))
+            .entry_by_ref(component)
+            .or_try_insert_with(self.fetch_owner(component))
             .await
+            .map(counted)
             .map_err(unshare)
     }
 
     async fn groups_of(&self, member: &EntityRef) -> Result<Vec<EntityRef>, CatalogError> {
         self.groups
-            .try_get_with_by_ref(member, self.fetch_groups(member))
+            .entry_by_ref(member)
+            .or_try_insert_with(self.fetch_groups(member))
             .await
+            .map(counted)
             .map_err(unshare)
     }
 
@@ -294,10 +304,20 @@ impl Catalog for BackstageCatalog {
             value.to_ascii_lowercase(),
         );
         self.annotated
-            .try_get_with(cache_key, self.fetch_annotated(kind, key, value))
+            .entry(cache_key)
+            .or_try_insert_with(self.fetch_annotated(kind, key, value))
             .await
+            .map(counted)
             .map_err(unshare)
     }
+}
+
+/// A cached answer (one this lookup did not fetch) counts as a cache hit.
+fn counted<K, V>(entry: moka::Entry<K, V>) -> V {
+    if !entry.is_fresh() {
+        metrics::counter!(CATALOG_CACHE_HITS).increment(1);
+    }
+    entry.into_value()
 }
 
 /// moka shares one error between all callers that waited on the same lookup.

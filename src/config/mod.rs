@@ -9,6 +9,7 @@
 
 mod identity;
 mod sections;
+mod telemetry;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ pub use sections::{
     NotificationsConfig, PolicyConfig, RemoteStacksConfig, ServerConfig, StackSourceConfig,
     StacksConfig, StacksKind, StaticStacksConfig, SOURCE_COMPONENT_TAG,
 };
+pub use telemetry::{LogFormat, MetricsConfig, TelemetryConfig};
 
 use crate::registry::Providers;
 
@@ -62,6 +64,10 @@ pub struct Config {
     pub mcp: McpConfig,
     #[serde(default)]
     pub agents: AgentsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// Every problem found in a configuration, each naming its key.

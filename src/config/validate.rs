@@ -273,6 +273,39 @@ impl Config {
                 "must be between 1s and 30d".into(),
             );
         }
+        let t = &self.telemetry;
+        if let Some(endpoint) = &t.otlp_endpoint {
+            if !matches!(endpoint.scheme(), "http" | "https") {
+                problem(
+                    "telemetry.otlp_endpoint".into(),
+                    "must be an http(s) URL (OTLP over HTTP, e.g. http://otel-collector:4318/v1/traces)".into(),
+                );
+            }
+        }
+        if !within(t.otlp_timeout, 100, 60_000) {
+            problem(
+                "telemetry.otlp_timeout".into(),
+                "must be between 100ms and 1m".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&t.trace_sample_ratio) {
+            problem(
+                "telemetry.trace_sample_ratio".into(),
+                "must be between 0.0 and 1.0".into(),
+            );
+        }
+        if t.service_name.trim().is_empty() {
+            problem("telemetry.service_name".into(), "must not be empty".into());
+        }
+        if let Some(listen) = self.metrics.listen {
+            if listen == self.server.listen && listen.port() != 0 {
+                problem(
+                    "metrics.listen".into(),
+                    "is the API's own address; leave it unset to serve /metrics there, or pick another port".into(),
+                );
+            }
+        }
+
         problems.extend(self.mcp_problems());
 
         problems

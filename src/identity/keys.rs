@@ -15,6 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::http_client;
+use crate::metrics::{JWKS_CACHE_HITS, JWKS_FETCHES};
 
 const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
 const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -265,7 +266,10 @@ fn fits_signature_verification(jwk: &serde_json::Value) -> bool {
 impl KeySource for RemoteJwks {
     async fn key(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, KeySourceError> {
         match self.cached(kid, alg, self.refresh_interval) {
-            Cached::Key(key) => return Ok(key),
+            Cached::Key(key) => {
+                metrics::counter!(JWKS_CACHE_HITS, "issuer" => self.issuer.clone()).increment(1);
+                return Ok(key);
+            }
             Cached::Ambiguous => return Err(KeySourceError::AmbiguousKey),
             Cached::Missing => {}
         }
@@ -280,7 +284,11 @@ impl KeySource for RemoteJwks {
         let mut fetch_error = None;
         if may_fetch {
             *last_attempt = Some(Instant::now());
-            match self.fetch().await {
+            let fetched = self.fetch().await;
+            metrics::counter!(JWKS_FETCHES, "issuer" => self.issuer.clone(),
+                "result" => if fetched.is_ok() { "ok" } else { "error" })
+            .increment(1);
+            match fetched {
                 Ok(keys) => {
                     *self.cache.write().unwrap_or_else(|p| p.into_inner()) = keys;
                 }

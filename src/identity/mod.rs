@@ -156,6 +156,38 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
+    /// A short fixed name for what was wrong, for metrics labels (never the
+    /// details, which can carry subjects).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IdentityError::Missing => "missing",
+            IdentityError::TooLarge { .. } => "too_large",
+            IdentityError::Malformed => "malformed",
+            IdentityError::CriticalExtension(_) => "critical_extension",
+            IdentityError::WrongTokenType { .. } => "wrong_token_type",
+            IdentityError::UntrustedIssuer => "untrusted_issuer",
+            IdentityError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            IdentityError::MissingKeyId => "missing_key_id",
+            IdentityError::UnknownKey => "unknown_key",
+            IdentityError::AmbiguousKey => "ambiguous_key",
+            IdentityError::BadSignature => "bad_signature",
+            IdentityError::Expired => "expired",
+            IdentityError::NotYetValid => "not_yet_valid",
+            IdentityError::WrongAudience => "wrong_audience",
+            IdentityError::LifetimeTooLong => "lifetime_too_long",
+            IdentityError::InvalidClaims(_) => "invalid_claims",
+            IdentityError::SubjectNotVouched { .. } => "subject_not_vouched",
+            IdentityError::GroupSubject { .. } => "group_subject",
+            IdentityError::NotAUser { .. } => "not_a_user",
+            IdentityError::KeysUnavailable(_) => "keys_unavailable",
+            IdentityError::PipelineRefused(_) => "pipeline_refused",
+            IdentityError::NoCatalogEntity(_) => "no_catalog_entity",
+            IdentityError::LookupUnavailable(_) => "lookup_unavailable",
+            IdentityError::AgentIsAPerson { .. } => "agent_is_a_person",
+            IdentityError::NotAnAgentIssuer { .. } => "not_an_agent_issuer",
+        }
+    }
+
     /// Failures that are the broker's or issuer's fault rather than the token's.
     pub fn is_unavailable(&self) -> bool {
         matches!(

@@ -28,6 +28,7 @@ mod keys;
 mod machines;
 mod mcp;
 mod notifications;
+mod observability;
 mod policy;
 mod postgres;
 mod quickstart;

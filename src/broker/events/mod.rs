@@ -2,7 +2,8 @@
 //! audit record in `record` and nowhere else, and the same event drives the log
 //! line. Notifications are made from the committed audit record itself
 //! (`crate::notify`), so a notification and its record can never disagree and
-//! a crash after the commit cannot lose one.
+//! a crash after the commit cannot lose one. The same committed events feed
+//! the Prometheus counters (`metrics`).
 //!
 //! [`Recorder::record`] commits the records of a step (in order, in one
 //! append) before anything is announced: a notification or an "issued" log
@@ -10,6 +11,7 @@
 //! [`Recorder::record_guarded`] commits them in one transaction with the
 //! state change they describe (access requests), or neither.
 
+mod metrics;
 mod record;
 
 use std::sync::Arc;
@@ -393,6 +395,7 @@ impl Recorder {
     /// Commits the events' records, in order, in one append; only then are
     /// they logged and the notification dispatcher woken (it reads what to
     /// announce from the committed records).
+    #[tracing::instrument(name = "audit_commit", skip_all, fields(records = events.len()))]
     pub async fn record(&self, events: &[Event<'_>]) -> Result<(), AuditError> {
         let records: Vec<_> = events.iter().map(Event::record).collect();
         let announced = self.notifier.announces_any(&records);
@@ -404,6 +407,7 @@ impl Recorder {
     /// Commits `change` and the events' records in one transaction; `false`
     /// (nothing written, nothing announced) if the change's compare-and-set
     /// found the state changed by someone else.
+    #[tracing::instrument(name = "audit_commit", skip_all, fields(records = events.len()))]
     pub async fn record_guarded(
         &self,
         change: Guarded,
@@ -424,6 +428,7 @@ impl Recorder {
         }
         for event in events {
             event.log();
+            event.count();
         }
     }
 

@@ -185,8 +185,10 @@ impl Broker {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
+                    // Text or JSON lines: the address ends at the first
+                    // character no address has.
                     let addr = rest
-                        .split_whitespace()
+                        .split(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c)))
                         .next()
                         .unwrap_or_default()
                         .to_owned();

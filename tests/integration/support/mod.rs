@@ -15,6 +15,10 @@
 //! - [`balancer`]: [`Balancer`], a load balancer that follows each backend's
 //!   `/readyz` as a Kubernetes Service's endpoints do.
 //! - [`webhook`]: [`WebhookListener`], the notification webhook double.
+//! - [`otlp`]: [`OtlpCollector`], an OpenTelemetry collector's OTLP/HTTP
+//!   traces receiver, decoding the spans the broker exports.
+//! - [`prometheus`]: [`scrape`], a `/metrics` page read by Prometheus's own
+//!   text-format parser.
 //! - [`google`]: [`GoogleDouble`], Google STS and IAM Credentials
 //!   (`generateAccessToken`), judging subject tokens as workload identity
 //!   federation does.
@@ -43,8 +47,10 @@ pub mod google;
 pub mod hcp_terraform;
 pub mod hcp_terraform_identity;
 pub mod kubernetes;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod pulumi_cloud;
 pub mod pulumi_deployments;
 pub mod sts;
@@ -63,8 +69,10 @@ pub use google::*;
 pub use hcp_terraform::*;
 pub use hcp_terraform_identity::*;
 pub use kubernetes::*;
+pub use otlp::*;
 pub use postgres::*;
 pub use process::*;
+pub use prometheus::*;
 pub use pulumi_cloud::*;
 pub use pulumi_deployments::*;
 pub use sts::*;
