@@ -16,6 +16,7 @@ mod azure;
 mod backstage_real;
 mod cancellation;
 mod cli;
+mod deploy;
 mod doubles;
 mod drain;
 mod examples;
