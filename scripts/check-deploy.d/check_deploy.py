@@ -51,13 +51,13 @@ def check(name, ok, detail=""):
         failures.append(name)
 
 
-def load_resources():
-    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+def load_resources(directory=KUBE):
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     docs = []
     for name in kustomization["resources"]:
-        for doc in yaml.safe_load_all((KUBE / name).read_text()):
+        for doc in yaml.safe_load_all((directory / name).read_text()):
             if doc:
-                docs.append((name, doc))
+                docs.append((str((directory / name).relative_to(KUBE)), doc))
     return kustomization, docs
 
 
@@ -296,12 +296,46 @@ def config_check(stackpass, docs, config_map):
             print(f"     {result.stdout.strip()}")
 
 
+def check_setup_job(docs, setup_docs):
+    for version in KUBERNETES_VERSIONS:
+        for file, doc in setup_docs:
+            error = k8s_valid(doc, version)
+            check(f"{file}: {doc['kind']}/{doc['metadata']['name']} valid for Kubernetes {version}", error is None, error)
+    job = one(setup_docs, "Job")
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    broker_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    check(
+        "the Service does not select the migration Job's pod",
+        not selects(one(docs, "Service")["spec"]["selector"], job["spec"]["template"]["metadata"]["labels"]),
+    )
+    check(
+        "the migration Job runs setup-postgres as the owner for the config's runtime role",
+        container["args"][:2] == ["audit", "setup-postgres"]
+        and container["args"][container["args"].index("--runtime-role") + 1]
+        == tomllib.loads(one(docs, "ConfigMap", "stackpass-config")["data"]["stackpass.toml"])["audit"]["url"]
+        .split("//")[1]
+        .split("@")[0],
+    )
+    check(
+        "the migration Job's own NetworkPolicy selects it",
+        selects(one(setup_docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], job["spec"]["template"]["metadata"]["labels"])
+        and not selects(one(setup_docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], broker_labels),
+    )
+    check(
+        "the migration Job is locked down like the broker",
+        container["securityContext"]["readOnlyRootFilesystem"] and container["securityContext"]["capabilities"]["drop"] == ["ALL"],
+    )
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--stackpass", required=True)
     args = parser.parse_args()
     kustomization, docs = load_resources()
     validate_schemas(docs)
+    _, setup_docs = load_resources(KUBE / "setup-postgres")
+    check_setup_job(docs, setup_docs)
     config_map = check_consistency(kustomization, docs)
     config_check(args.stackpass, docs, config_map)
     print(f"{len(failures)} failed" if failures else "all deploy checks passed")
