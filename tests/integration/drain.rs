@@ -318,3 +318,46 @@ async fn sigterm_under_load_drains_without_a_failed_request() {
         stdout(&output)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_shutdown_delay() {
+    let backstage = BackstageDouble::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Succeed).await;
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    options
+        .env
+        .push(("STACKPASS_SERVER__SHUTDOWN_DELAY".into(), "5m".into()));
+    let mut broker = Broker::start(options).await;
+    broker.get("/readyz").await;
+    broker.terminate();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let readiness = broker.get("/readyz").await;
+        if readiness.status == 503 {
+            readiness.assert_problem(503, "draining");
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Still serving during the delay.
+    let token = backstage.user_token("user:default/jane");
+    let issued = broker
+        .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
+        .await;
+    assert_eq!(issued.status, 200, "{}", issued.text);
+
+    let second = Instant::now();
+    broker.terminate();
+    let status = broker
+        .exited(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("still running after a second SIGTERM:\n{}", broker.logs()));
+    assert!(status.success(), "{status:?}\n{}", broker.logs());
+    assert!(second.elapsed() < Duration::from_secs(10));
+    assert!(
+        broker.logs().contains("ending the shutdown delay"),
+        "{}",
+        broker.logs()
+    );
+}
