@@ -582,7 +582,8 @@ async fn serve(mut config: Config, listen: Option<SocketAddr>) -> anyhow::Result
         }
         (_, metrics) => metrics,
     };
-    let router = stackpass::api::router(broker, &config.server, mcp, api_metrics);
+    let draining = stackpass::api::Draining::default();
+    let router = stackpass::api::router(broker, &config.server, mcp, api_metrics, draining.clone());
     let tls = match &config.server.tls {
         Some(tls) => Some(
             stackpass::api::tls::acceptor(tls)
@@ -596,7 +597,11 @@ async fn serve(mut config: Config, listen: Option<SocketAddr>) -> anyhow::Result
         max_connections: config.server.max_connections,
         header_read_timeout: config.server.header_read_timeout,
     };
-    stackpass::api::serve(listener, router, limits, tls)
+    let timing = stackpass::api::ShutdownTiming {
+        delay: config.server.shutdown_delay,
+        drain_timeout: config.server.request_timeout,
+    };
+    stackpass::api::serve(listener, router, limits, tls, draining, timing)
         .await
         .context("serving HTTP")?;
     Ok(())

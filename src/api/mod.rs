@@ -39,17 +39,19 @@ use tower::ServiceBuilder;
 pub use mcp::McpSettings;
 use origin::{request_origin, Origin, TrustedProxies};
 pub use problem::Problem;
-pub use serve::{serve, ConnectionLimits};
+pub use serve::{serve, ConnectionLimits, Draining, ShutdownTiming};
 
 use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::issuer::JWKS_CACHE_MAX_AGE;
 
+/// `draining` is the listener's flag: once set, `/readyz` fails.
 pub fn router(
     broker: Arc<Broker>,
     config: &ServerConfig,
     mcp: Option<McpSettings>,
     metrics: Option<PrometheusHandle>,
+    draining: Draining,
 ) -> Router {
     let admission = admission::Admission {
         broker: broker.clone(),
@@ -95,7 +97,10 @@ pub fn router(
         .merge(token_exchange::routes(config))
         .merge(mcp.unwrap_or_default())
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(
+            "/readyz",
+            get(move |state: State<Arc<Broker>>| readyz(state, draining.clone())),
+        )
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
         .fallback(not_found)
@@ -193,7 +198,17 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
+async fn readyz(State(broker): State<Arc<Broker>>, draining: Draining) -> Response {
+    if draining.is_draining() {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "Draining",
+            "the broker is shutting down: it still serves requests it is sent, then stops accepting and finishes those in flight",
+            "send new requests to another replica",
+        )
+        .into_response();
+    }
     match broker.ready().await {
         Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
         Err(reason) => {

@@ -5,10 +5,14 @@
 //! own deadline in `admission`. With `[server.tls]`, each connection first
 //! completes a TLS handshake (`tls`) within the same header deadline, so a
 //! client that never finishes one holds its slot no longer than one that never
-//! sends headers. On SIGINT or SIGTERM it stops accepting and lets requests in
-//! flight finish.
+//! sends headers. Shutdown drains: on SIGINT or SIGTERM it marks
+//! the broker [`Draining`] (so `/readyz` fails and load balancers take it out)
+//! but keeps serving for `server.shutdown_delay`, then stops accepting, closes
+//! idle connections and lets requests in flight finish, within
+//! `server.request_timeout`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,18 +34,44 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
 }
 
-/// Serves until SIGINT or SIGTERM, then drains in-flight requests; https
-/// when `tls` is given.
+/// How the broker leaves: how long it keeps serving once told to stop (while
+/// load balancers notice `/readyz` failing), and how long requests in flight
+/// then get to finish.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownTiming {
+    pub delay: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// Set once the broker was told to stop; `/readyz` fails from then on. Clones
+/// share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Serves until SIGINT or SIGTERM and `timing.delay` after it, then drains
+/// in-flight requests; https when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
     tls: Option<TlsAcceptor>,
+    draining: Draining,
+    timing: ShutdownTiming,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closed) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(stop_accepting(draining, timing.delay));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -80,8 +110,24 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
+    // Idle keep-alive connections close now; busy ones after their response.
     let _ = closing.send(true);
-    while connections.join_next().await.is_some() {}
+    tracing::info!(
+        connections = connections.len(),
+        "stopped accepting; finishing the requests in flight"
+    );
+    let drained = tokio::time::timeout(timing.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "requests still in flight after server.request_timeout; closing their connections"
+        );
+        connections.shutdown().await;
+    }
+    tracing::info!("drained; exiting");
     Ok(())
 }
 
@@ -114,24 +160,68 @@ async fn serve_connection<S>(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+/// Resolves when the listener should stop accepting: `delay` after the first
+/// SIGINT or SIGTERM, during which the broker is [`Draining`] but serves as
+/// before, or at a second signal, which cuts the delay short.
+async fn stop_accepting(draining: Draining, delay: Duration) {
+    let mut signals = Signals::new();
+    signals.recv().await;
+    draining.start();
+    if delay.is_zero() {
+        tracing::info!("shutting down");
+        return;
     }
-    tracing::info!("shutting down");
+    tracing::info!(
+        delay = %humantime::format_duration(delay),
+        "shutting down: /readyz now fails; serving on until the delay ends (a second signal ends it now)"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = signals.recv() => tracing::info!("second signal: ending the shutdown delay"),
+    }
+}
+
+/// SIGINT and SIGTERM, registered once so that a second one is seen too.
+struct Signals {
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            terminate: signal(SignalKind::terminate()).ok(),
+            interrupt: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> Self {
+        Signals {}
+    }
+
+    #[cfg(unix)]
+    async fn recv(&mut self) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            () = next(&mut self.terminate) => {}
+            () = next(&mut self.interrupt) => {}
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn recv(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -77,6 +77,11 @@ pub struct ServerConfig {
     /// Load balancers or ingress (CIDR blocks) whose `X-Forwarded-For` names
     /// the client; from anyone else the header is ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// After SIGTERM, how long the broker keeps serving with `/readyz`
+    /// failing, so load balancers stop sending to it before it stops
+    /// accepting (0s: stop accepting at once).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// `[server.tls]`: serve https with this certificate and key (absent:
     /// plain http, for a broker behind a TLS-terminating proxy).
     pub tls: Option<ServerTlsConfig>,
@@ -148,6 +153,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            shutdown_delay: Duration::ZERO,
             tls: None,
         }
     }

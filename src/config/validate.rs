@@ -15,6 +15,9 @@ use crate::database::{is_postgres_url, redact};
 use crate::registry::Providers;
 use crate::stacks::{hcp_terraform, pulumi_cloud};
 
+/// Longer would only keep a leaving replica around.
+const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
+
 impl Config {
     pub(super) fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
@@ -99,6 +102,12 @@ impl Config {
                 "limits.max_tracked_keys".into(),
                 "must be at least 100; past it every new principal or address shares one bucket"
                     .into(),
+            );
+        }
+        if self.server.shutdown_delay > MAX_SHUTDOWN_DELAY {
+            problem(
+                "server.shutdown_delay".into(),
+                "must be at most 5m; load balancers notice a failing /readyz within seconds (and a pod's terminationGracePeriodSeconds must exceed shutdown_delay + request_timeout)".into(),
             );
         }
         let lifetime = self.issuer.token_lifetime;
@@ -884,5 +893,38 @@ mod limits_tests {
         )
         .unwrap_err();
         assert!(error.contains("server.tls.reload_interval"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod server_tests {
+    use std::time::Duration;
+
+    use crate::config::tests::{write, MINIMAL};
+    use crate::config::Config;
+
+    fn load(server: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &format!("[server]\n{server}\n{MINIMAL}"));
+        Config::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_shutdown_delay_defaults_to_none_and_is_bounded() {
+        assert_eq!(load("").unwrap().server.shutdown_delay, Duration::ZERO);
+        assert_eq!(
+            load("shutdown_delay = \"5s\"")
+                .unwrap()
+                .server
+                .shutdown_delay,
+            Duration::from_secs(5)
+        );
+        let err = load("shutdown_delay = \"10m\"").unwrap_err();
+        assert!(
+            err.contains("server.shutdown_delay: must be at most 5m"),
+            "{err}"
+        );
+        let err = load("shutdown_delay = \"soon\"").unwrap_err();
+        assert!(err.contains("shutdown_delay"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! One of stackpass's signing keys: ES256 (P-256) or RS256 (RSA, at least 2048
-//! bits), kept as a 0600 PKCS#8 PEM file and published as a JWK whose `kid` is
+//! bits), kept as a 0600 PKCS#8 PEM file (or a root-owned 0640 one, as a
+//! Kubernetes Secret is mounted) and published as a JWK whose `kid` is
 //! its RFC 7638 thumbprint (so the same key always has the same `kid`, on every
 //! replica). The private half lives only in `secrecy` types and jsonwebtoken's
 //! `EncodingKey`; no error or log line ever carries it.
@@ -17,6 +18,18 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use stackpass_provider::SigningAlgorithm;
 
+/// Whether a key file with this mode and owner is readable by more than its
+/// owner should let read it. PostgreSQL's rule for its TLS key: 0600 or
+/// stricter, except that a file owned by root may be group-readable (0640),
+/// because the administrator who owns it chose the group. That is how
+/// Kubernetes mounts a Secret for a pod with an `fsGroup`: root-owned, mode
+/// 0440, its group the pod's own (it cannot be 0600 and the broker's).
+#[cfg(unix)]
+fn too_open(mode: u32, owner: u32) -> bool {
+    let group_read = if owner == 0 { 0o040 } else { 0 };
+    mode & 0o077 & !group_read != 0
+}
+
 /// RSA keys smaller than this are refused, generated keys have exactly this.
 pub const RSA_BITS: usize = 2048;
 
@@ -29,7 +42,7 @@ pub enum SigningKeyError {
     #[error("could not read signing key {path}: {message}")]
     Unreadable { path: String, message: String },
     #[error(
-        "signing key {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`"
+        "signing key {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` (a file owned by root may be 0640)"
     )]
     TooOpen { path: String, mode: u32 },
     #[error("signing key {path} is not {expected}")]
@@ -174,9 +187,9 @@ impl SigningKey {
         })?;
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
             let mode = metadata.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
+            if too_open(mode, metadata.uid()) {
                 return Err(SigningKeyError::TooOpen { path: shown, mode });
             }
         }
@@ -336,6 +349,27 @@ pub(super) fn sync_parent(path: &Path) {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn only_the_owner_reads_a_key_except_a_root_owned_one_its_group_may() {
+        use super::too_open;
+        for (mode, owner, refused) in [
+            (0o600, 1000, false),
+            (0o400, 1000, false),
+            (0o640, 1000, true),
+            (0o604, 1000, true),
+            (0o600, 0, false),
+            (0o440, 0, false),
+            (0o640, 0, false),
+            (0o660, 0, true),
+            (0o650, 0, true),
+            (0o644, 0, true),
+            (0o444, 0, true),
+        ] {
+            assert_eq!(too_open(mode, owner), refused, "{mode:o} owned by {owner}");
+        }
+    }
+
     use super::*;
 
     #[test]

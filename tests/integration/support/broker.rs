@@ -136,6 +136,7 @@ auth_failures_per_address_per_minute = 0
 pub struct Broker {
     pub url: String,
     pub dir: tempfile::TempDir,
+    config: PathBuf,
     child: Child,
     logs: Arc<Mutex<String>>,
 }
@@ -146,21 +147,41 @@ impl Broker {
         std::fs::write(dir.path().join("stackpass.toml"), options.config()).unwrap();
         std::fs::write(dir.path().join("stacks.toml"), STACKS_TOML).unwrap();
         std::fs::write(dir.path().join("catalog-token"), &options.catalog_token).unwrap();
+        // The test's own env comes last, so it may override the audit URL.
+        let mut env: Vec<(String, String)> = options
+            .audit_url
+            .iter()
+            .map(|url| ("STACKPASS_AUDIT__URL".to_owned(), url.clone()))
+            .collect();
+        env.extend(options.env.iter().cloned());
+        let config = dir.path().join("stackpass.toml");
+        Broker::spawn(dir, config, &env).await
+    }
+
+    /// Another replica from an existing config file (and the key files,
+    /// tokens and stacks beside it), as a deployment's pods share one
+    /// ConfigMap and one set of Secrets; it listens on its own random port.
+    /// Its `dir` is its own empty temp dir.
+    pub async fn start_replica(config: &std::path::Path, env: &[(String, String)]) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = env.to_vec();
+        env.push(("STACKPASS_SERVER__LISTEN".into(), "127.0.0.1:0".into()));
+        Broker::spawn(dir, config.to_owned(), &env).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, config: PathBuf, env: &[(String, String)]) -> Broker {
         let mut command = Command::new(stackpass_binary());
         command
             .arg("serve")
             .arg("--config")
-            .arg(dir.path().join("stackpass.toml"))
+            .arg(&config)
             .env("STACKPASS_LOG", "debug")
             .env_remove("STACKPASS_TOKEN")
             .env_remove("STACKPASS_URL")
             .env_remove(TEST_POSTGRES_URL)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(url) = &options.audit_url {
-            command.env("STACKPASS_AUDIT__URL", url);
-        }
-        for (key, value) in &options.env {
+        for (key, value) in env {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("start stackpass serve");
@@ -206,13 +227,14 @@ impl Broker {
         Broker {
             url,
             dir,
+            config,
             child,
             logs,
         }
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("stackpass.toml")
+        self.config.clone()
     }
 
     pub fn audit_path(&self) -> PathBuf {
@@ -230,6 +252,30 @@ impl Broker {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {}", self.pid());
+    }
+
+    /// The exit status, once the broker has exited (None if it still runs
+    /// after `timeout`).
+    pub async fn exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn audit_url(&self) -> String {

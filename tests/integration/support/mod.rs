@@ -12,6 +12,8 @@
 //!   with a config written to a temp dir, its stderr captured for log assertions;
 //!   [`TestResponse`]; and [`World`], the usual setup of all three.
 //! - [`postgres`]: [`PgDatabase`], a fresh database per test on a real server.
+//! - [`balancer`]: [`Balancer`], a load balancer that follows each backend's
+//!   `/readyz` as a Kubernetes Service's endpoints do.
 //! - [`webhook`]: [`WebhookListener`], the notification webhook double.
 //! - [`otlp`]: [`OtlpCollector`], an OpenTelemetry collector's OTLP/HTTP
 //!   traces receiver, decoding the spans the broker exports.
@@ -36,6 +38,7 @@
 
 pub mod audit;
 pub mod backstage;
+pub mod balancer;
 pub mod broker;
 pub mod entra;
 pub mod github_actions;
@@ -57,6 +60,7 @@ pub mod webhook;
 
 pub use audit::*;
 pub use backstage::*;
+pub use balancer::*;
 pub use broker::*;
 pub use entra::*;
 pub use github_actions::*;

@@ -95,6 +95,9 @@ pub enum StsBehaviour {
     /// of the 15 minutes STS never goes below: a run that outlives its
     /// credentials, in seconds.
     ForwardShortLived { upstream: String, life: Duration },
+    /// Forward to moto after waiting this long: issuances that are surely
+    /// still in flight when a broker stops accepting.
+    ForwardSlow { upstream: String, delay: Duration },
 }
 
 struct RecorderState {
@@ -154,6 +157,10 @@ async fn record_sts(
     let (upstream, life) = match &state.behaviour {
         StsBehaviour::Forward(upstream) => (upstream, None),
         StsBehaviour::ForwardShortLived { upstream, life } => (upstream, Some(*life)),
+        StsBehaviour::ForwardSlow { upstream, delay } => {
+            tokio::time::sleep(*delay).await;
+            (upstream, None)
+        }
         StsBehaviour::RejectToken => {
             return sts_error(
                 StatusCode::BAD_REQUEST,
