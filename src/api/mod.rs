@@ -45,7 +45,8 @@ use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::issuer::JWKS_CACHE_MAX_AGE;
 
-/// `draining` is the listener's flag: once set, `/readyz` fails.
+/// `draining` is the listener's flag: once set, `/readyz` fails and every
+/// answer closes its connection.
 pub fn router(
     broker: Arc<Broker>,
     config: &ServerConfig,
@@ -99,12 +100,19 @@ pub fn router(
         .route("/healthz", get(healthz))
         .route(
             "/readyz",
-            get(move |state: State<Arc<Broker>>| readyz(state, draining.clone())),
+            get({
+                let draining = draining.clone();
+                move |state: State<Arc<Broker>>| readyz(state, draining.clone())
+            }),
         )
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            draining,
+            close_when_draining,
+        ))
         // Admission enforces the limit; this only keeps axum's own extractors
         // (2 MB by default) from refusing a body admission let through.
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -121,6 +129,24 @@ pub fn router(
                 .timeout(config.request_timeout),
         )
         .with_state(broker)
+}
+
+/// While draining, every answer says `Connection: close`: clients holding a
+/// keep-alive connection to this replica reconnect (to another one, once the
+/// load balancer has taken this one out) rather than racing the idle close
+/// when the shutdown delay ends.
+async fn close_when_draining(
+    State(draining): State<Draining>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if draining.is_draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// `/metrics` alone, for the API listener or a listener of its own.

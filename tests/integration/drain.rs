@@ -346,6 +346,10 @@ async fn a_second_signal_ends_the_shutdown_delay() {
         .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
         .await;
     assert_eq!(issued.status, 200, "{}", issued.text);
+    // ... but each answer closes its connection, so a client holding a
+    // keep-alive connection straight to this broker reconnects elsewhere now
+    // instead of racing the idle close when the delay ends.
+    assert_eq!(issued.header("connection"), Some("close"));
 
     let second = Instant::now();
     broker.terminate();
