@@ -219,6 +219,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Keys { command } => keys(command),
+        Command::Openapi => {
+            print!("{}", stackpass::api::openapi_json());
+            Ok(())
+        }
         Command::Config {
             command: ConfigCommand::Check { config },
         } => {

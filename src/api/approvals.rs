@@ -16,6 +16,21 @@ use crate::broker::{Broker, RequestContext};
 use crate::identity::Principal;
 use crate::wire;
 
+/// Ask for access that a rule grants only with approval.
+///
+/// Returns the caller's pending request for the same grant if there is one.
+#[utoipa::path(
+    post,
+    path = "/v1/access-requests",
+    tag = "approvals",
+    operation_id = "request_access",
+    request_body(
+        content = wire::CredentialRequest,
+        example = json!({"stack": "pulumi:acme/payments/prod", "provider": "aws", "reason": "hotfix INC-42"}),
+    ),
+    responses((status = 201, description = "The access request, pending its approvers", body = wire::AccessRequestEnvelope)),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -30,6 +45,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+/// The access requests the caller may decide, and their own.
+#[utoipa::path(
+    get,
+    path = "/v1/access-requests",
+    tag = "approvals",
+    operation_id = "list_access_requests",
+    responses((status = 200, description = "Access requests", body = wire::AccessRequestList)),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -41,6 +65,17 @@ pub async fn list(
     }))
 }
 
+/// Approve an access request (people only, never their own).
+#[utoipa::path(
+    post,
+    path = "/v1/access-requests/{id}/approve",
+    tag = "approvals",
+    operation_id = "approve_access_request",
+    params(("id" = String, Path, description = "The access request's id")),
+    request_body(content = Option<wire::DecisionNote>, description = "An optional note; an empty body is no note"),
+    responses((status = 200, description = "The access request after the approval", body = wire::AccessRequestEnvelope)),
+    security(("bearer" = [])),
+)]
 pub async fn approve(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -55,6 +90,17 @@ pub async fn approve(
     Ok(envelope(&decided))
 }
 
+/// Deny an access request (people only).
+#[utoipa::path(
+    post,
+    path = "/v1/access-requests/{id}/deny",
+    tag = "approvals",
+    operation_id = "deny_access_request",
+    params(("id" = String, Path, description = "The access request's id")),
+    request_body(content = Option<wire::DecisionNote>, description = "An optional note; an empty body is no note"),
+    responses((status = 200, description = "The access request, denied", body = wire::AccessRequestEnvelope)),
+    security(("bearer" = [])),
+)]
 pub async fn deny(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,

@@ -15,6 +15,7 @@ mod credentials;
 mod decisions;
 mod extract;
 mod mcp;
+mod openapi;
 mod origin;
 mod problem;
 mod revocations;
@@ -33,6 +34,7 @@ use axum::{Json, Router};
 use tower::ServiceBuilder;
 
 pub use mcp::McpSettings;
+pub use openapi::{document as openapi_document, document_json as openapi_json};
 use origin::{request_origin, Origin, TrustedProxies};
 pub use problem::Problem;
 pub use serve::{serve, ConnectionLimits};
@@ -40,6 +42,7 @@ pub use serve::{serve, ConnectionLimits};
 use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::issuer::JWKS_CACHE_MAX_AGE;
+use crate::wire;
 
 pub fn router(broker: Arc<Broker>, config: &ServerConfig, mcp: Option<McpSettings>) -> Router {
     let admission = admission::Admission {
@@ -88,6 +91,7 @@ pub fn router(broker: Arc<Broker>, config: &ServerConfig, mcp: Option<McpSetting
         .route("/readyz", get(readyz))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Admission enforces the limit; this only keeps axum's own extractors
@@ -160,13 +164,34 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = wire::Health)),
+)]
+async fn healthz() -> Json<wire::Health> {
+    Json(wire::Health {
+        status: "ok".to_owned(),
+    })
 }
 
+/// Readiness: the audit store and the signing key are usable.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    responses((status = 200, description = "`{\"status\": \"ready\"}`", body = wire::Health)),
+)]
 async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
     match broker.ready().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(()) => Json(wire::Health {
+            status: "ready".to_owned(),
+        })
+        .into_response(),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");
             Problem::new(
@@ -183,8 +208,8 @@ async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
 
 /// Clouds cache these documents for as long as `keys rotate` waits before it
 /// promotes a newly published key.
-fn cacheable(body: serde_json::Value) -> Response {
-    let mut response = Json(body).into_response();
+fn cacheable(body: impl IntoResponse) -> Response {
+    let mut response = body.into_response();
     let cache = format!("public, max-age={}", JWKS_CACHE_MAX_AGE.as_secs());
     if let Ok(value) = HeaderValue::from_str(&cache) {
         response.headers_mut().insert(header::CACHE_CONTROL, value);
@@ -192,10 +217,30 @@ fn cacheable(body: serde_json::Value) -> Response {
     response
 }
 
+/// The broker as an OIDC issuer, for the clouds that verify its subject tokens.
+#[utoipa::path(
+    get,
+    path = "/.well-known/openid-configuration",
+    tag = "discovery",
+    operation_id = "openid_configuration",
+    responses((status = 200, description = "OIDC discovery document",
+        body = wire::DiscoveryDocument,
+        headers(("cache-control" = String, description = "`public, max-age=…`")))),
+)]
 async fn discovery(State(broker): State<Arc<Broker>>) -> Response {
-    cacheable(broker.issuer().discovery_document())
+    cacheable(Json(broker.issuer().discovery_document()))
 }
 
+/// The subject tokens' public keys: next, current and retiring.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "discovery",
+    operation_id = "jwks",
+    responses((status = 200, description = "JWK set",
+        body = wire::JwkSet,
+        headers(("cache-control" = String, description = "`public, max-age=…`")))),
+)]
 async fn jwks(State(broker): State<Arc<Broker>>) -> Response {
-    cacheable(broker.issuer().jwks())
+    cacheable(Json(broker.issuer().jwks()))
 }

@@ -27,6 +27,7 @@ mod keys;
 mod machines;
 mod mcp;
 mod notifications;
+mod openapi;
 mod policy;
 mod postgres;
 mod quickstart;

@@ -38,6 +38,7 @@ use super::{admission, Origin, Problem};
 use crate::broker::{Broker, RequestContext};
 use crate::config::{Config, ServerConfig};
 use crate::identity::Principal;
+use crate::wire;
 
 /// Where the metadata lives (RFC 9728 section 3.1: the well-known prefix
 /// inserted before the resource's path).
@@ -84,17 +85,15 @@ impl McpSettings {
     }
 
     /// The RFC 9728 protected-resource metadata document.
-    fn metadata(&self) -> serde_json::Value {
-        let mut document = serde_json::json!({
-            "resource": self.resource,
-            "authorization_servers": self.authorization_servers,
-            "bearer_methods_supported": ["header"],
-            "resource_name": "stackpass MCP server",
-        });
-        if !self.scopes_supported.is_empty() {
-            document["scopes_supported"] = serde_json::json!(self.scopes_supported);
+    fn metadata(&self) -> wire::ProtectedResourceMetadata {
+        wire::ProtectedResourceMetadata {
+            resource: self.resource.clone(),
+            authorization_servers: self.authorization_servers.clone(),
+            bearer_methods_supported: vec!["header".to_owned()],
+            resource_name: "stackpass MCP server".to_owned(),
+            scopes_supported: (!self.scopes_supported.is_empty())
+                .then(|| self.scopes_supported.clone()),
         }
-        document
     }
 }
 
