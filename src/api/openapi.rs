@@ -49,6 +49,9 @@ use super::problem::{self, type_uri, Problem};
         super::readyz,
         super::discovery,
         super::jwks,
+        super::mcp::admit,
+        super::mcp::metadata,
+        super::mcp::metadata_at_root,
         serve,
     ),
     components(schemas(Problem)),
@@ -59,14 +62,17 @@ use super::problem::{self, type_uri, Problem};
         (name = "audit", description = "Reading the audit log"),
         (name = "revocations", description = "Revoking agents' delegations"),
         (name = "agents", description = "OAuth 2.0 Token Exchange (RFC 8693) for agents"),
+        (name = "mcp", description = "The MCP server (streamable HTTP, stateless, JSON answers), when `[mcp]` is enabled; otherwise these paths are 404 `not-found`"),
         (name = "discovery", description = "Public documents: OIDC discovery, keys, metadata, this document"),
         (name = "health", description = "Liveness and readiness"),
     ),
 )]
 struct ApiDoc;
 
-/// The security scheme `/v1` and `/mcp` require.
+/// The security scheme `/v1` requires.
 pub const BEARER: &str = "bearer";
+/// The security scheme `/mcp` requires: a token minted for it alone.
+pub const MCP_BEARER: &str = "mcp_bearer";
 
 /// Problems every `/v1` operation can answer before its handler runs:
 /// admission (the caller, then the body), the rate and concurrency limits,
@@ -255,6 +261,33 @@ pub const OPERATION_PROBLEMS: &[(&str, HttpMethod, &[&[&str]])] = &[
         HttpMethod::Get,
         &[&["timeout", "internal"]],
     ),
+    // `/mcp`'s gate: the caller, the audience, the body, the limits; 404
+    // when `[mcp]` is not enabled.
+    (
+        "/mcp",
+        HttpMethod::Post,
+        &[&[
+            "unauthenticated",
+            "identity-unavailable",
+            "body-timeout",
+            "payload-too-large",
+            "invalid-request",
+            "overloaded",
+            "timeout",
+            "internal",
+            "not-found",
+        ]],
+    ),
+    (
+        "/.well-known/oauth-protected-resource/mcp",
+        HttpMethod::Get,
+        &[&["not-found", "timeout", "internal"]],
+    ),
+    (
+        "/.well-known/oauth-protected-resource",
+        HttpMethod::Get,
+        &[&["not-found", "timeout", "internal"]],
+    ),
 ];
 
 /// The document.
@@ -301,6 +334,18 @@ impl Modify for BearerJwt {
                     .bearer_format("JWT")
                     .description(Some(
                         "An identity token from an issuer the broker trusts (a Backstage user token, an OIDC token of a configured machine issuer or agent)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            MCP_BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "An identity token whose every audience is this MCP server (its resource URL or `mcp.audience`); tokens for `/v1` or any other service are refused here, and these are refused on `/v1`",
                     ))
                     .build(),
             ),

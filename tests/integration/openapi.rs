@@ -5,8 +5,9 @@
 //! the document does not list for that operation, the documented content
 //! type, body and required headers.
 
-use std::process::Command;
 use std::time::Instant;
+
+use serde_json::json;
 
 use crate::support::*;
 
@@ -33,32 +34,106 @@ async fn the_broker_serves_the_committed_document() {
     assert_eq!(document["openapi"], "3.1.0");
 }
 
-/// A fixed seed, deterministic generation and a bounded number of examples
-/// per operation keep the run repeatable and short (about a minute on two
-/// shared cores). What it proves is in the module doc; what it found is in
-/// the tests named after each bug.
+/// A prod rule that needs approval, so access requests are created and
+/// decided rather than only refused.
+const APPROVAL_RULE: &str = r#"
+[[policy.rules]]
+name = "owners-deploy-prod"
+provider = "aws"
+tags = { environment = ["prod"], aws-account = ["*"] }
+role = "arn:aws:iam::{tags.aws-account}:role/{component}-prod-deployer"
+max_duration = "1h"
+approval = { count = 1, approvers = ["group:default/team-payments"], window = "1h", request_ttl = "1h" }
+"#;
+
+/// The broker with `/mcp` enabled: jane (a Backstage token) calls `/v1`, alex
+/// (a token from an identity provider, minted for the MCP server) calls
+/// `/mcp`; each issuer vouches for its own people.
+struct OpenApiWorld {
+    broker: Broker,
+    backstage: BackstageDouble,
+    idp: OidcIssuer,
+    resource: String,
+    _sts: StsRecorder,
+    _moto: Moto,
+}
+
+async fn world() -> OpenApiWorld {
+    let moto = Moto::start().await;
+    let sts = StsRecorder::start(StsBehaviour::Forward(moto.url.clone())).await;
+    let backstage = BackstageDouble::start().await;
+    let idp = OidcIssuer::start("", "/jwks", "idp-key", &["sub", "aud"]).await;
+    let port = free_port();
+    let public_url = format!("http://127.0.0.1:{port}");
+    let resource = format!("{public_url}/mcp");
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    options.env.push((
+        "STACKPASS_IDENTITY__ISSUERS".into(),
+        format!(
+            r#"[{{name="backstage",kind="backstage",url="{backstage}",subjects=["user:default/jane","user:default/bob","user:default/sam"]}},{{name="idp",kind="oidc",issuer="{issuer}",audiences=["{resource}"],algorithms=["RS256"],subjects=["user:default/alex"]}}]"#,
+            backstage = backstage.url,
+            issuer = idp.issuer,
+        ),
+    ));
+    options.extra_config = format!("\n[mcp]\nenabled = true\n{APPROVAL_RULE}");
+    options.env.push((
+        "STACKPASS_SERVER__LISTEN".into(),
+        format!("127.0.0.1:{port}"),
+    ));
+    options
+        .env
+        .push(("STACKPASS_SERVER__PUBLIC_URL".into(), public_url));
+    let broker = Broker::start(options).await;
+    OpenApiWorld {
+        broker,
+        backstage,
+        idp,
+        resource,
+        _sts: sts,
+        _moto: moto,
+    }
+}
+
+/// Deterministic generation and a bounded number of examples per operation
+/// keep the run repeatable and short (well under two minutes on two shared
+/// cores). Each security scheme gets a genuine token through schemathesis's
+/// own auth configuration, so its `ignored_auth` check can also send none or
+/// a broken one and expect the documented 401.
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_every_answer_documented() {
-    let world = World::with_moto().await;
-    let token = world.backstage.user_token("user:default/jane");
-    let report = tempfile::tempdir().unwrap();
+    let w = world().await;
+    let v1_token = w.backstage.user_token("user:default/jane");
+    let mcp_token = w.idp.sign(
+        json!({ "sub": "user:default/alex", "aud": w.resource }),
+        3600,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth.openapi.bearer]\nbearer = \"{v1_token}\"\n\n[auth.openapi.mcp_bearer]\nbearer = \"{mcp_token}\"\n"
+        ),
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
     let started = Instant::now();
-    let output = Command::new(workspace_root().join(".venv/bin/schemathesis"))
-        .arg("run")
-        .arg(format!("{}/openapi.json", world.broker.url))
+    let output = tokio::process::Command::new(workspace_root().join(".venv/bin/schemathesis"))
+        .arg("--config-file")
+        .arg(&config)
+        .args(["--no-color", "run"])
+        .arg(format!("{}/openapi.json", w.broker.url))
         .args(["--checks", CHECKS])
-        .args(["--header", &format!("Authorization: Bearer {token}")])
         .arg("--generation-deterministic")
         .args(["--max-examples", "100", "--workers", "1"])
-        .args(["--report", "junit", "--report-junit-path"])
-        .arg(report.path().join("junit.xml"))
         .args(["--phases", "examples,coverage,fuzzing"])
-        .args(["--request-timeout", "30"])
-        .args(["--suppress-health-check", "all", "--no-color"])
+        .args(["--request-timeout", "30", "--suppress-health-check", "all"])
+        .args(["--report", "junit", "--report-junit-path"])
+        .arg(&junit)
         .env("SCHEMATHESIS_TELEMETRY", "false")
-        .env("PATH", path_with_venv())
-        .current_dir(report.path())
+        .current_dir(dir.path())
         .output()
+        .await
         .expect("run schemathesis from .venv (scripts/setup-test-deps installs it)");
     let text = format!("{}\n{}", stdout(&output), stderr(&output));
     eprintln!(
@@ -68,30 +143,40 @@ async fn schemathesis_finds_every_answer_documented() {
     assert!(
         output.status.success(),
         "schemathesis found answers the document does not describe:\n{text}\nthe broker's warnings and errors:\n{}",
-        warnings(&world.broker.logs())
+        warnings(&w.broker.logs())
     );
-    // It did test every operation the document names.
-    let junit = std::fs::read_to_string(report.path().join("junit.xml")).unwrap();
+    // It tested every operation the document names but its own path, which
+    // schemathesis reads rather than tests (the test above fetches it).
+    let junit = std::fs::read_to_string(junit).unwrap();
     let document: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(workspace_root().join("docs/openapi.json")).unwrap(),
     )
     .unwrap();
-    // Not the document's own path: schemathesis reads it rather than tests it
-    // (the test above does).
     for (path, operations) in document["paths"].as_object().unwrap() {
         if path == "/openapi.json" {
             continue;
         }
         for method in operations.as_object().unwrap().keys() {
             let label = format!("{} {path}", method.to_uppercase());
-            assert!(junit.contains(&label), "{label} was not tested:\n{junit}");
+            assert!(
+                junit.contains(&format!("\"{label}\"")),
+                "{label} was not tested:\n{junit}"
+            );
         }
     }
-    let rows = world.broker.audit_rows().await;
-    assert!(
-        rows.iter().any(|row| row["outcome"] == "issued"),
-        "the documented example should have issued a credential through moto"
-    );
+    // And got past authentication: the documented examples issued a
+    // credential through moto and opened an access request.
+    let rows = w.broker.audit_rows().await;
+    for (event, outcome) in [
+        ("issuance_outcome", "issued"),
+        ("access_requested", "pending"),
+    ] {
+        assert!(
+            rows.iter()
+                .any(|row| row["event"] == event && row["outcome"] == outcome),
+            "no {event}/{outcome} record: {rows:#?}"
+        );
+    }
 }
 
 fn warnings(log: &str) -> String {

@@ -27,7 +27,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use secrecy::{ExposeSecret, SecretString};
@@ -139,10 +139,6 @@ pub(super) fn routes(
         max_body_bytes,
         body_read_timeout: server.body_read_timeout,
     };
-    let metadata = {
-        let settings = settings.clone();
-        move || async move { Json(settings.metadata()) }
-    };
     Router::new()
         .route_service("/mcp", service)
         .layer(
@@ -154,14 +150,112 @@ pub(super) fn routes(
                 .load_shed()
                 .concurrency_limit(server.max_concurrent_requests),
         )
-        .route(METADATA_PATH, get(metadata.clone()))
-        .route("/.well-known/oauth-protected-resource", get(metadata))
+        .route(METADATA_PATH, get(metadata))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata_at_root),
+        )
+        .layer(Extension(settings))
+}
+
+/// The MCP server's protected-resource metadata (RFC 9728).
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-protected-resource/mcp",
+    tag = "mcp",
+    operation_id = "mcp_resource_metadata",
+    responses((status = 200, description = "RFC 9728 metadata of `/mcp`", body = wire::ProtectedResourceMetadata)),
+)]
+async fn metadata(
+    Extension(settings): Extension<Arc<McpSettings>>,
+) -> Json<wire::ProtectedResourceMetadata> {
+    Json(settings.metadata())
+}
+
+/// The same metadata without the resource's path, for clients that look
+/// there first.
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-protected-resource",
+    tag = "mcp",
+    operation_id = "mcp_resource_metadata_at_root",
+    responses((status = 200, description = "RFC 9728 metadata of `/mcp`", body = wire::ProtectedResourceMetadata)),
+)]
+async fn metadata_at_root(
+    Extension(settings): Extension<Arc<McpSettings>>,
+) -> Json<wire::ProtectedResourceMetadata> {
+    Json(settings.metadata())
+}
+
+/// A JSON-RPC 2.0 message to the MCP server (`initialize`, `tools/list`,
+/// `tools/call`, a notification, …), as the OpenAPI document describes it;
+/// rmcp reads it.
+#[derive(utoipa::ToSchema)]
+#[schema(as = McpRequest)]
+#[allow(dead_code)] // Describes rmcp's input for the OpenAPI document; never built.
+pub(in crate::api) struct JsonRpcRequest {
+    /// `2.0`.
+    #[schema(example = "2.0")]
+    jsonrpc: String,
+    /// Absent for a notification (answered 202, no body).
+    #[schema(value_type = Option<serde_json::Value>, example = 1)]
+    id: Option<serde_json::Value>,
+    #[schema(example = "tools/list")]
+    method: String,
+    params: Option<serde_json::Value>,
+}
+
+/// A JSON-RPC 2.0 answer: `result`, or `error` (a refused tool call is a
+/// result with `isError`).
+#[derive(utoipa::ToSchema)]
+#[schema(as = McpResponse)]
+#[allow(dead_code)] // Describes rmcp's output for the OpenAPI document; never built.
+pub(in crate::api) struct JsonRpcResponse {
+    jsonrpc: String,
+    #[schema(value_type = Option<serde_json::Value>)]
+    id: Option<serde_json::Value>,
+    result: Option<serde_json::Value>,
+    error: Option<JsonRpcError>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[schema(as = McpError)]
+#[allow(dead_code)] // Part of JsonRpcResponse's description.
+pub(in crate::api) struct JsonRpcError {
+    code: i64,
+    message: String,
+    data: Option<serde_json::Value>,
 }
 
 /// Admits a request whose token the verifier accepts and whose audience is
 /// this MCP server (anything else gets a 401 naming the metadata), and whose
 /// body then arrives whole within the limits `/v1` has, before it takes a
-/// request slot.
+/// request slot. The OpenAPI document describes `/mcp` here, at its door:
+/// the JSON-RPC answers are rmcp's, the others this gate's.
+#[utoipa::path(
+    post,
+    path = "/mcp",
+    tag = "mcp",
+    operation_id = "mcp",
+    request_body(
+        content = JsonRpcRequest,
+        example = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    ),
+    params(
+        ("accept" = String, Header, description = "Must name both `application/json` and `text/event-stream` (answers are JSON)", example = "application/json, text/event-stream"),
+    ),
+    responses(
+        (status = 200, description = "The JSON-RPC answer", body = JsonRpcResponse),
+        (status = 202, description = "A notification or a response was accepted; no body"),
+        (status = 400, description = "A malformed JSON-RPC message or MCP header (JSON-RPC error), or an unsupported `MCP-Protocol-Version` (text)",
+            content((JsonRpcResponse = "application/json"), (String = "text/plain"))),
+        (status = 403, description = "The `Host` is not the broker's public URL's (DNS rebinding protection)", body = String, content_type = "text/plain"),
+        (status = 404, description = "An unknown JSON-RPC method (JSON-RPC error)", body = JsonRpcResponse),
+        (status = 406, description = "The `Accept` header does not name both `application/json` and `text/event-stream`", body = String, content_type = "text/plain"),
+        (status = 415, description = "The body is not `application/json`", body = String, content_type = "text/plain"),
+    ),
+    security(("mcp_bearer" = [])),
+)]
 async fn admit(State(gate): State<Gate>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let origin = parts.extensions.get::<Origin>();
@@ -224,7 +318,16 @@ async fn admit(State(gate): State<Gate>, request: Request, next: Next) -> Respon
         }
     };
     parts.extensions.insert(McpCaller { principal, context });
-    next.run(Request::from_parts(parts, Body::from(body))).await
+    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    // rmcp answers its own refusals (406, 415, 403 for a foreign Host, 400
+    // for a protocol version) in plain text without a Content-Type.
+    if response.status().as_u16() >= 400 && !response.headers().contains_key(header::CONTENT_TYPE) {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    response
 }
 
 fn bearer_token(headers: &axum::http::HeaderMap) -> Option<SecretString> {
