@@ -179,6 +179,45 @@ async fn schemathesis_finds_every_answer_documented() {
     }
 }
 
+/// rmcp answers its own refusals in plain text without a Content-Type; the
+/// gate names it (found by schemathesis: a 415 without one).
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_refusals_say_they_are_text() {
+    let w = world().await;
+    let token = w.idp.sign(
+        json!({ "sub": "user:default/alex", "aud": w.resource }),
+        600,
+    );
+    let client = reqwest::Client::new();
+    let post = |accept: &'static str, body: &'static str| {
+        client
+            .post(format!("{}/mcp", w.broker.url))
+            .bearer_auth(&token)
+            .header("accept", accept)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let both = "application/json, text/event-stream";
+    let tools = r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}"#;
+    let null_id = r#"{"jsonrpc": "2.0", "id": null, "method": "tools/list"}"#;
+    for (response, status) in [
+        (post(both, null_id).await.unwrap(), 415),
+        (post("application/json", tools).await.unwrap(), 406),
+    ] {
+        assert_eq!(response.status(), status);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; charset=utf-8"
+        );
+        assert!(response.headers().contains_key("x-request-id"));
+    }
+    // A JSON-RPC answer keeps rmcp's own type.
+    let listed = post(both, tools).await.unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.headers()["content-type"], "application/json");
+}
+
 fn warnings(log: &str) -> String {
     log.lines()
         .filter(|line| {

@@ -197,7 +197,8 @@ pub(in crate::api) struct JsonRpcRequest {
     /// `2.0`.
     #[schema(example = "2.0")]
     jsonrpc: String,
-    /// Absent for a notification (answered 202, no body).
+    /// A string or a number; absent for a notification (answered 202, no
+    /// body).
     #[schema(value_type = Option<serde_json::Value>, example = 1)]
     id: Option<serde_json::Value>,
     #[schema(example = "tools/list")]
@@ -252,7 +253,7 @@ pub(in crate::api) struct JsonRpcError {
         (status = 403, description = "The `Host` is not the broker's public URL's (DNS rebinding protection)", body = String, content_type = "text/plain"),
         (status = 404, description = "An unknown JSON-RPC method (JSON-RPC error)", body = JsonRpcResponse),
         (status = 406, description = "The `Accept` header does not name both `application/json` and `text/event-stream`", body = String, content_type = "text/plain"),
-        (status = 415, description = "The body is not `application/json`", body = String, content_type = "text/plain"),
+        (status = 415, description = "The body is not `application/json`, or not a JSON-RPC message rmcp recognizes (e.g. a request whose `id` is `null`)", body = String, content_type = "text/plain"),
     ),
     security(("mcp_bearer" = [])),
 )]
