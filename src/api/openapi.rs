@@ -94,7 +94,7 @@ const ADMISSION: &[&str] = &[
 const JSON_BODY: &[&str] = &["unsupported-media-type", "invalid-request"];
 
 /// Resolving a credential request: revocation check, stack, owner, policy,
-/// agent quota, all audited.
+/// all audited.
 const RESOLVE: &[&str] = &[
     "delegation-revoked",
     "revocations-unavailable",
@@ -103,7 +103,6 @@ const RESOLVE: &[&str] = &[
     "unknown-stack",
     "catalog-unavailable",
     "stack-source-unavailable",
-    "quota-exceeded",
     "audit-unavailable",
 ];
 
@@ -137,6 +136,7 @@ pub const OPERATION_PROBLEMS: &[(&str, HttpMethod, &[&[&str]])] = &[
             RESOLVE,
             &[
                 "denied",
+                "quota-exceeded",
                 "approval-required",
                 "break-glass-not-allowed",
                 "break-glass-forbidden",
