@@ -28,7 +28,11 @@ use crate::wire;
         content = wire::CredentialRequest,
         example = json!({"stack": "pulumi:acme/payments/prod", "provider": "aws", "reason": "hotfix INC-42"}),
     ),
-    responses((status = 201, description = "The access request, pending its approvers", body = wire::AccessRequestEnvelope)),
+    responses((status = 201, description = "The access request, pending its approvers", body = wire::AccessRequestEnvelope,
+        links(
+            ("approve" = (operation_id = "approve_access_request", parameters(("id" = "$response.body#/access_request/id")), description = "An approver approves it")),
+            ("deny" = (operation_id = "deny_access_request", parameters(("id" = "$response.body#/access_request/id")), description = "An approver denies it")),
+        ))),
     security(("bearer" = [])),
 )]
 pub async fn create(

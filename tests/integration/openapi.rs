@@ -126,7 +126,7 @@ async fn schemathesis_finds_every_answer_documented() {
         .args(["--checks", CHECKS])
         .arg("--generation-deterministic")
         .args(["--max-examples", "100", "--workers", "1"])
-        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--request-timeout", "30", "--suppress-health-check", "all"])
         .args(["--report", "junit", "--report-junit-path"])
         .arg(&junit)
