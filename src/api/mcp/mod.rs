@@ -246,12 +246,11 @@ pub(in crate::api) struct JsonRpcError {
         ("accept" = String, Header, description = "Must name both `application/json` and `text/event-stream` (answers are JSON)", example = "application/json, text/event-stream"),
     ),
     responses(
-        (status = 200, description = "The JSON-RPC answer", body = JsonRpcResponse),
+        (status = 200, description = "The JSON-RPC answer: a result, or a JSON-RPC error (an unknown method or tool, bad parameters)", body = JsonRpcResponse),
         (status = 202, description = "A notification or a response was accepted; no body"),
         (status = 400, description = "A malformed JSON-RPC message or MCP header (JSON-RPC error), or an unsupported `MCP-Protocol-Version` (text)",
             content((JsonRpcResponse = "application/json"), (String = "text/plain"))),
         (status = 403, description = "The `Host` is not the broker's public URL's (DNS rebinding protection)", body = String, content_type = "text/plain"),
-        (status = 404, description = "An unknown JSON-RPC method (JSON-RPC error)", body = JsonRpcResponse),
         (status = 406, description = "The `Accept` header does not name both `application/json` and `text/event-stream`", body = String, content_type = "text/plain"),
         (status = 415, description = "The body is not `application/json`, or not a JSON-RPC message rmcp recognizes (e.g. a request whose `id` is `null`)", body = String, content_type = "text/plain"),
     ),
