@@ -558,7 +558,7 @@ fn scope_provider(
 /// The token-exchange form (`application/x-www-form-urlencoded`, RFC 8693
 /// section 2.1) as the OpenAPI document describes it. [`parse`] reads the
 /// form itself (repeated `resource`/`audience`, empty values as absent);
-/// a test holds this description to it.
+/// a test checks the two name the same parameters and required ones.
 #[derive(utoipa::ToSchema)]
 #[schema(as = TokenExchangeForm)]
 #[allow(dead_code)] // Describes the form for the OpenAPI document; never built.
@@ -1027,6 +1027,40 @@ mod tests {
         match parse(body, &offered()) {
             Ok(_) => panic!("accepted"),
             Err(e) => (e.error(), e.status()),
+        }
+    }
+
+    /// The form the OpenAPI document describes is the one `parse` reads:
+    /// every parameter a complete request sends is described, and each the
+    /// description requires is one whose absence `parse` refuses, by name.
+    #[test]
+    fn the_documented_form_is_the_parsed_one() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(ExchangeForm::schema()).unwrap();
+        let described: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for (name, _) in valid() {
+            assert!(described.contains(&name), "{name} is not described");
+        }
+        let required = schema["required"].as_array().unwrap();
+        assert_eq!(required.len(), 3);
+        for name in required {
+            let name = valid()
+                .into_iter()
+                .map(|(n, _)| n)
+                .find(|n| name == n)
+                .unwrap();
+            let refused = parse(&with(&[(name, None)]), &offered()).err().unwrap();
+            assert_eq!(refused.error(), "invalid_request");
+            assert!(
+                refused.description.contains(name),
+                "{}",
+                refused.description
+            );
         }
     }
 
