@@ -420,8 +420,8 @@ pub struct Health {
 }
 
 /// `GET /.well-known/openid-configuration`: the broker as an OIDC issuer, for
-/// the clouds that verify its subject tokens. Built by `issuer::Issuer`; this
-/// type is what the document holds (a test holds the issuer to it).
+/// the clouds that verify its subject tokens.
+// Built as JSON by `issuer::Issuer`; an issuer test holds it to this shape.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryDocument {
@@ -435,7 +435,8 @@ pub struct DiscoveryDocument {
 }
 
 /// `GET /.well-known/jwks.json`: every published key (next, current,
-/// retiring). Built by `issuer::Issuer`; a test holds it to this type.
+/// retiring).
+// Built as JSON by `issuer::Issuer`; an issuer test holds it to this shape.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwkSet {

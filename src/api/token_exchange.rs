@@ -556,9 +556,10 @@ fn scope_provider(
 // The handler
 
 /// The token-exchange form (`application/x-www-form-urlencoded`, RFC 8693
-/// section 2.1) as the OpenAPI document describes it. [`parse`] reads the
-/// form itself (repeated `resource`/`audience`, empty values as absent);
-/// a test checks the two name the same parameters and required ones.
+/// section 2.1). Empty values count as absent; no parameter may repeat
+/// except `resource` and `audience`, which together name one stack.
+// For the OpenAPI document only: [`parse`] reads the form itself, and a
+// test checks the two name the same parameters and required ones.
 #[derive(utoipa::ToSchema)]
 #[schema(as = TokenExchangeForm)]
 #[allow(dead_code)] // Describes the form for the OpenAPI document; never built.

@@ -172,8 +172,7 @@ async fn metadata(
     Json(settings.metadata())
 }
 
-/// The same metadata without the resource's path, for clients that look
-/// there first.
+/// The same metadata, without the resource's path.
 #[utoipa::path(
     get,
     path = "/.well-known/oauth-protected-resource",
@@ -188,8 +187,8 @@ async fn metadata_at_root(
 }
 
 /// A JSON-RPC 2.0 message to the MCP server (`initialize`, `tools/list`,
-/// `tools/call`, a notification, …), as the OpenAPI document describes it;
-/// rmcp reads it.
+/// `tools/call`, a notification, …).
+// For the OpenAPI document only: rmcp reads and writes these messages.
 #[derive(utoipa::ToSchema)]
 #[schema(as = McpRequest)]
 #[allow(dead_code)] // Describes rmcp's input for the OpenAPI document; never built.
@@ -238,6 +237,8 @@ pub(in crate::api) struct JsonRpcError {
     path = "/mcp",
     tag = "mcp",
     operation_id = "mcp",
+    summary = "The MCP server: JSON-RPC over POST (streamable HTTP, stateless, JSON answers).",
+    description = "Tools `list_stacks`, `explain_decision`, `request_access` and `get_credentials`, under the same policy, agent bounds, quotas, revocation and audit as `/v1`. A 401 names the RFC 9728 metadata in `WWW-Authenticate: Bearer resource_metadata=…`.",
     request_body(
         content = JsonRpcRequest,
         example = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
