@@ -228,6 +228,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         },
         Command::Keys { command } => keys(command),
+        Command::Openapi => {
+            print!("{}", stackpass::api::openapi_json());
+            Ok(())
+        }
         Command::Config {
             command: ConfigCommand::Check { config },
         } => {

@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::approvals::AccessRequest as DomainAccessRequest;
 use crate::database::format_timestamp;
 use crate::policy;
 
 /// `POST /v1/credentials`, `/v1/decisions` and `/v1/access-requests`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRequest {
     pub stack: String,
@@ -33,7 +34,7 @@ pub struct CredentialRequest {
     pub mode: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakGlass {
     pub reason: String,
@@ -41,7 +42,7 @@ pub struct BreakGlass {
 
 /// The answer to `POST /v1/credentials`. `credentials` holds the provider's
 /// fields (secrets included): the one place secrets go on the wire.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct IssuedCredential {
     pub issuance_id: String,
     pub requester: String,
@@ -51,18 +52,22 @@ pub struct IssuedCredential {
     pub role: String,
     pub duration_seconds: u64,
     pub expires_at: String,
+    /// The provider's credential fields by name (AWS: `access_key_id`,
+    /// `secret_access_key`, `session_token`, …; federation mode: the
+    /// `subject_token` and what a tool needs to exchange it).
+    #[schema(value_type = std::collections::BTreeMap<String, serde_json::Value>)]
     pub credentials: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `POST /v1/access-requests/{id}/approve` and `/deny`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionNote {
     pub note: Option<String>,
 }
 
 /// The answer to `POST /v1/decisions`: what the policy would decide.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
     Allow(Grant),
@@ -70,14 +75,17 @@ pub enum Decision {
     Deny(Denial),
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Grant {
     pub rule: String,
     pub provider: String,
     pub role: String,
+    /// A duration as humantime writes it, e.g. `15m` or `1h 30m`.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "15m")]
     pub duration: Duration,
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "1h")]
     pub max_duration: Duration,
     pub session_policy: Option<String>,
     pub session_tags: BTreeMap<String, String>,
@@ -89,19 +97,22 @@ pub struct Grant {
     pub agent_bounds: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Approval {
     pub count: u32,
     pub approvers: Vec<String>,
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "8h")]
     pub window: Duration,
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "1day")]
     pub request_ttl: Duration,
     #[serde(with = "humantime_serde::option")]
+    #[schema(value_type = Option<String>, example = "1h")]
     pub break_glass_max_duration: Option<Duration>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Denial {
     pub summary: String,
     pub denied_by: Option<String>,
@@ -109,14 +120,14 @@ pub struct Denial {
 }
 
 /// One rule a denial considered, and why it did not match.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RuleMiss {
     pub rule: String,
     pub reasons: Vec<String>,
 }
 
 /// An access request as the API shows it; timestamps in the audit log's form.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AccessRequest {
     pub id: String,
     pub created_at: String,
@@ -149,19 +160,19 @@ pub struct AccessRequest {
     pub used_at: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AccessRequestEnvelope {
     pub access_request: AccessRequest,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AccessRequestList {
     pub access_requests: Vec<AccessRequest>,
 }
 
 /// The answer to `GET /v1/audit`: records as `audit export` writes them, and the
 /// cursor for the next page.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditPage {
     pub records: Vec<serde_json::Value>,
     pub next_cursor: Option<String>,
@@ -272,7 +283,7 @@ impl From<&DomainAccessRequest> for AccessRequest {
 /// `POST /v1/delegations/revoke` and `/restore` (the caller's own delegation
 /// to `agent`), `POST /v1/agents/revoke` and `/restore` (the agent for every
 /// person; agent admins, `reason` required to revoke).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationRequest {
     /// The agent as it acts (its `act.sub`), or a glob (`*`, `?`) on it.
@@ -282,7 +293,7 @@ pub struct RevocationRequest {
 }
 
 /// One revocation as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Revocation {
     pub id: String,
     /// `delegation` (one person's) or `agent` (every person's).
@@ -303,7 +314,7 @@ pub struct Revocation {
 
 /// A credential issued to the agent before the revocation that has not
 /// expired: stackpass cannot recall it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OutstandingCredential {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuance_id: Option<String>,
@@ -322,14 +333,14 @@ pub struct OutstandingCredential {
 }
 
 /// How to cut one provider's outstanding credentials short.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RecallHint {
     pub provider: String,
     pub hint: String,
 }
 
 /// The answer to a revocation or a restore.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RevocationAnswer {
     pub revocation: Revocation,
     /// Nothing changed: it was revoked (or restored) already.
@@ -343,7 +354,7 @@ pub struct RevocationAnswer {
 }
 
 /// `GET /v1/delegations`: the caller's revocations and every agent-wide one.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RevocationList {
     pub revocations: Vec<Revocation>,
 }
@@ -396,4 +407,95 @@ impl From<&crate::broker::RevocationAnswer> for RevocationAnswer {
                 .collect(),
         }
     }
+}
+
+/// `GET /healthz` and `GET /readyz` when they pass.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// `ok` (`/healthz`: the process answers) or `ready` (`/readyz`: the
+    /// audit store and the signing key are usable).
+    #[schema(example = "ready")]
+    pub status: String,
+}
+
+/// `GET /.well-known/openid-configuration`: the broker as an OIDC issuer, for
+/// the clouds that verify its subject tokens.
+// Built as JSON by `issuer::Issuer`; an issuer test holds it to this shape.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryDocument {
+    pub issuer: String,
+    pub jwks_uri: String,
+    pub response_types_supported: Vec<String>,
+    pub subject_types_supported: Vec<String>,
+    /// `ES256`, `RS256`: the algorithms of the keys in force.
+    pub id_token_signing_alg_values_supported: Vec<String>,
+    pub claims_supported: Vec<String>,
+}
+
+/// `GET /.well-known/jwks.json`: every published key (next, current,
+/// retiring).
+// Built as JSON by `issuer::Issuer`; an issuer test holds it to this shape.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwkSet {
+    pub keys: Vec<Jwk>,
+}
+
+/// One public signing key (RFC 7517): EC P-256 (`x`, `y`) or RSA (`n`, `e`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Jwk {
+    /// `EC` or `RSA`.
+    pub kty: String,
+    /// The RFC 7638 thumbprint.
+    pub kid: String,
+    #[serde(rename = "use")]
+    pub key_use: String,
+    pub alg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+}
+
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414): the token
+/// endpoint's metadata. The `token_exchange_*` members are this broker's own.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationServerMetadata {
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    pub grant_types_supported: Vec<String>,
+    /// Empty: nothing here is granted by a redirect.
+    pub response_types_supported: Vec<String>,
+    /// `none`: the agent authenticates with its `actor_token`.
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// `provider:KIND` for each configured provider.
+    pub scopes_supported: Vec<String>,
+    pub token_exchange_subject_token_types_supported: Vec<String>,
+    pub token_exchange_actor_token_types_supported: Vec<String>,
+    pub token_exchange_requested_token_types_supported: Vec<String>,
+    pub token_exchange_resource_format: String,
+}
+
+/// `GET /.well-known/oauth-protected-resource[/mcp]` (RFC 9728): the MCP
+/// server's metadata, when `[mcp]` is enabled.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectedResourceMetadata {
+    pub resource: String,
+    pub authorization_servers: Vec<String>,
+    pub bearer_methods_supported: Vec<String>,
+    pub resource_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes_supported: Option<Vec<String>>,
 }

@@ -16,6 +16,25 @@ use crate::broker::{Broker, RequestContext};
 use crate::identity::Principal;
 use crate::wire;
 
+/// Ask for access that a rule grants only with approval.
+///
+/// Returns the caller's pending request for the same grant if there is one.
+#[utoipa::path(
+    post,
+    path = "/v1/access-requests",
+    tag = "approvals",
+    operation_id = "request_access",
+    request_body(
+        content = wire::CredentialRequest,
+        example = json!({"stack": "pulumi:acme/payments/prod", "provider": "aws", "reason": "hotfix INC-42"}),
+    ),
+    responses((status = 201, description = "The access request, pending its approvers", body = wire::AccessRequestEnvelope,
+        links(
+            ("approve" = (operation_id = "approve_access_request", parameters(("id" = "$response.body#/access_request/id")), description = "An approver approves it")),
+            ("deny" = (operation_id = "deny_access_request", parameters(("id" = "$response.body#/access_request/id")), description = "An approver denies it")),
+        ))),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -30,6 +49,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+/// The access requests the caller may decide, and their own.
+#[utoipa::path(
+    get,
+    path = "/v1/access-requests",
+    tag = "approvals",
+    operation_id = "list_access_requests",
+    responses((status = 200, description = "Access requests", body = wire::AccessRequestList)),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -41,6 +69,17 @@ pub async fn list(
     }))
 }
 
+/// Approve an access request (people only, never their own).
+#[utoipa::path(
+    post,
+    path = "/v1/access-requests/{id}/approve",
+    tag = "approvals",
+    operation_id = "approve_access_request",
+    params(("id" = String, Path, description = "The access request's id")),
+    request_body(content = Option<wire::DecisionNote>, description = "An optional note; an empty body is no note"),
+    responses((status = 200, description = "The access request after the approval", body = wire::AccessRequestEnvelope)),
+    security(("bearer" = [])),
+)]
 pub async fn approve(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -55,6 +94,17 @@ pub async fn approve(
     Ok(envelope(&decided))
 }
 
+/// Deny an access request (people only).
+#[utoipa::path(
+    post,
+    path = "/v1/access-requests/{id}/deny",
+    tag = "approvals",
+    operation_id = "deny_access_request",
+    params(("id" = String, Path, description = "The access request's id")),
+    request_body(content = Option<wire::DecisionNote>, description = "An optional note; an empty body is no note"),
+    responses((status = 200, description = "The access request, denied", body = wire::AccessRequestEnvelope)),
+    security(("bearer" = [])),
+)]
 pub async fn deny(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -75,13 +125,15 @@ fn envelope(request: &crate::approvals::AccessRequest) -> Json<wire::AccessReque
     })
 }
 
-/// The optional `{"note": …}` of a decision; an empty body is no note.
+/// The optional `{"note": …}` of a decision; an empty body, or `null`, is
+/// no note.
 fn note(body: &[u8]) -> Result<Option<String>, Problem> {
     let decision: wire::DecisionNote = if body.is_empty() {
         wire::DecisionNote::default()
     } else {
-        serde_json::from_slice(body)
+        serde_json::from_slice::<Option<wire::DecisionNote>>(body)
             .map_err(|e| Problem::invalid_request(format!("invalid JSON body: {e}")))?
+            .unwrap_or_default()
     };
     if decision
         .note
@@ -93,4 +145,22 @@ fn note(body: &[u8]) -> Result<Option<String>, Problem> {
         ));
     }
     Ok(decision.note)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::note;
+
+    /// The OpenAPI document offers the note as optional, `null` included
+    /// (it was refused with 422 before the document said so).
+    #[test]
+    fn no_body_and_null_are_no_note() {
+        assert_eq!(note(b"").unwrap(), None);
+        assert_eq!(note(b"null").unwrap(), None);
+        assert_eq!(note(br#"{"note": null}"#).unwrap(), None);
+        assert_eq!(note(br#"{"note": "ok"}"#).unwrap().as_deref(), Some("ok"));
+        assert!(note(br#"{"note": "a\nb"}"#).is_err());
+        assert!(note(br#"{"other": 1}"#).is_err());
+        assert!(note(b"[").is_err());
+    }
 }

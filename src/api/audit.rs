@@ -24,21 +24,44 @@ use crate::wire;
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Params {
+    /// Records of this requester (an entity ref); a requester who is not an
+    /// auditor must name themself.
     requester: Option<String>,
+    /// Records of this stack.
     stack: Option<String>,
+    /// Records of this provider.
     provider: Option<String>,
+    /// Records with this outcome (`issued`, `denied`, …).
     outcome: Option<String>,
     /// RFC 3339; records at or after.
     since: Option<String>,
     /// RFC 3339; records before.
     until: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Records per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+/// Read the audit log: auditors everything, requesters their own records.
+///
+/// The read is itself audited before the page is sent.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    operation_id = "read_audit",
+    params(Params),
+    responses((status = 200, description = "A page of records, oldest first, and the cursor of the next",
+        body = wire::AuditPage,
+        headers(("cache-control" = String, description = "`no-store`")))),
+    security(("bearer" = [])),
+)]
 pub async fn read(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,

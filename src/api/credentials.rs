@@ -22,6 +22,27 @@ use crate::wire;
 
 const MAX_REASON_CHARS: usize = 500;
 
+/// Issue a credential for a stack.
+///
+/// The policy decides from the caller's identity, the stack's tags (read from
+/// the stack source) and the owner (from the catalog); the issuance is
+/// audited before the credential is returned.
+#[utoipa::path(
+    post,
+    path = "/v1/credentials",
+    tag = "credentials",
+    operation_id = "issue_credentials",
+    request_body(
+        content = wire::CredentialRequest,
+        example = json!({"stack": "pulumi:acme/payments/dev", "provider": "aws", "duration_seconds": 900}),
+    ),
+    responses(
+        (status = 200, description = "The credential (secrets included), and what was issued by which rule",
+            body = wire::IssuedCredential,
+            headers(("cache-control" = String, description = "`no-store`"))),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn issue(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,

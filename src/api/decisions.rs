@@ -13,6 +13,21 @@ use crate::broker::{Broker, RequestContext};
 use crate::identity::Principal;
 use crate::wire;
 
+/// What the policy would decide for a credential request, and why.
+///
+/// A dry run: nothing is minted or issued; the question is audited.
+#[utoipa::path(
+    post,
+    path = "/v1/decisions",
+    tag = "credentials",
+    operation_id = "explain_decision",
+    request_body(
+        content = wire::CredentialRequest,
+        example = json!({"stack": "pulumi:acme/payments/dev", "provider": "aws"}),
+    ),
+    responses((status = 200, description = "The decision: allow (with the grant), needs approval, or deny (with each rule's reasons, for the stack's owners and auditors)", body = wire::Decision)),
+    security(("bearer" = [])),
+)]
 pub async fn explain(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,

@@ -17,6 +17,7 @@ mod credentials;
 mod decisions;
 mod extract;
 mod mcp;
+mod openapi;
 mod origin;
 mod problem;
 mod revocations;
@@ -32,11 +33,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceBuilder;
 
 pub use mcp::McpSettings;
+pub use openapi::{document as openapi_document, document_json as openapi_json};
 use origin::{request_origin, Origin, TrustedProxies};
 pub use problem::Problem;
 pub use serve::{serve, ConnectionLimits, Draining, ShutdownTiming};
@@ -44,6 +46,7 @@ pub use serve::{serve, ConnectionLimits, Draining, ShutdownTiming};
 use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::issuer::JWKS_CACHE_MAX_AGE;
+use crate::wire;
 
 /// `draining` is the listener's flag: once set, `/readyz` fails and every
 /// answer closes its connection.
@@ -107,6 +110,7 @@ pub fn router(
         )
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -151,21 +155,28 @@ async fn close_when_draining(
 
 /// `/metrics` alone, for the API listener or a listener of its own.
 pub fn metrics_routes<S: Clone + Send + Sync + 'static>(handle: PrometheusHandle) -> Router<S> {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let page = handle.render();
-            async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                    )],
-                    page,
-                )
-            }
-        }),
+    Router::new()
+        .route("/metrics", get(metrics_page))
+        .layer(Extension(handle))
+}
+
+/// Prometheus metrics in the text exposition format (0.0.4).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text format: counters, gauges and histograms named `stackpass_*` (README, \"Metrics, logs and traces\")", body = String, content_type = "text/plain")),
+)]
+async fn metrics_page(Extension(handle): Extension<PrometheusHandle>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
     )
+        .into_response()
 }
 
 async fn overloaded_or_timed_out(error: tower::BoxError) -> Problem {
@@ -220,10 +231,29 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = wire::Health)),
+)]
+async fn healthz() -> Json<wire::Health> {
+    Json(wire::Health {
+        status: "ok".to_owned(),
+    })
 }
 
+/// Readiness: the audit store and the signing key are usable, and the broker
+/// is not shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    responses((status = 200, description = "`{\"status\": \"ready\"}`", body = wire::Health)),
+)]
 async fn readyz(State(broker): State<Arc<Broker>>, draining: Draining) -> Response {
     if draining.is_draining() {
         return Problem::new(
@@ -236,7 +266,10 @@ async fn readyz(State(broker): State<Arc<Broker>>, draining: Draining) -> Respon
         .into_response();
     }
     match broker.ready().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(()) => Json(wire::Health {
+            status: "ready".to_owned(),
+        })
+        .into_response(),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");
             Problem::new(
@@ -253,8 +286,8 @@ async fn readyz(State(broker): State<Arc<Broker>>, draining: Draining) -> Respon
 
 /// Clouds cache these documents for as long as `keys rotate` waits before it
 /// promotes a newly published key.
-fn cacheable(body: serde_json::Value) -> Response {
-    let mut response = Json(body).into_response();
+fn cacheable(body: impl IntoResponse) -> Response {
+    let mut response = body.into_response();
     let cache = format!("public, max-age={}", JWKS_CACHE_MAX_AGE.as_secs());
     if let Ok(value) = HeaderValue::from_str(&cache) {
         response.headers_mut().insert(header::CACHE_CONTROL, value);
@@ -262,10 +295,30 @@ fn cacheable(body: serde_json::Value) -> Response {
     response
 }
 
+/// The broker as an OIDC issuer, for the clouds that verify its subject tokens.
+#[utoipa::path(
+    get,
+    path = "/.well-known/openid-configuration",
+    tag = "discovery",
+    operation_id = "openid_configuration",
+    responses((status = 200, description = "OIDC discovery document",
+        body = wire::DiscoveryDocument,
+        headers(("cache-control" = String, description = "`public, max-age=…`")))),
+)]
 async fn discovery(State(broker): State<Arc<Broker>>) -> Response {
-    cacheable(broker.issuer().discovery_document())
+    cacheable(Json(broker.issuer().discovery_document()))
 }
 
+/// The subject tokens' public keys: next, current and retiring.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "discovery",
+    operation_id = "jwks",
+    responses((status = 200, description = "JWK set",
+        body = wire::JwkSet,
+        headers(("cache-control" = String, description = "`public, max-age=…`")))),
+)]
 async fn jwks(State(broker): State<Arc<Broker>>) -> Response {
-    cacheable(broker.issuer().jwks())
+    cacheable(Json(broker.issuer().jwks()))
 }

@@ -15,23 +15,89 @@ use crate::registry::LookupError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
-#[derive(Debug, Clone, Serialize)]
+/// Every problem type the API answers with, and its one status: the OpenAPI
+/// document lists them (`api::openapi`), and [`Problem::new`] refuses, in
+/// debug builds, a type or status that is not here.
+pub const TYPES: &[(&str, StatusCode)] = &[
+    ("unauthenticated", StatusCode::UNAUTHORIZED),
+    ("token-for-another-resource", StatusCode::UNAUTHORIZED),
+    ("identity-unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("body-timeout", StatusCode::REQUEST_TIMEOUT),
+    ("payload-too-large", StatusCode::PAYLOAD_TOO_LARGE),
+    ("unsupported-media-type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    ("invalid-request", StatusCode::UNPROCESSABLE_ENTITY),
+    ("provider-not-enabled", StatusCode::UNPROCESSABLE_ENTITY),
+    ("unknown-stack", StatusCode::NOT_FOUND),
+    ("denied", StatusCode::FORBIDDEN),
+    ("approval-required", StatusCode::FORBIDDEN),
+    ("approval-not-needed", StatusCode::CONFLICT),
+    ("approval-forbidden", StatusCode::FORBIDDEN),
+    ("access-request-not-found", StatusCode::NOT_FOUND),
+    ("access-request-closed", StatusCode::CONFLICT),
+    ("access-request-contended", StatusCode::CONFLICT),
+    ("break-glass-not-allowed", StatusCode::FORBIDDEN),
+    ("break-glass-forbidden", StatusCode::FORBIDDEN),
+    ("quota-exceeded", StatusCode::TOO_MANY_REQUESTS),
+    ("rate-limited", StatusCode::TOO_MANY_REQUESTS),
+    ("delegation-revoked", StatusCode::FORBIDDEN),
+    ("revocation-forbidden", StatusCode::FORBIDDEN),
+    ("revocation-not-found", StatusCode::NOT_FOUND),
+    ("revocation-contended", StatusCode::CONFLICT),
+    ("audit-forbidden", StatusCode::FORBIDDEN),
+    ("catalog-unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("stack-source-unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("audit-unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("approvals-unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("revocations-unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("cloud-refused", StatusCode::BAD_GATEWAY),
+    ("cloud-invalid-response", StatusCode::BAD_GATEWAY),
+    ("cloud-unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("timeout", StatusCode::SERVICE_UNAVAILABLE),
+    ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
+    ("not-ready", StatusCode::SERVICE_UNAVAILABLE),
+    ("draining", StatusCode::SERVICE_UNAVAILABLE),
+    ("not-found", StatusCode::NOT_FOUND),
+    ("method-not-allowed", StatusCode::METHOD_NOT_ALLOWED),
+    ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+];
+
+/// The URI a problem type slug stands for.
+pub fn type_uri(slug: &str) -> String {
+    format!("urn:stackpass:problem:{slug}")
+}
+
+/// An RFC 9457 problem details document (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `urn:stackpass:problem:{slug}`: stable, one status each.
     #[serde(rename = "type", serialize_with = "serialize_type")]
+    #[schema(value_type = String)]
     pub kind: &'static str,
+    #[schema(value_type = String)]
     pub title: &'static str,
+    /// The HTTP status, repeated.
     #[serde(serialize_with = "serialize_status")]
+    #[schema(value_type = u16)]
     pub status: StatusCode,
-    /// Boxed, like `request_id` and `cloud_code`, to keep `Result<_, Problem>` small.
+    /// What happened.
+    // Boxed, like `request_id` and `cloud_code`, to keep `Result<_, Problem>` small.
+    #[schema(value_type = String)]
     pub detail: Box<str>,
+    /// What to do about it.
+    #[schema(value_type = String)]
     pub hint: Cow<'static, str>,
+    /// The broker's request id (also the `x-request-id` header), to quote to
+    /// an operator.
+    #[schema(value_type = String)]
     pub request_id: Box<str>,
     /// For denials: each rule considered and why it did not match.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::wire::RuleMiss>>)]
     pub rules: Option<Box<Vec<crate::wire::RuleMiss>>>,
     /// For a cloud's refusal: the cloud's own error code (`InvalidIdentityToken`,
     /// `invalid_grant`, `AADSTS700213`), for searching its documentation.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub cloud_code: Option<Box<str>>,
     /// For a quota or a rate limit: seconds until a retry can succeed, also sent as the
     /// `Retry-After` header.
@@ -39,13 +105,14 @@ pub struct Problem {
         rename = "retry_after_seconds",
         skip_serializing_if = "Option::is_none"
     )]
-    /// (A `NonZeroU32`: it fits in the padding, keeping `Problem` small.)
+    // A `NonZeroU32`: it fits in the padding, keeping `Problem` small.
+    #[schema(value_type = Option<u32>, minimum = 1)]
     pub retry_after: Option<std::num::NonZeroU32>,
 }
 
 /// Stable problem type URIs: `urn:stackpass:problem:{slug}`.
 fn serialize_type<S: serde::Serializer>(slug: &&'static str, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&format_args!("urn:stackpass:problem:{slug}"))
+    s.serialize_str(&type_uri(slug))
 }
 
 fn serialize_status<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
@@ -60,6 +127,10 @@ impl Problem {
         detail: impl Into<String>,
         hint: impl Into<Cow<'static, str>>,
     ) -> Self {
+        debug_assert!(
+            TYPES.contains(&(slug, status)),
+            "problem type {slug} with status {status} is not in problem::TYPES, which the OpenAPI document lists"
+        );
         Problem {
             kind: slug,
             title,

@@ -37,6 +37,16 @@ fn revocation_problem(detail: &str) -> Problem {
     )
 }
 
+/// Revoke the caller's own delegation to an agent.
+#[utoipa::path(
+    post,
+    path = "/v1/delegations/revoke",
+    tag = "revocations",
+    operation_id = "revoke_delegation",
+    request_body(content = wire::RevocationRequest, example = json!({"agent": "component:agents/deploy-bot", "reason": "lost laptop"})),
+    responses((status = 200, description = "The revocation, and the credentials already issued under it (stackpass cannot recall them)", body = wire::RevocationAnswer)),
+    security(("bearer" = [])),
+)]
 pub async fn revoke_delegation(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -50,6 +60,16 @@ pub async fn revoke_delegation(
     Ok(Json((&answer).into()))
 }
 
+/// Restore the caller's own delegation to an agent.
+#[utoipa::path(
+    post,
+    path = "/v1/delegations/restore",
+    tag = "revocations",
+    operation_id = "restore_delegation",
+    request_body(content = wire::RevocationRequest, example = json!({"agent": "component:agents/deploy-bot", "reason": "lost laptop"})),
+    responses((status = 200, description = "The lifted revocation", body = wire::RevocationAnswer)),
+    security(("bearer" = [])),
+)]
 pub async fn restore_delegation(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -63,6 +83,16 @@ pub async fn restore_delegation(
     Ok(Json((&answer).into()))
 }
 
+/// Revoke an agent for every person (agent admins; a reason is required).
+#[utoipa::path(
+    post,
+    path = "/v1/agents/revoke",
+    tag = "revocations",
+    operation_id = "revoke_agent",
+    request_body(content = wire::RevocationRequest, example = json!({"agent": "component:agents/deploy-bot", "reason": "lost laptop"})),
+    responses((status = 200, description = "The revocation, and the credentials already issued under it (stackpass cannot recall them)", body = wire::RevocationAnswer)),
+    security(("bearer" = [])),
+)]
 pub async fn revoke_agent(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -76,6 +106,16 @@ pub async fn revoke_agent(
     Ok(Json((&answer).into()))
 }
 
+/// Restore an agent revoked for every person (agent admins).
+#[utoipa::path(
+    post,
+    path = "/v1/agents/restore",
+    tag = "revocations",
+    operation_id = "restore_agent",
+    request_body(content = wire::RevocationRequest, example = json!({"agent": "component:agents/deploy-bot", "reason": "lost laptop"})),
+    responses((status = 200, description = "The lifted revocation", body = wire::RevocationAnswer)),
+    security(("bearer" = [])),
+)]
 pub async fn restore_agent(
     State(broker): State<Arc<Broker>>,
     context: RequestContext,
@@ -89,6 +129,15 @@ pub async fn restore_agent(
     Ok(Json((&answer).into()))
 }
 
+/// The caller's revocations and every agent-wide one.
+#[utoipa::path(
+    get,
+    path = "/v1/delegations",
+    tag = "revocations",
+    operation_id = "list_revocations",
+    responses((status = 200, description = "Revocations", body = wire::RevocationList)),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(broker): State<Arc<Broker>>,
     principal: Principal,

@@ -43,6 +43,7 @@ use crate::config::ServerConfig;
 use crate::identity::{delegate, IdentityError, Principal, PrincipalKind};
 use crate::registry::{LookupError, Providers};
 use crate::stacks::StackRef;
+use crate::wire;
 
 /// RFC 8693 section 2.1.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -160,11 +161,20 @@ impl OAuthError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// An RFC 6749 section 5.2 error: `invalid_request`, `invalid_client`,
+/// `invalid_scope`, `invalid_target` (RFC 8693), `unsupported_grant_type`,
+/// `unauthorized_client`, `authorization_pending` and `slow_down` (RFC 8628),
+/// `temporarily_unavailable`, `server_error`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = OAuthError)]
+pub(super) struct ErrorBody<'a> {
+    #[schema(value_type = String, example = "invalid_request")]
     error: &'a str,
+    /// Printable ASCII without `"` or `\` (RFC 6749), at most 600 characters.
     error_description: String,
+    /// For `authorization_pending`: the access request a person must approve.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     access_request_id: Option<&'a str>,
 }
 
@@ -559,11 +569,55 @@ fn scope_provider(
 // ---------------------------------------------------------------------------
 // The handler
 
+/// The token-exchange form (`application/x-www-form-urlencoded`, RFC 8693
+/// section 2.1). Empty values count as absent; no parameter may repeat
+/// except `resource` and `audience`, which together name one stack.
+// For the OpenAPI document only: [`parse`] reads the form itself, and a
+// test checks the two name the same parameters and required ones.
+#[derive(utoipa::ToSchema)]
+#[schema(as = TokenExchangeForm)]
+#[allow(dead_code)] // Describes the form for the OpenAPI document; never built.
+pub(super) struct ExchangeForm {
+    /// `urn:ietf:params:oauth:grant-type:token-exchange`.
+    #[schema(example = "urn:ietf:params:oauth:grant-type:token-exchange")]
+    grant_type: String,
+    /// The person's token (or, for an agent acting alone, the agent's own).
+    subject_token: String,
+    /// `urn:ietf:params:oauth:token-type:jwt`, `…:id_token` or `…:access_token`.
+    #[schema(example = "urn:ietf:params:oauth:token-type:jwt")]
+    subject_token_type: String,
+    /// The agent's own token, from an issuer with `agents = true`.
+    actor_token: Option<String>,
+    actor_token_type: Option<String>,
+    /// The stack: `pulumi:ORG/PROJECT/STACK` or `terraform:ORG/WORKSPACE`.
+    #[schema(example = "pulumi:acme/payments/dev")]
+    resource: Option<String>,
+    /// Taken as `resource` (one stack in all).
+    audience: Option<String>,
+    /// `provider:KIND`, naming the cloud.
+    #[schema(example = "provider:aws")]
+    scope: Option<String>,
+    /// A provider's credential URN (see the metadata), or
+    /// `urn:ietf:params:oauth:token-type:jwt` for a subject token.
+    requested_token_type: Option<String>,
+    /// Whole seconds, capped by policy and the agent bounds.
+    duration_seconds: Option<String>,
+    /// One line, at most 500 characters, for approvers and the audit log.
+    reason: Option<String>,
+}
+
 /// RFC 8693 section 2.2.1, with the broker's facts beside it.
-#[derive(Serialize)]
-struct ExchangeResponse {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TokenExchangeResponse)]
+pub(super) struct ExchangeResponse {
+    /// The credential (a provider's `access_token` form, e.g. AWS's
+    /// session JSON) or, in federation mode, the subject token.
     access_token: String,
+    #[schema(value_type = String)]
     issued_token_type: &'static str,
+    /// `N_A` for a subject token or an AWS session; `Bearer` for a cloud
+    /// access token.
+    #[schema(value_type = String)]
     token_type: &'static str,
     expires_in: u64,
     scope: String,
@@ -572,7 +626,8 @@ struct ExchangeResponse {
     stackpass: IssuedFacts,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TokenExchangeFacts)]
 struct IssuedFacts {
     issuance_id: String,
     requester: String,
@@ -583,9 +638,58 @@ struct IssuedFacts {
     rule: String,
     role: String,
     expires_at: String,
+    /// The credential's public fields (the AWS key id, a federation audience).
+    #[schema(value_type = BTreeMap<String, Option<String>>)]
     fields: BTreeMap<&'static str, Option<String>>,
 }
 
+/// Exchange a person's and an agent's tokens for a credential (RFC 8693).
+///
+/// Issued to agents only, through the same policy, agent bounds, approvals
+/// and audit as `/v1/credentials`. Errors are RFC 6749 section 5.2 JSON.
+#[utoipa::path(
+    post,
+    path = "/oauth2/token",
+    tag = "agents",
+    operation_id = "token_exchange",
+    request_body(content = ExchangeForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "The credential, and what was issued by which rule",
+            body = ExchangeResponse,
+            headers(
+                ("cache-control" = String, description = "`no-store`"),
+                ("pragma" = String, description = "`no-cache`"),
+            )),
+        (status = 400, description = "`invalid_request` (a missing or refused parameter or token, a revoked delegation), `invalid_target` (a stack that is unknown, denied, or for an unknown provider), `invalid_scope`, `unsupported_grant_type`, `unauthorized_client` (the subject is not an agent and no actor_token was sent), `authorization_pending` (a person must approve `access_request_id`)",
+            body = ErrorBody,
+            headers(
+                ("cache-control" = String, description = "`no-store`"),
+                ("pragma" = String, description = "`no-cache`"),
+            )),
+        (status = 401, description = "`invalid_client`: the request carried client authentication (an Authorization header, client_secret or client_assertion), which this endpoint does not take",
+            body = ErrorBody,
+            headers(
+                ("cache-control" = String, description = "`no-store`"),
+                ("pragma" = String, description = "`no-cache`"),
+            )),
+        (status = 429, description = "`slow_down`: the agent's quota, or the broker's rate limit, is spent until `Retry-After`",
+            body = ErrorBody,
+            headers(
+                ("cache-control" = String, description = "`no-store`"),
+                ("pragma" = String, description = "`no-cache`"),
+            )),
+        (status = 500, description = "`server_error`: the broker failed; nothing was issued",
+            body = ErrorBody),
+        (status = 502, description = "`server_error`: the cloud refused the exchange or answered unusably",
+            body = ErrorBody,
+            headers(
+                ("cache-control" = String, description = "`no-store`"),
+                ("pragma" = String, description = "`no-cache`"),
+            )),
+        (status = 503, description = "`temporarily_unavailable`: an issuer's keys, the catalog, the stack source, the audit log, the approvals or revocations store, or the cloud cannot be reached",
+            body = ErrorBody),
+    ),
+)]
 async fn exchange(
     State(broker): State<Arc<Broker>>,
     Extension(limits): Extension<BodyLimits>,
@@ -836,11 +940,22 @@ fn render(
 // ---------------------------------------------------------------------------
 // RFC 8414 metadata
 
+/// The token endpoint's metadata (RFC 8414).
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-authorization-server",
+    tag = "discovery",
+    operation_id = "authorization_server_metadata",
+    responses((status = 200, description = "RFC 8414 metadata",
+        body = wire::AuthorizationServerMetadata,
+        headers(("cache-control" = String, description = "`public, max-age=…`")))),
+)]
 async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
-    cacheable(metadata_document(
+    let document = metadata_document(
         broker.issuer().issuer_url(),
         &Offered::of(broker.providers()),
-    ))
+    );
+    cacheable(Json(document))
 }
 
 /// RFC 8414 section 2. There is no authorization endpoint (nothing here is
@@ -849,20 +964,22 @@ async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
 /// which is verified like every token, rather than with a client secret
 /// the broker would have to keep. The `token_exchange_*` members are this
 /// broker's own (RFC 8414 section 2 allows additional metadata).
-pub fn metadata_document(issuer: &str, offered: &Offered) -> serde_json::Value {
-    serde_json::json!({
-        "issuer": issuer,
-        "token_endpoint": format!("{issuer}/oauth2/token"),
-        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-        "grant_types_supported": [GRANT_TYPE],
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["none"],
-        "scopes_supported": offered.scopes(),
-        "token_exchange_subject_token_types_supported": INPUT_TOKEN_TYPES,
-        "token_exchange_actor_token_types_supported": INPUT_TOKEN_TYPES,
-        "token_exchange_requested_token_types_supported": offered.requested_types(),
-        "token_exchange_resource_format": "a stack reference: pulumi:ORG/PROJECT/STACK or terraform:ORG/WORKSPACE",
-    })
+pub fn metadata_document(issuer: &str, offered: &Offered) -> wire::AuthorizationServerMetadata {
+    let strings = |types: &[&str]| types.iter().map(|t| (*t).to_owned()).collect();
+    wire::AuthorizationServerMetadata {
+        issuer: issuer.to_owned(),
+        token_endpoint: format!("{issuer}/oauth2/token"),
+        jwks_uri: format!("{issuer}/.well-known/jwks.json"),
+        grant_types_supported: vec![GRANT_TYPE.to_owned()],
+        response_types_supported: Vec::new(),
+        token_endpoint_auth_methods_supported: vec!["none".to_owned()],
+        scopes_supported: offered.scopes(),
+        token_exchange_subject_token_types_supported: strings(&INPUT_TOKEN_TYPES),
+        token_exchange_actor_token_types_supported: strings(&INPUT_TOKEN_TYPES),
+        token_exchange_requested_token_types_supported: strings(&offered.requested_types()),
+        token_exchange_resource_format:
+            "a stack reference: pulumi:ORG/PROJECT/STACK or terraform:ORG/WORKSPACE".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -925,6 +1042,40 @@ mod tests {
         match parse(body, &offered()) {
             Ok(_) => panic!("accepted"),
             Err(e) => (e.error(), e.status()),
+        }
+    }
+
+    /// The form the OpenAPI document describes is the one `parse` reads:
+    /// every parameter a complete request sends is described, and each the
+    /// description requires is one whose absence `parse` refuses, by name.
+    #[test]
+    fn the_documented_form_is_the_parsed_one() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(ExchangeForm::schema()).unwrap();
+        let described: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for (name, _) in valid() {
+            assert!(described.contains(&name), "{name} is not described");
+        }
+        let required = schema["required"].as_array().unwrap();
+        assert_eq!(required.len(), 3);
+        for name in required {
+            let name = valid()
+                .into_iter()
+                .map(|(n, _)| n)
+                .find(|n| name == n)
+                .unwrap();
+            let refused = parse(&with(&[(name, None)]), &offered()).err().unwrap();
+            assert_eq!(refused.error(), "invalid_request");
+            assert!(
+                refused.description.contains(name),
+                "{}",
+                refused.description
+            );
         }
     }
 
@@ -1090,7 +1241,9 @@ mod tests {
 
     #[test]
     fn the_metadata_names_the_endpoint_and_the_types() {
-        let document = metadata_document("https://stackpass.example", &offered());
+        let document =
+            serde_json::to_value(metadata_document("https://stackpass.example", &offered()))
+                .unwrap();
         assert_eq!(
             document["token_endpoint"],
             "https://stackpass.example/oauth2/token"

@@ -144,6 +144,10 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Print the HTTP API's OpenAPI 3.1 document (what GET /openapi.json
+    /// serves); `stackpass openapi > docs/openapi.json` regenerates the
+    /// committed copy.
+    Openapi,
     /// Work with configuration files.
     Config {
         #[command(subcommand)]

@@ -555,6 +555,16 @@ mod tests {
             ],
             "current and next of both"
         );
+        // The OpenAPI document describes both documents with wire types that
+        // refuse unknown members; EC and RSA keys both fit.
+        let described: crate::wire::DiscoveryDocument =
+            serde_json::from_value(discovery.clone()).unwrap();
+        assert_eq!(described.issuer, URL);
+        let described: crate::wire::JwkSet = serde_json::from_value(jwks.clone()).unwrap();
+        assert!(described
+            .keys
+            .iter()
+            .all(|k| (k.x.is_some() && k.y.is_some()) != (k.n.is_some() && k.e.is_some())));
         issuer.self_test().unwrap();
     }
 

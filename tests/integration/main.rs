@@ -32,6 +32,7 @@ mod machines;
 mod mcp;
 mod notifications;
 mod observability;
+mod openapi;
 mod policy;
 mod postgres;
 mod quickstart;

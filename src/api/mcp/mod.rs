@@ -27,7 +27,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use secrecy::{ExposeSecret, SecretString};
@@ -38,6 +38,7 @@ use super::{admission, Origin, Problem};
 use crate::broker::{Broker, RequestContext};
 use crate::config::{Config, ServerConfig};
 use crate::identity::Principal;
+use crate::wire;
 
 /// Where the metadata lives (RFC 9728 section 3.1: the well-known prefix
 /// inserted before the resource's path).
@@ -84,17 +85,15 @@ impl McpSettings {
     }
 
     /// The RFC 9728 protected-resource metadata document.
-    fn metadata(&self) -> serde_json::Value {
-        let mut document = serde_json::json!({
-            "resource": self.resource,
-            "authorization_servers": self.authorization_servers,
-            "bearer_methods_supported": ["header"],
-            "resource_name": "stackpass MCP server",
-        });
-        if !self.scopes_supported.is_empty() {
-            document["scopes_supported"] = serde_json::json!(self.scopes_supported);
+    fn metadata(&self) -> wire::ProtectedResourceMetadata {
+        wire::ProtectedResourceMetadata {
+            resource: self.resource.clone(),
+            authorization_servers: self.authorization_servers.clone(),
+            bearer_methods_supported: vec!["header".to_owned()],
+            resource_name: "stackpass MCP server".to_owned(),
+            scopes_supported: (!self.scopes_supported.is_empty())
+                .then(|| self.scopes_supported.clone()),
         }
-        document
     }
 }
 
@@ -140,10 +139,6 @@ pub(super) fn routes(
         max_body_bytes,
         body_read_timeout: server.body_read_timeout,
     };
-    let metadata = {
-        let settings = settings.clone();
-        move || async move { Json(settings.metadata()) }
-    };
     Router::new()
         .route_service("/mcp", service)
         .layer(
@@ -155,14 +150,113 @@ pub(super) fn routes(
                 .load_shed()
                 .concurrency_limit(server.max_concurrent_requests),
         )
-        .route(METADATA_PATH, get(metadata.clone()))
-        .route("/.well-known/oauth-protected-resource", get(metadata))
+        .route(METADATA_PATH, get(metadata))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata_at_root),
+        )
+        .layer(Extension(settings))
+}
+
+/// The MCP server's protected-resource metadata (RFC 9728).
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-protected-resource/mcp",
+    tag = "mcp",
+    operation_id = "mcp_resource_metadata",
+    responses((status = 200, description = "RFC 9728 metadata of `/mcp`", body = wire::ProtectedResourceMetadata)),
+)]
+async fn metadata(
+    Extension(settings): Extension<Arc<McpSettings>>,
+) -> Json<wire::ProtectedResourceMetadata> {
+    Json(settings.metadata())
+}
+
+/// The same metadata, without the resource's path.
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-protected-resource",
+    tag = "mcp",
+    operation_id = "mcp_resource_metadata_at_root",
+    responses((status = 200, description = "RFC 9728 metadata of `/mcp`", body = wire::ProtectedResourceMetadata)),
+)]
+async fn metadata_at_root(
+    Extension(settings): Extension<Arc<McpSettings>>,
+) -> Json<wire::ProtectedResourceMetadata> {
+    Json(settings.metadata())
+}
+
+/// A JSON-RPC 2.0 message to the MCP server (`initialize`, `tools/list`,
+/// `tools/call`, a notification, …).
+// For the OpenAPI document only: rmcp reads and writes these messages.
+#[derive(utoipa::ToSchema)]
+#[schema(as = McpRequest)]
+#[allow(dead_code)] // Describes rmcp's input for the OpenAPI document; never built.
+pub(in crate::api) struct JsonRpcRequest {
+    /// `2.0`.
+    #[schema(example = "2.0")]
+    jsonrpc: String,
+    /// A string or a number; absent for a notification (answered 202, no
+    /// body).
+    #[schema(value_type = Option<serde_json::Value>, example = 1)]
+    id: Option<serde_json::Value>,
+    #[schema(example = "tools/list")]
+    method: String,
+    params: Option<serde_json::Value>,
+}
+
+/// A JSON-RPC 2.0 answer: `result`, or `error` (a refused tool call is a
+/// result with `isError`).
+#[derive(utoipa::ToSchema)]
+#[schema(as = McpResponse)]
+#[allow(dead_code)] // Describes rmcp's output for the OpenAPI document; never built.
+pub(in crate::api) struct JsonRpcResponse {
+    jsonrpc: String,
+    #[schema(value_type = Option<serde_json::Value>)]
+    id: Option<serde_json::Value>,
+    result: Option<serde_json::Value>,
+    error: Option<JsonRpcError>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[schema(as = McpError)]
+#[allow(dead_code)] // Part of JsonRpcResponse's description.
+pub(in crate::api) struct JsonRpcError {
+    code: i64,
+    message: String,
+    data: Option<serde_json::Value>,
 }
 
 /// Admits a request whose token the verifier accepts and whose audience is
 /// this MCP server (anything else gets a 401 naming the metadata), and whose
 /// body then arrives whole within the limits `/v1` has, before it takes a
-/// request slot.
+/// request slot. The OpenAPI document describes `/mcp` here, at its door:
+/// the JSON-RPC answers are rmcp's, the others this gate's.
+#[utoipa::path(
+    post,
+    path = "/mcp",
+    tag = "mcp",
+    operation_id = "mcp",
+    summary = "The MCP server: JSON-RPC over POST (streamable HTTP, stateless, JSON answers).",
+    description = "Tools `list_stacks`, `explain_decision`, `request_access` and `get_credentials`, under the same policy, agent bounds, quotas, revocation and audit as `/v1`. A 401 names the RFC 9728 metadata in `WWW-Authenticate: Bearer resource_metadata=…`.",
+    request_body(
+        content = JsonRpcRequest,
+        example = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    ),
+    params(
+        ("accept" = String, Header, description = "Must name both `application/json` and `text/event-stream` (answers are JSON)", example = "application/json, text/event-stream"),
+    ),
+    responses(
+        (status = 200, description = "The JSON-RPC answer: a result, or a JSON-RPC error (an unknown method or tool, bad parameters)", body = JsonRpcResponse),
+        (status = 202, description = "A notification or a response was accepted; no body"),
+        (status = 400, description = "A malformed JSON-RPC message or MCP header (JSON-RPC error), or an unsupported `MCP-Protocol-Version` (text)",
+            content((JsonRpcResponse = "application/json"), (String = "text/plain"))),
+        (status = 403, description = "The `Host` is not the broker's public URL's (DNS rebinding protection)", body = String, content_type = "text/plain"),
+        (status = 406, description = "The `Accept` header does not name both `application/json` and `text/event-stream`", body = String, content_type = "text/plain"),
+        (status = 415, description = "The body is not `application/json`, or not a JSON-RPC message rmcp recognizes (e.g. a request whose `id` is `null`)", body = String, content_type = "text/plain"),
+    ),
+    security(("mcp_bearer" = [])),
+)]
 async fn admit(State(gate): State<Gate>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let origin = parts.extensions.get::<Origin>();
@@ -225,7 +319,16 @@ async fn admit(State(gate): State<Gate>, request: Request, next: Next) -> Respon
         }
     };
     parts.extensions.insert(McpCaller { principal, context });
-    next.run(Request::from_parts(parts, Body::from(body))).await
+    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    // rmcp answers its own refusals (406, 415, 403 for a foreign Host, 400
+    // for a protocol version) in plain text without a Content-Type.
+    if response.status().as_u16() >= 400 && !response.headers().contains_key(header::CONTENT_TYPE) {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    response
 }
 
 fn bearer_token(headers: &axum::http::HeaderMap) -> Option<SecretString> {
