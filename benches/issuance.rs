@@ -9,6 +9,11 @@
 //! Each run starts a fresh broker with a fresh audit store, warms it up, then
 //! fires the requests from one client at the given concurrency. The issuance
 //! rate limits are off: one principal asks thousands of times a second.
+//!
+//! Beside the rates it reports the broker's CPU time per issuance and how much
+//! of the machine this process (the client and the Backstage and STS doubles)
+//! took, so a figure can be told apart from a starved broker; PostgreSQL's own
+//! CPU is in neither.
 
 // The integration tests' support; the benchmark uses only part of it.
 #[allow(dead_code, unused_imports)]
@@ -25,6 +30,25 @@ struct Run {
     requests: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU time the broker process used during the run.
+    broker_cpu: Duration,
+    /// CPU time this process (client and doubles) used during the run.
+    bench_cpu: Duration,
+}
+
+/// A process's user + system CPU time so far, from `/proc/PID/stat`
+/// (fields 14 and 15, in USER_HZ ticks, which Linux fixes at 100 a second).
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after it don't.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|field| field.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 impl Run {
@@ -34,8 +58,9 @@ impl Run {
     }
 
     fn print(&self) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         println!(
-            "{:<10} {:>11} {:>9} {:>12.0} {:>10.2} {:>10.2} {:>10.2}",
+            "{:<10} {:>11} {:>9} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>14.0} {:>11.0}",
             self.store,
             self.concurrency,
             self.requests,
@@ -43,6 +68,8 @@ impl Run {
             self.percentile(0.50).as_secs_f64() * 1000.0,
             self.percentile(0.99).as_secs_f64() * 1000.0,
             self.latencies.last().unwrap().as_secs_f64() * 1000.0,
+            self.broker_cpu.as_secs_f64() * 1e6 / self.requests as f64,
+            self.bench_cpu.as_secs_f64() * 100.0 / (self.elapsed.as_secs_f64() * cores),
         );
     }
 }
@@ -105,6 +132,8 @@ async fn run(
     }
 
     let per_worker = requests / concurrency;
+    let broker_pid = broker.pid().to_string();
+    let (broker_cpu, bench_cpu) = (cpu_time(&broker_pid), cpu_time("self"));
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
@@ -123,6 +152,8 @@ async fn run(
         latencies.extend(result.unwrap());
     }
     let elapsed = started.elapsed();
+    let broker_cpu = cpu_time(&broker_pid).saturating_sub(broker_cpu);
+    let bench_cpu = cpu_time("self").saturating_sub(bench_cpu);
     latencies.sort();
 
     // Every issuance must be on the chain, or the numbers are meaningless.
@@ -140,6 +171,8 @@ async fn run(
         requests: latencies.len(),
         elapsed,
         latencies,
+        broker_cpu,
+        bench_cpu,
     }
 }
 
@@ -166,8 +199,16 @@ async fn main() {
         .collect();
 
     println!(
-        "{:<10} {:>11} {:>9} {:>12} {:>10} {:>10} {:>10}",
-        "store", "concurrency", "requests", "issuances/s", "p50 ms", "p99 ms", "max ms"
+        "{:<10} {:>11} {:>9} {:>12} {:>10} {:>10} {:>10} {:>14} {:>11}",
+        "store",
+        "concurrency",
+        "requests",
+        "issuances/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "broker µs/iss",
+        "bench cpu %"
     );
     for &concurrency in &levels {
         run("sqlite", None, concurrency, requests).await.print();
