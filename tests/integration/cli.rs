@@ -2,7 +2,6 @@
 //! `credential_process`, error output, `config check`, `keys generate`, `dev token`.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::support::*;
 
@@ -15,37 +14,7 @@ async fn the_aws_cli_uses_stackpass_as_its_credential_process() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, backstage.user_token("user:default/jane")).unwrap();
-    let aws_config = dir.path().join("aws-config");
-    std::fs::write(
-        &aws_config,
-        format!(
-            "[profile payments-dev]\nregion = us-east-1\ncredential_process = {} creds --stack pulumi:acme/payments/dev --duration 15m --format credential-process --server {} --token-file {}\n",
-            stackpass_binary().display(),
-            broker.url,
-            token_file.display()
-        ),
-    )
-    .unwrap();
-    let output = Command::new(aws_cli())
-        .args([
-            "sts",
-            "get-caller-identity",
-            "--profile",
-            "payments-dev",
-            "--endpoint-url",
-            &moto.url,
-            "--output",
-            "json",
-        ])
-        .env("AWS_CONFIG_FILE", &aws_config)
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            dir.path().join("no-credentials"),
-        )
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
+    let output = aws_cli_through_creds(dir.path(), &broker.url, &moto.url, &token_file, "")
         .output()
         .unwrap();
     assert!(output.status.success(), "aws failed: {}", stderr(&output));

@@ -5,7 +5,6 @@
 //! `config check` on the files.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
@@ -117,43 +116,19 @@ async fn the_cli_and_the_aws_cli_get_credentials_over_https_trusting_a_private_c
     // The AWS CLI, with stackpass as its credential_process over https.
     let token_file = files.path().join("token");
     std::fs::write(&token_file, &token).unwrap();
-    let aws_config = files.path().join("aws-config");
-    std::fs::write(
-        &aws_config,
-        format!(
-            "[profile payments-dev]\nregion = us-east-1\ncredential_process = {} creds --stack pulumi:acme/payments/dev --duration 15m --format credential-process --server {} --ca-file {bundle} --token-file {}\n",
-            stackpass_binary().display(),
-            broker.url,
-            token_file.display()
-        ),
+    let output = aws_cli_through_creds(
+        files.path(),
+        &broker.url,
+        &moto.url,
+        &token_file,
+        &format!(" --ca-file {bundle}"),
     )
+    .env_remove("STACKPASS_CA_FILE")
+    .env_remove("SSL_CERT_FILE")
+    .env_remove("STACKPASS_TOKEN")
+    .env("STACKPASS_CACHE_DIR", files.path().join("cache"))
+    .output()
     .unwrap();
-    let output = Command::new(aws_cli())
-        .args([
-            "sts",
-            "get-caller-identity",
-            "--profile",
-            "payments-dev",
-            "--endpoint-url",
-            &moto.url,
-            "--output",
-            "json",
-        ])
-        .env("AWS_CONFIG_FILE", &aws_config)
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            files.path().join("no-credentials"),
-        )
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
-        .env_remove("STACKPASS_CA_FILE")
-        .env_remove("SSL_CERT_FILE")
-        .env_remove("STACKPASS_TOKEN")
-        .env("STACKPASS_CACHE_DIR", files.path().join("cache"))
-        .output()
-        .unwrap();
     assert!(output.status.success(), "aws failed: {}", stderr(&output));
     assert_eq!(issued(broker.audit_rows().await), issued_before + 4);
     let identity: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();

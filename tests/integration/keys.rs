@@ -504,7 +504,6 @@ print(json.dumps(results))
 "#;
 
 fn pyjwt_verify(issuer: &str, cases: &[(&str, &str)]) -> Vec<Value> {
-    use std::io::Write;
     let python = workspace_root().join(".venv/bin/python");
     assert!(
         python.exists(),
@@ -515,20 +514,9 @@ fn pyjwt_verify(issuer: &str, cases: &[(&str, &str)]) -> Vec<Value> {
         .iter()
         .map(|(token, audience)| json!({ "token": token, "audience": audience }))
         .collect();
-    let mut child = Command::new(python)
-        .args(["-c", PYJWT_CLIENT, issuer])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(Value::from(input).to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let mut command = Command::new(python);
+    command.args(["-c", PYJWT_CLIENT, issuer]);
+    let output = output_with_stdin(command, Value::from(input).to_string().as_bytes());
     assert!(output.status.success(), "{}", stderr(&output));
     serde_json::from_slice(&output.stdout).unwrap()
 }

@@ -2,7 +2,7 @@
 //! are, the `stackpass` CLI without the caller's environment, free ports, waiting
 //! for a server to answer, and serving an axum router on a random port.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,62 @@ pub fn venv_python() -> PathBuf {
 
 pub fn aws_cli() -> PathBuf {
     venv_binary("aws")
+}
+
+/// The AWS CLI's `sts get-caller-identity` against `sts_url`, with a profile
+/// whose `credential_process` is `stackpass creds` for the payments dev stack
+/// (plus `creds_args`) and none of the caller's own AWS credentials or
+/// profiles; `dir` holds its config file.
+pub fn aws_cli_through_creds(
+    dir: &Path,
+    broker_url: &str,
+    sts_url: &str,
+    token_file: &Path,
+    creds_args: &str,
+) -> Command {
+    let aws_config = dir.join("aws-config");
+    std::fs::write(
+        &aws_config,
+        format!(
+            "[profile payments-dev]\nregion = us-east-1\ncredential_process = {} creds --stack pulumi:acme/payments/dev --duration 15m --format credential-process --server {broker_url}{creds_args} --token-file {}\n",
+            stackpass_binary().display(),
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(aws_cli());
+    command
+        .args([
+            "sts",
+            "get-caller-identity",
+            "--profile",
+            "payments-dev",
+            "--endpoint-url",
+            sts_url,
+            "--output",
+            "json",
+        ])
+        .env("AWS_CONFIG_FILE", &aws_config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-credentials"))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE");
+    command
+}
+
+/// Runs `command` with `input` on its standard input, capturing its output.
+pub fn output_with_stdin(mut command: Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// `PATH` with the test venv first, so commands a test runs find `aws`.

@@ -2,12 +2,11 @@
 //! parser (the `prometheus_client` package, from `.venv`), so a page the real
 //! Prometheus could not ingest fails the test, and gives back its samples.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
-use super::process::venv_python;
+use super::process::{output_with_stdin, venv_python};
 
 /// Parses the page and prints every sample as JSON: [name, {labels}, value].
 const PARSE: &str = r#"
@@ -64,20 +63,9 @@ pub async fn scrape(url: &str) -> Scrape {
         "{content_type}"
     );
     let page = response.text().await.unwrap();
-    let mut child = Command::new(venv_python())
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let mut command = Command::new(venv_python());
+    command.args(["-c", PARSE]);
+    let output = output_with_stdin(command, page.as_bytes());
     assert!(
         output.status.success(),
         "Prometheus's parser refused the page: {}\n{page}",
