@@ -10,16 +10,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const APPROVAL_RULE: &str = r#"
-[[policy.rules]]
-name = "owners-deploy-prod"
-provider = "aws"
-tags = { environment = ["prod"], aws-account = ["*"] }
-role = "arn:aws:iam::{tags.aws-account}:role/{component}-prod-deployer"
-max_duration = "1h"
-approval = { count = 1, approvers = ["group:default/team-payments"], window = "1h", request_ttl = "1h" }
-"#;
-
 struct McpWorld {
     backstage: BackstageDouble,
     idp: OidcIssuer,
@@ -34,12 +24,10 @@ async fn world() -> McpWorld {
     let sts = StsRecorder::start(StsBehaviour::Forward(moto.url.clone())).await;
     let backstage = BackstageDouble::start().await;
     let idp = OidcIssuer::start("", "/jwks", "idp-key", &["sub", "aud", "act"]).await;
+    let mut options = BrokerOptions::new(&backstage, &sts.url);
     // The resource URL must be known before the broker starts, so the
     // identity provider can be configured to mint tokens for it.
-    let port = free_port();
-    let public_url = format!("http://127.0.0.1:{port}");
-    let resource = format!("{public_url}/mcp");
-    let mut options = BrokerOptions::new(&backstage, &sts.url);
+    let resource = format!("{}/mcp", options.at_fixed_address());
     // Each issuer vouches for its own people (issuers may not overlap):
     // jane and alex sign in through the identity provider that mints tokens
     // for /mcp, bob and sam through Backstage.
@@ -56,16 +44,9 @@ async fn world() -> McpWorld {
 [mcp]
 enabled = true
 audience = "stackpass-mcp"
-{APPROVAL_RULE}
+{PROD_APPROVAL_RULE}
 "#
     );
-    options.env.push((
-        "STACKPASS_SERVER__LISTEN".into(),
-        format!("127.0.0.1:{port}"),
-    ));
-    options
-        .env
-        .push(("STACKPASS_SERVER__PUBLIC_URL".into(), public_url));
     let broker = Broker::start(options).await;
     McpWorld {
         backstage,

@@ -12,18 +12,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-/// A prod rule that needs approval and allows break-glass, in the config.
-const PROD_RULE: &str = r#"
-[[policy.rules]]
-name = "owners-deploy-prod"
-provider = "aws"
-tags = { environment = ["prod"], aws-account = ["*"] }
-role = "arn:aws:iam::{tags.aws-account}:role/{component}-prod-deployer"
-max_duration = "1h"
-approval = { count = 1, approvers = ["group:default/team-payments"], window = "1h", request_ttl = "1h" }
-break_glass = { max_duration = "15m" }
-"#;
-
 /// A broker with the prod rule, announcing to `webhook` with short timings.
 fn options(
     backstage: &BackstageDouble,
@@ -32,7 +20,9 @@ fn options(
     audit_url: Option<String>,
 ) -> BrokerOptions {
     let mut options = BrokerOptions::new(backstage, &sts.url);
-    options.extra_config = PROD_RULE.to_owned();
+    // The prod rule, allowing break-glass too.
+    options.extra_config =
+        format!("{PROD_APPROVAL_RULE}break_glass = {{ max_duration = \"15m\" }}\n");
     options.audit_url = audit_url;
     for (key, value) in [
         ("STACKPASS_NOTIFICATIONS__WEBHOOK_URL", webhook.url.as_str()),

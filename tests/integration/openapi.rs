@@ -34,18 +34,6 @@ async fn the_broker_serves_the_committed_document() {
     assert_eq!(document["openapi"], "3.1.0");
 }
 
-/// A prod rule that needs approval, so access requests are created and
-/// decided rather than only refused.
-const APPROVAL_RULE: &str = r#"
-[[policy.rules]]
-name = "owners-deploy-prod"
-provider = "aws"
-tags = { environment = ["prod"], aws-account = ["*"] }
-role = "arn:aws:iam::{tags.aws-account}:role/{component}-prod-deployer"
-max_duration = "1h"
-approval = { count = 1, approvers = ["group:default/team-payments"], window = "1h", request_ttl = "1h" }
-"#;
-
 /// The broker with `/mcp` enabled: jane (a Backstage token) calls `/v1`, alex
 /// (a token from an identity provider, minted for the MCP server) calls
 /// `/mcp`; each issuer vouches for its own people.
@@ -63,10 +51,8 @@ async fn world() -> OpenApiWorld {
     let sts = StsRecorder::start(StsBehaviour::Forward(moto.url.clone())).await;
     let backstage = BackstageDouble::start().await;
     let idp = OidcIssuer::start("", "/jwks", "idp-key", &["sub", "aud"]).await;
-    let port = free_port();
-    let public_url = format!("http://127.0.0.1:{port}");
-    let resource = format!("{public_url}/mcp");
     let mut options = BrokerOptions::new(&backstage, &sts.url);
+    let resource = format!("{}/mcp", options.at_fixed_address());
     options.env.push((
         "STACKPASS_IDENTITY__ISSUERS".into(),
         format!(
@@ -75,14 +61,9 @@ async fn world() -> OpenApiWorld {
             issuer = idp.issuer,
         ),
     ));
-    options.extra_config = format!("\n[mcp]\nenabled = true\n{APPROVAL_RULE}");
-    options.env.push((
-        "STACKPASS_SERVER__LISTEN".into(),
-        format!("127.0.0.1:{port}"),
-    ));
-    options
-        .env
-        .push(("STACKPASS_SERVER__PUBLIC_URL".into(), public_url));
+    // A prod rule that needs approval, so access requests are created and
+    // decided rather than only refused.
+    options.extra_config = format!("\n[mcp]\nenabled = true\n{PROD_APPROVAL_RULE}");
     let broker = Broker::start(options).await;
     OpenApiWorld {
         broker,

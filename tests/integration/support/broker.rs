@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::audit::audit_rows;
 use super::backstage::{BackstageDouble, STATIC_CATALOG_TOKEN};
-use super::process::{stackpass_binary, TEST_POSTGRES_URL};
+use super::process::{free_port, stackpass_binary, TEST_POSTGRES_URL};
 use super::sts::{Moto, StsBehaviour, StsRecorder};
 
 pub const STACKS_TOML: &str = r#"
@@ -47,6 +47,19 @@ tags = { "backstage.io/component" = "ghost", environment = "dev", aws-account = 
 /// 127-byte subject limit.
 pub const LONG_STACK: &str = "pulumi:acme/payments-platform-infrastructure-and-networking/development-environment-for-the-payments-team-in-europe-west";
 
+/// A prod rule that needs one approval from team-payments (access requests
+/// are made and decided rather than only refused). A test may append keys to
+/// its table (it ends the text).
+pub const PROD_APPROVAL_RULE: &str = r#"
+[[policy.rules]]
+name = "owners-deploy-prod"
+provider = "aws"
+tags = { environment = ["prod"], aws-account = ["*"] }
+role = "arn:aws:iam::{tags.aws-account}:role/{component}-prod-deployer"
+max_duration = "1h"
+approval = { count = 1, approvers = ["group:default/team-payments"], window = "1h", request_ttl = "1h" }
+"#;
+
 pub struct BrokerOptions {
     pub backstage_url: String,
     pub sts_url: String,
@@ -69,6 +82,22 @@ impl BrokerOptions {
             catalog_token: STATIC_CATALOG_TOKEN.to_owned(),
             audit_url: None,
         }
+    }
+
+    /// Fixes the broker's address before it starts (a free port, as its
+    /// listen address and public URL) and returns the public URL, for
+    /// settings that must name it up front (the MCP resource an identity
+    /// provider mints tokens for).
+    pub fn at_fixed_address(&mut self) -> String {
+        let port = free_port();
+        let public_url = format!("http://127.0.0.1:{port}");
+        self.env.push((
+            "STACKPASS_SERVER__LISTEN".into(),
+            format!("127.0.0.1:{port}"),
+        ));
+        self.env
+            .push(("STACKPASS_SERVER__PUBLIC_URL".into(), public_url.clone()));
+        public_url
     }
 
     pub fn config(&self) -> String {
