@@ -288,24 +288,7 @@ async fn a_token_exchange_past_the_agents_burst_gets_slow_down() {
     let backstage = BackstageDouble::start().await;
     let sts = StsRecorder::start(StsBehaviour::Forward(moto.url.clone())).await;
     let agents = OidcIssuer::start("", "/jwks", "agents-1", &[]).await;
-    let extra = format!(
-        r#"
-[[identity.issuers]]
-name = "agents"
-kind = "oidc"
-issuer = "{issuer}"
-audiences = ["stackpass"]
-algorithms = ["RS256"]
-subjects = ["component:agents/*"]
-agents = true
-
-[[policy.agents]]
-name = "agents"
-agents = ["component:agents/*"]
-max_duration = "1h"
-"#,
-        issuer = agents.issuer
-    );
+    let extra = agents.agents_config();
     let broker = broker_with(
         &backstage,
         &sts,

@@ -46,15 +46,6 @@ impl Exchange {
         let mut options = BrokerOptions::new(&backstage, &sts.url);
         options.extra_config = format!(
             r#"
-[[identity.issuers]]
-name = "agents"
-kind = "oidc"
-issuer = "{issuer}"
-audiences = ["stackpass"]
-algorithms = ["RS256"]
-subjects = ["component:agents/*"]
-agents = true
-
 [[policy.rules]]
 name = "owners-deploy-prod"
 provider = "aws"
@@ -62,15 +53,9 @@ tags = {{ environment = ["prod"], aws-account = ["*"] }}
 role = "arn:aws:iam::{{tags.aws-account}}:role/{{component}}-prod-deployer"
 max_duration = "1h"
 approval = {{ count = 1, approvers = ["group:default/security"], window = "1h", request_ttl = "1h" }}
-
-# Agents get nothing without bounds; these are the widest allowed.
-[[policy.agents]]
-name = "agents"
-agents = ["component:agents/*"]
-max_duration = "1h"
-{extra}
+{agents}{extra}
 "#,
-            issuer = agents.issuer
+            agents = agents.agents_config()
         );
         let broker = Broker::start(options).await;
         Exchange {

@@ -150,6 +150,32 @@ pub struct OidcIssuer {
 }
 
 impl OidcIssuer {
+    /// This issuer as the agents' identity provider (`agents = true`, for
+    /// `component:agents/*`, audience `stackpass`) and the widest agent
+    /// bounds; the bounds entry ends the text, so a test may append keys
+    /// (a quota) to it.
+    pub fn agents_config(&self) -> String {
+        format!(
+            r#"
+[[identity.issuers]]
+name = "agents"
+kind = "oidc"
+issuer = "{issuer}"
+audiences = ["stackpass"]
+algorithms = ["RS256"]
+subjects = ["component:agents/*"]
+agents = true
+
+# Agents get nothing without bounds; these are the widest allowed.
+[[policy.agents]]
+name = "agents"
+agents = ["component:agents/*"]
+max_duration = "1h"
+"#,
+            issuer = self.issuer
+        )
+    }
+
     /// `path` is where under the host the issuer lives (`""`, `"/oidc"`),
     /// `jwks_path` where its keys are (GitHub: `/.well-known/jwks`).
     pub async fn start(
