@@ -82,20 +82,6 @@ fn replica_config(
     path
 }
 
-async fn issued_credential_ids(db: &PgDatabase) -> HashSet<String> {
-    let mut conn =
-        sqlx::ConnectOptions::connect(&db.url.parse::<sqlx::postgres::PgConnectOptions>().unwrap())
-            .await
-            .unwrap();
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT credential_id FROM audit_records WHERE event = 'issuance_outcome' AND outcome = 'issued'",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    ids.into_iter().collect()
-}
-
 /// One issuance through the balancer, whatever happens to it.
 async fn issue(client: &reqwest::Client, url: &str, token: &str) -> Outcome {
     let started = Instant::now();
@@ -306,7 +292,7 @@ async fn sigterm_under_load_drains_without_a_failed_request() {
         })
         .collect();
     assert_eq!(received.len(), outcomes.len());
-    assert_eq!(issued_credential_ids(&db).await, received);
+    assert_eq!(db.issued_credential_ids().await, received);
     let output = verify_database(&db.url, None);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(

@@ -15,20 +15,6 @@ async fn pg_broker(backstage: &BackstageDouble, sts: &StsRecorder, db: &PgDataba
     Broker::start(options).await
 }
 
-async fn issued_credential_ids(db: &PgDatabase) -> HashSet<String> {
-    let mut conn =
-        sqlx::ConnectOptions::connect(&db.url.parse::<sqlx::postgres::PgConnectOptions>().unwrap())
-            .await
-            .unwrap();
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT credential_id FROM audit_records WHERE event = 'issuance_outcome' AND outcome = 'issued'",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    ids.into_iter().collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_brokers_on_one_database_keep_one_chain() {
     let db = PgDatabase::create().await;
@@ -78,7 +64,7 @@ async fn two_brokers_on_one_database_keep_one_chain() {
         stdout(&output)
     );
     assert_eq!(
-        issued_credential_ids(&db).await,
+        db.issued_credential_ids().await,
         received,
         "one issued record per credential handed out"
     );
@@ -151,7 +137,7 @@ async fn every_credential_received_before_a_crash_has_a_committed_record() {
         "killed mid-burst after {} issuances",
         received.len()
     );
-    let recorded = issued_credential_ids(&db).await;
+    let recorded = db.issued_credential_ids().await;
     for key in &received {
         assert!(
             recorded.contains(key),

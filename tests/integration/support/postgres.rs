@@ -39,6 +39,22 @@ impl PgDatabase {
         Self::create_with("").await
     }
 
+    /// The credential ids of every committed `issued` record.
+    pub async fn issued_credential_ids(&self) -> std::collections::HashSet<String> {
+        let options = self
+            .url
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .unwrap();
+        let mut conn = sqlx::ConnectOptions::connect(&options).await.unwrap();
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT credential_id FROM audit_records WHERE event = 'issuance_outcome' AND outcome = 'issued'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        ids.into_iter().collect()
+    }
+
     /// A database `LATIN1`-encoded: text it cannot hold is a data error.
     pub async fn create_latin1() -> PgDatabase {
         Self::create_with(" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").await
