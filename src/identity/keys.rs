@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::Jwk;
@@ -31,20 +31,25 @@ pub enum KeySourceError {
 }
 
 /// A set of verification keys for one issuer.
+///
+/// A key is handed out shared: the same `Arc` for as long as the key set it
+/// came from is the one in force, and a new one once the keys are fetched
+/// again. So [`Arc::ptr_eq`] with a key handed out earlier tells a caller
+/// that the key it used then is still published now (see `verified.rs`).
 #[async_trait::async_trait]
 pub trait KeySource: Send + Sync {
-    async fn key(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, KeySourceError>;
+    async fn key(&self, kid: &str, alg: Algorithm) -> Result<Arc<DecodingKey>, KeySourceError>;
 }
 
 #[derive(Clone)]
 struct CachedKey {
-    key: DecodingKey,
+    key: Arc<DecodingKey>,
     /// The JWK's own `alg`, when it names one; a key is only used for that algorithm.
     alg: Option<Algorithm>,
 }
 
 impl CachedKey {
-    fn usable_for(&self, alg: Algorithm) -> Option<DecodingKey> {
+    fn usable_for(&self, alg: Algorithm) -> Option<Arc<DecodingKey>> {
         match self.alg {
             Some(own) if own != alg => None,
             _ => Some(self.key.clone()),
@@ -91,7 +96,7 @@ struct KeyCache {
 
 /// What the cache holds for a kid.
 enum Cached {
-    Key(DecodingKey),
+    Key(Arc<DecodingKey>),
     Ambiguous,
     Missing,
 }
@@ -219,7 +224,13 @@ fn parse_key_set(keys: Vec<serde_json::Value>) -> KeyCache {
             .key_algorithm
             .and_then(|a| serde_json::to_value(a).ok())
             .and_then(|v| v.as_str().and_then(|s| Algorithm::from_str(s).ok()));
-        parsed.insert(kid, CachedKey { key, alg });
+        parsed.insert(
+            kid,
+            CachedKey {
+                key: Arc::new(key),
+                alg,
+            },
+        );
     }
     KeyCache {
         keys: parsed,
@@ -264,7 +275,7 @@ fn fits_signature_verification(jwk: &serde_json::Value) -> bool {
 
 #[async_trait::async_trait]
 impl KeySource for RemoteJwks {
-    async fn key(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, KeySourceError> {
+    async fn key(&self, kid: &str, alg: Algorithm) -> Result<Arc<DecodingKey>, KeySourceError> {
         match self.cached(kid, alg, self.refresh_interval) {
             Cached::Key(key) => {
                 metrics::counter!(JWKS_CACHE_HITS, "issuer" => self.issuer.clone()).increment(1);
@@ -328,18 +339,21 @@ impl KeySource for RemoteJwks {
 /// One fixed ES256 key: the development issuer's public key.
 pub struct StaticKeys {
     kid: String,
-    key: DecodingKey,
+    key: Arc<DecodingKey>,
 }
 
 impl StaticKeys {
     pub fn new(kid: String, key: DecodingKey) -> Self {
-        StaticKeys { kid, key }
+        StaticKeys {
+            kid,
+            key: Arc::new(key),
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl KeySource for StaticKeys {
-    async fn key(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, KeySourceError> {
+    async fn key(&self, kid: &str, alg: Algorithm) -> Result<Arc<DecodingKey>, KeySourceError> {
         if kid == self.kid && alg == Algorithm::ES256 {
             Ok(self.key.clone())
         } else {

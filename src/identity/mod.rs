@@ -8,6 +8,9 @@
 //! call), then the algorithm allow-list, then the key (fetched, cached, refetched
 //! on an unknown `kid` at a bounded rate), then signature and claims, then the
 //! issuer's claim mapping, then whether the issuer may vouch for that subject.
+//! A token that passed all of it is remembered (`verified.rs`): presented
+//! again, unexpired and with its key still published, it skips only the steps
+//! up to the signature; the mapping and subject checks run every time.
 //! This module reads no configuration: startup builds each [`TrustedIssuer`]
 //! from it. Machine issuers (CI systems, deployment services, clusters) map
 //! their claims to a catalog component through `machines/`, which may ask
@@ -19,6 +22,7 @@ pub mod machines;
 mod mapping;
 mod pipeline;
 mod subjects;
+mod verified;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +39,7 @@ pub use mapping::{
 };
 pub use pipeline::{PipelineRun, PipelineSystem, RunPhase};
 pub use subjects::{SubjectPattern, SubjectPatternError};
+use verified::{VerifiedToken, VerifiedTokens};
 
 /// The `typ` header of a Backstage user identity token (Backstage's
 /// `tokenTypes.user.typParam`); limited-user and plugin tokens carry others.
@@ -231,6 +236,7 @@ pub struct TrustedIssuer {
 pub struct Verifier {
     issuers: Vec<TrustedIssuer>,
     max_token_bytes: usize,
+    verified: VerifiedTokens,
 }
 
 impl Verifier {
@@ -238,6 +244,7 @@ impl Verifier {
         Verifier {
             issuers,
             max_token_bytes,
+            verified: VerifiedTokens::new(),
         }
     }
 
@@ -253,13 +260,29 @@ impl Verifier {
                 limit: self.max_token_bytes,
             });
         }
+        let fingerprint = verified::fingerprint(token);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let verified = match self.verified.get(&fingerprint, &self.issuers, now).await {
+            Some(verified) => verified,
+            None => self.check_signature(token, now).await?,
+        };
+        let issuer = &self.issuers[verified.issuer];
+        let principal = principal(issuer, &verified.claims).await?;
+        self.verified.remember(fingerprint, verified);
+        Ok(principal)
+    }
+
+    /// Everything about the token itself: its shape and header, its issuer,
+    /// algorithm and key, its signature and its time claims.
+    async fn check_signature(&self, token: &str, now: i64) -> Result<VerifiedToken, IdentityError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| IdentityError::Malformed)?;
         refuse_critical_extensions(token)?;
         let unverified_issuer = peek_issuer(token)?;
-        let issuer = self
+        let (index, issuer) = self
             .issuers
             .iter()
-            .find(|i| i.issuer == unverified_issuer)
+            .enumerate()
+            .find(|(_, i)| i.issuer == unverified_issuer)
             .ok_or(IdentityError::UntrustedIssuer)?;
         if let Some(expected) = &issuer.token_type {
             let found = header.typ.as_deref().unwrap_or_default();
@@ -277,10 +300,10 @@ impl Verifier {
         if !issuer.algorithms.contains(&header.alg) {
             return Err(IdentityError::AlgorithmNotAllowed(header.alg));
         }
-        let kid = header.kid.as_deref().ok_or(IdentityError::MissingKeyId)?;
+        let kid = header.kid.ok_or(IdentityError::MissingKeyId)?;
         let key = issuer
             .keys
-            .key(kid, header.alg)
+            .key(&kid, header.alg)
             .await
             .map_err(|e| match e {
                 KeySourceError::UnknownKey => IdentityError::UnknownKey,
@@ -300,7 +323,6 @@ impl Verifier {
             .claims;
         let (iat, exp) = (claims.integer("iat")?, claims.integer("exp")?);
 
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let leeway = issuer.leeway.as_secs() as i64;
         if iat > now + leeway {
             return Err(IdentityError::NotYetValid);
@@ -308,61 +330,78 @@ impl Verifier {
         if exp.saturating_sub(iat) > issuer.max_token_lifetime.as_secs() as i64 {
             return Err(IdentityError::LifetimeTooLong);
         }
-        let mapped = issuer.mapping.principal(&claims).await?;
-        let subject = &mapped.subject;
-        if subject.kind() == "group" {
-            return Err(IdentityError::GroupSubject {
-                subject: subject.to_string(),
-            });
-        }
-        if issuer.users_only && subject.kind() != "user" {
-            return Err(IdentityError::NotAUser {
-                issuer: issuer.name.clone(),
-                subject: subject.to_string(),
-            });
-        }
-        if !issuer.subjects.iter().any(|p| p.matches(subject)) {
-            return Err(IdentityError::SubjectNotVouched {
-                issuer: issuer.name.clone(),
-                subject: subject.to_string(),
-            });
-        }
-        let dedicated_audience = issuer
-            .dedicated_audience
-            .as_deref()
-            .is_some_and(|own| only_audience_is(&claims, own));
-        let (kind, actors) = if issuer.agents {
-            // An agent never stands for a person: it is the agent acting for
-            // itself, and an `act` it carries nests below it.
-            if subject.kind() == "user" {
-                return Err(IdentityError::AgentIsAPerson {
-                    issuer: issuer.name.clone(),
-                    subject: subject.to_string(),
-                });
-            }
-            let mut actors = vec![subject.to_string()];
-            actors.extend(mapped.actors);
-            if actors.len() > MAX_ACTOR_CHAIN {
-                return Err(IdentityError::InvalidClaims(format!(
-                    "act nests more than {MAX_ACTOR_CHAIN} actors"
-                )));
-            }
-            (PrincipalKind::Agent, actors)
-        } else {
-            (mapped.kind, mapped.actors)
-        };
-        Ok(Principal {
-            issuer: issuer.issuer.clone(),
-            issuer_name: issuer.name.clone(),
-            subject: mapped.subject,
-            kind,
-            actor: actors.first().cloned(),
-            actor_chain: actors,
-            groups: Vec::new(),
-            dedicated_audience,
-            pipeline: mapped.pipeline,
+        Ok(VerifiedToken {
+            issuer: index,
+            kid,
+            alg: header.alg,
+            key,
+            claims: Arc::new(claims),
+            exp,
         })
     }
+}
+
+/// The principal a verified token stands for, by its issuer's claim mapping
+/// and rules on subjects. Runs for every request, remembered token or not:
+/// the mapping may read the catalog, whose answers change.
+async fn principal(
+    issuer: &TrustedIssuer,
+    claims: &VerifiedClaims,
+) -> Result<Principal, IdentityError> {
+    let mapped = issuer.mapping.principal(claims).await?;
+    let subject = &mapped.subject;
+    if subject.kind() == "group" {
+        return Err(IdentityError::GroupSubject {
+            subject: subject.to_string(),
+        });
+    }
+    if issuer.users_only && subject.kind() != "user" {
+        return Err(IdentityError::NotAUser {
+            issuer: issuer.name.clone(),
+            subject: subject.to_string(),
+        });
+    }
+    if !issuer.subjects.iter().any(|p| p.matches(subject)) {
+        return Err(IdentityError::SubjectNotVouched {
+            issuer: issuer.name.clone(),
+            subject: subject.to_string(),
+        });
+    }
+    let dedicated_audience = issuer
+        .dedicated_audience
+        .as_deref()
+        .is_some_and(|own| only_audience_is(claims, own));
+    let (kind, actors) = if issuer.agents {
+        // An agent never stands for a person: it is the agent acting for
+        // itself, and an `act` it carries nests below it.
+        if subject.kind() == "user" {
+            return Err(IdentityError::AgentIsAPerson {
+                issuer: issuer.name.clone(),
+                subject: subject.to_string(),
+            });
+        }
+        let mut actors = vec![subject.to_string()];
+        actors.extend(mapped.actors);
+        if actors.len() > MAX_ACTOR_CHAIN {
+            return Err(IdentityError::InvalidClaims(format!(
+                "act nests more than {MAX_ACTOR_CHAIN} actors"
+            )));
+        }
+        (PrincipalKind::Agent, actors)
+    } else {
+        (mapped.kind, mapped.actors)
+    };
+    Ok(Principal {
+        issuer: issuer.issuer.clone(),
+        issuer_name: issuer.name.clone(),
+        subject: mapped.subject,
+        kind,
+        actor: actors.first().cloned(),
+        actor_chain: actors,
+        groups: Vec::new(),
+        dedicated_audience,
+        pipeline: mapped.pipeline,
+    })
 }
 
 /// RFC 7515 section 4.1.11: a recipient must refuse a token whose `crit`
