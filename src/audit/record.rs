@@ -177,10 +177,17 @@ pub struct AuditRecord {
     pub detail: Option<serde_json::Value>,
 }
 
+/// Time-ordered (UUIDv7), so that each new record's id lands at the end of
+/// the record-id index instead of on a random page: a random id dirties one
+/// more page per record in every commit, and more of them as the log grows.
+fn record_id() -> Uuid {
+    Uuid::now_v7()
+}
+
 impl AuditRecord {
     pub fn new(event: AuditEvent, outcome: Outcome, request_id: &str) -> Self {
         AuditRecord {
-            record_id: Uuid::new_v4(),
+            record_id: record_id(),
             recorded_at: OffsetDateTime::now_utc(),
             event,
             outcome,
@@ -209,7 +216,7 @@ impl AuditRecord {
     /// context, so the rows of one issuance cannot disagree about who and what.
     pub fn derive(&self, event: AuditEvent, outcome: Outcome) -> AuditRecord {
         AuditRecord {
-            record_id: Uuid::new_v4(),
+            record_id: record_id(),
             recorded_at: OffsetDateTime::now_utc(),
             event,
             outcome,
