@@ -14,6 +14,7 @@ use aws_sdk_sts::config::retry::{ClassifyRetry, RetryAction, RetryConfig};
 use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::{BehaviorVersion, Region};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::tls;
 use secrecy::{ExposeSecret, SecretString};
 use stackpass_provider::{Credential, ExchangeRequest, ProviderError};
 use time::OffsetDateTime;
@@ -22,8 +23,12 @@ use crate::claims::safe_name;
 use crate::{AwsSettings, RoleArn, KIND};
 
 pub fn client(settings: &AwsSettings) -> aws_sdk_sts::Client {
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https();
     let mut config = aws_sdk_sts::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(https)
         .region(Region::new(settings.region.clone()))
         .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
         .retry_classifier(NoRetryAfterLostAnswer)
