@@ -68,7 +68,11 @@ impl Database {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(busy_timeout)
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // A multi-row append's statement journal stays in memory
+                // rather than spilling to a temporary file (created and
+                // unlinked again on every large commit).
+                .pragma("temp_store", "memory");
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(busy_timeout)
@@ -217,6 +221,81 @@ mod tests {
         assert_eq!(
             parse_timestamp(&c),
             Some(time::macros::datetime!(2026-11-23 08:00:01.28 UTC))
+        );
+    }
+
+    /// Migration 0008 rebuilds SQLite's audit table without the hash index: a
+    /// log written before it must come through whole, still verify, still
+    /// refuse edits, and take new appends on the same chain.
+    #[tokio::test]
+    async fn the_audit_table_rebuild_keeps_the_chain_and_its_guards() {
+        use crate::audit::{AuditEvent, AuditRecord, AuditStore, Outcome, SqlAuditStore};
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let before_0008 = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(
+                SQLITE_MIGRATIONS
+                    .migrations
+                    .iter()
+                    .filter(|m| m.version < 8)
+                    .cloned()
+                    .collect(),
+            ),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        let records = |n: usize| -> Vec<AuditRecord> {
+            (0..n)
+                .map(|i| AuditRecord::new(AuditEvent::Decision, Outcome::Allowed, &format!("r{i}")))
+                .collect()
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("audit.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let old = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
+        before_0008.run(&old).await.unwrap();
+        SqlAuditStore::new(Database::Sqlite(old.clone()))
+            .append(records(3))
+            .await
+            .unwrap();
+        old.close().await;
+
+        let db = Database::open(&url, Duration::from_secs(1)).await.unwrap();
+        let store = SqlAuditStore::new(db.clone());
+        store.append(records(2)).await.unwrap();
+        let summary = store.verify(None).await.unwrap().unwrap();
+        assert_eq!((summary.records, summary.head.seq), (5, 5));
+
+        let Database::Sqlite(pool) = &db else {
+            unreachable!()
+        };
+        for edit in [
+            "UPDATE audit_records SET outcome = 'x'",
+            "DELETE FROM audit_records",
+        ] {
+            let refused = sqlx::query(edit).execute(pool).await.unwrap_err();
+            assert!(refused.to_string().contains("append-only"), "{refused}");
+        }
+        let indexed: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_index_list('audit_records') ORDER BY name")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            indexed,
+            [
+                "audit_records_actor",
+                "audit_records_credential",
+                "audit_records_recorded_at",
+                "audit_records_requester",
+                "audit_records_stack",
+                // record_id UNIQUE; no index on hash any more.
+                "sqlite_autoindex_audit_records_1",
+            ]
         );
     }
 }

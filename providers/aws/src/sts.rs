@@ -24,7 +24,9 @@ use crate::{AwsSettings, RoleArn, KIND};
 
 pub fn client(settings: &AwsSettings) -> aws_sdk_sts::Client {
     let https = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
         .build_https();
     let mut config = aws_sdk_sts::Config::builder()
         .behavior_version(BehaviorVersion::latest())
