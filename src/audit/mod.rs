@@ -22,6 +22,7 @@ mod record;
 mod roles;
 mod shipper;
 mod signed;
+mod sqlite_writer;
 mod store;
 
 use time::OffsetDateTime;

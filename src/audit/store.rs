@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{ChainBreak, ChainStart, ChainSummary, ChainVerifier, Checkpoint, StoredRecord};
+use super::sqlite_writer;
 use super::{
     AuditError, AuditEvent, AuditPage, AuditQuery, AuditRecord, AuditStore, Bind, Guarded,
     IssuanceFilter, Outcome, Statement, AGENT_ISSUANCES,
@@ -33,7 +34,7 @@ use crate::metrics as metrics_names;
 /// stays well inside SQLite's limit on bound parameters.
 const MAX_BATCH: usize = 128;
 const PAGE: u32 = 1000;
-const COLUMNS: &str = "seq, record_id, recorded_at, event, outcome, request_id, issuance_id, requester, \
+pub(super) const COLUMNS: &str = "seq, record_id, recorded_at, event, outcome, request_id, issuance_id, requester, \
      requester_kind, actor, issuer, stack, tags, component, owner, rule, provider, role, duration_seconds, \
      expires_at, credential_id, client_addr, detail, prev_hash, hash";
 
@@ -302,9 +303,25 @@ fn read_error(e: sqlx::Error) -> AuditError {
     AuditError::Read(e.to_string())
 }
 
-struct PendingAppend {
-    records: Vec<AuditRecord>,
-    done: oneshot::Sender<Result<(), AuditError>>,
+pub(super) struct PendingAppend {
+    pub records: Vec<AuditRecord>,
+    pub done: oneshot::Sender<Result<(), AuditError>>,
+}
+
+/// `first` and whatever else is waiting (`next`), up to `MAX_BATCH`: the
+/// appends one transaction commits.
+pub(super) fn collect_batch(
+    first: PendingAppend,
+    mut next: impl FnMut() -> Option<PendingAppend>,
+) -> Vec<PendingAppend> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match next() {
+            Some(pending) => batch.push(pending),
+            None => break,
+        }
+    }
+    batch
 }
 
 /// What retention pruning did.
@@ -321,10 +338,24 @@ pub struct SqlAuditStore {
 }
 
 impl SqlAuditStore {
-    /// The chain store over `db`, with its group-committing writer started.
+    /// The chain store over `db`, with its group-committing writer started:
+    /// SQLite's on a thread of its own (`sqlite_writer.rs`), PostgreSQL's as
+    /// a task.
     pub fn new(db: Database) -> Self {
-        let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_loop(db.clone(), queue));
+        let writer = match &db {
+            Database::Sqlite(pool) => sqlite_writer::spawn(
+                pool.connect_options().get_filename().to_owned(),
+                // `Database::open` sets the pool's acquire timeout and the
+                // connections' busy timeout from the one `busy_timeout`.
+                pool.options().get_acquire_timeout(),
+                4 * MAX_BATCH,
+            ),
+            Database::Postgres(_) => {
+                let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
+                tokio::spawn(write_loop(db.clone(), queue));
+                writer
+            }
+        };
         SqlAuditStore { db, writer }
     }
 
@@ -477,11 +508,12 @@ impl SqlAuditStore {
 
 /// Commit latency and group size on `/metrics`; the store label tells a
 /// replica on SQLite from one on PostgreSQL.
-fn observe_commit(db: &Database, started: std::time::Instant, appends: usize, committed: bool) {
-    let store = match db {
-        Database::Sqlite(_) => "sqlite",
-        Database::Postgres(_) => "postgres",
-    };
+pub(super) fn observe_commit(
+    store: &'static str,
+    started: std::time::Instant,
+    appends: usize,
+    committed: bool,
+) {
     if committed {
         metrics::histogram!(metrics_names::AUDIT_COMMIT_SECONDS, "store" => store)
             .record(started.elapsed().as_secs_f64());
@@ -492,21 +524,16 @@ fn observe_commit(db: &Database, started: std::time::Instant, appends: usize, co
     }
 }
 
-/// The group-commit writer: takes every append waiting in the queue (up to
-/// `MAX_BATCH`), commits them in one transaction, then answers each caller.
+/// PostgreSQL's group-commit writer: takes every append waiting in the queue
+/// (up to `MAX_BATCH`), commits them in one transaction, then answers each
+/// caller.
 async fn write_loop(db: Database, mut queue: mpsc::Receiver<PendingAppend>) {
     while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+        let batch = collect_batch(first, || queue.try_recv().ok());
         let records: Vec<&AuditRecord> = batch.iter().flat_map(|p| p.records.iter()).collect();
         let started = std::time::Instant::now();
         let result = SqlAuditStore::append_batch(&db, &records).await;
-        observe_commit(&db, started, batch.len(), result.is_ok());
+        observe_commit("postgres", started, batch.len(), result.is_ok());
         match result {
             // One request's records the database cannot hold must not fail the
             // others': commit each append on its own, so only that one fails.
