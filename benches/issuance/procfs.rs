@@ -21,22 +21,22 @@ fn stat_fields(pid: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Sum of the `/proc/PID/stat` fields numbered `from` and `from + 1`, in ticks.
-fn ticks(pid: &str, from: usize) -> Duration {
+/// The CPU time in the `/proc/PID/stat` fields numbered `from` and `from + 1`.
+fn stat_cpu(pid: &str, from: usize) -> Duration {
     let fields = stat_fields(pid);
     from_ticks(fields.iter().skip(from - 3).take(2).sum())
 }
 
 /// A process's user + system CPU time so far (fields 14 and 15).
 pub fn cpu_time(pid: &str) -> Duration {
-    ticks(pid, 14)
+    stat_cpu(pid, 14)
 }
 
 /// CPU time of this process's children that it has waited for (fields 16
 /// and 17, `cutime` and `cstime`): across a load generator's run, what the
 /// generator used.
 pub fn children_cpu_time() -> Duration {
-    ticks("self", 16)
+    stat_cpu("self", 16)
 }
 
 /// CPU time of every process whose command name is `postgres` (the server
