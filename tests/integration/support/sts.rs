@@ -1,10 +1,12 @@
 //! STS: [`Moto`], moto's real STS emulator from the project's `.venv`, one per
 //! test binary, and [`StsRecorder`], a pass-through in front of STS that records
 //! what the broker sent (the subject token) and forwards it to moto, or answers by
-//! itself in STS's documented XML shapes (success, rejected token, outage).
+//! itself in STS's documented XML shapes (success, rejected token, outage);
+//! [`StsBehaviour::Load`] answers without recording, for the benchmark.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,6 +100,13 @@ pub enum StsBehaviour {
     /// Forward to moto after waiting this long: issuances that are surely
     /// still in flight when a broker stops accepting.
     ForwardSlow { upstream: String, delay: Duration },
+    /// `Succeed` for the benchmark: the same XML shape and fresh-looking,
+    /// unique credentials, but nothing recorded (calls are only counted, see
+    /// [`StsRecorder::load_calls`]; [`StsRecorder::calls`] and
+    /// [`StsRecorder::minted`] stay empty) and randomness from a fast
+    /// per-thread generator instead of a getrandom call per character, so
+    /// the double is never what limits a run of millions of issuances.
+    Load,
 }
 
 struct RecorderState {
@@ -105,6 +114,11 @@ struct RecorderState {
     calls: Mutex<Vec<StsCall>>,
     /// Access key ids of the credentials this double minted.
     minted: Mutex<Vec<String>>,
+    /// Calls answered under [`StsBehaviour::Load`].
+    load_calls: AtomicU64,
+    /// Under [`StsBehaviour::Load`], the first characters of every access
+    /// key id (random per recorder); a call counter makes the rest unique.
+    load_prefix: String,
     client: reqwest::Client,
 }
 
@@ -121,6 +135,8 @@ impl StsRecorder {
             behaviour,
             calls: Mutex::new(Vec::new()),
             minted: Mutex::new(Vec::new()),
+            load_calls: AtomicU64::new(0),
+            load_prefix: FastRng::seeded().string(6, STS_KEY_ALPHABET),
             client: reqwest::Client::new(),
         });
         let router = Router::new()
@@ -141,6 +157,11 @@ impl StsRecorder {
     pub fn minted(&self) -> Vec<String> {
         self.state.minted.lock().unwrap().clone()
     }
+
+    /// How many calls [`StsBehaviour::Load`] answered.
+    pub fn load_calls(&self) -> u64 {
+        self.state.load_calls.load(Ordering::Relaxed)
+    }
 }
 
 async fn record_sts(
@@ -149,6 +170,9 @@ async fn record_sts(
     body: axum::body::Bytes,
 ) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    if let StsBehaviour::Load = state.behaviour {
+        return sts_load_success(&state, &form);
+    }
     let call_number = {
         let mut calls = state.calls.lock().unwrap();
         calls.push(StsCall { form: form.clone() });
@@ -178,6 +202,7 @@ async fn record_sts(
             );
         }
         StsBehaviour::Succeed => return sts_success(&state, &form),
+        StsBehaviour::Load => unreachable!("answered above, without recording"),
         StsBehaviour::Slow(delay) => {
             let answer = sts_success(&state, &form);
             tokio::time::sleep(*delay).await;
@@ -235,8 +260,97 @@ fn sts_success(state: &RecorderState, form: &HashMap<String, String>) -> Respons
             .map(|_| alphabet[(rand_core::OsRng.next_u32() as usize) % alphabet.len()] as char)
             .collect()
     };
-    let upper = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let secret = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (upper, secret) = (STS_KEY_ALPHABET, STS_SECRET_ALPHABET);
+    let access_key_id = format!("ASIA{}", random(16, upper));
+    state.minted.lock().unwrap().push(access_key_id.clone());
+    assume_role_success(
+        form,
+        &Minted {
+            access_key_id,
+            role_id: random(16, upper),
+            token: random(356, secret),
+            secret: random(40, secret),
+            request_id: uuid::Uuid::new_v4(),
+        },
+    )
+}
+
+/// The characters of access key ids and role ids, and of secrets and tokens.
+const STS_KEY_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+const STS_SECRET_ALPHABET: &[u8] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// [`StsBehaviour::Load`]'s answer: counted, not recorded. The access key id
+/// is the recorder's random prefix and the call's number (unique for the
+/// recorder's life); the rest comes from this thread's [`FastRng`].
+fn sts_load_success(state: &RecorderState, form: &HashMap<String, String>) -> Response {
+    let call = state.load_calls.fetch_add(1, Ordering::Relaxed);
+    let number: String = (0..10)
+        .rev()
+        .map(|digit| STS_KEY_ALPHABET[((call >> (5 * digit)) & 31) as usize] as char)
+        .collect();
+    let minted = FastRng::with_thread_local(|rng| Minted {
+        access_key_id: format!("ASIA{}{number}", state.load_prefix),
+        role_id: rng.string(16, STS_KEY_ALPHABET),
+        token: rng.string(356, STS_SECRET_ALPHABET),
+        secret: rng.string(40, STS_SECRET_ALPHABET),
+        request_id: uuid::Builder::from_random_bytes(rng.bytes16()).into_uuid(),
+    });
+    assume_role_success(form, &minted)
+}
+
+/// SplitMix64: a fast, non-cryptographic generator (test credentials only),
+/// seeded once from the operating system.
+struct FastRng(u64);
+
+impl FastRng {
+    fn seeded() -> FastRng {
+        use rand_core::RngCore;
+        FastRng(rand_core::OsRng.next_u64())
+    }
+
+    /// Runs `f` with this thread's generator, seeded on the thread's first use.
+    fn with_thread_local<T>(f: impl FnOnce(&mut FastRng) -> T) -> T {
+        thread_local! {
+            static RNG: std::cell::RefCell<FastRng> = std::cell::RefCell::new(FastRng::seeded());
+        }
+        RNG.with(|rng| f(&mut rng.borrow_mut()))
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn string(&mut self, len: usize, alphabet: &[u8]) -> String {
+        (0..len)
+            .map(|_| alphabet[(self.next_u64() % alphabet.len() as u64) as usize] as char)
+            .collect()
+    }
+
+    fn bytes16(&mut self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.next_u64().to_le_bytes());
+        bytes[8..].copy_from_slice(&self.next_u64().to_le_bytes());
+        bytes
+    }
+}
+
+/// The random parts of one successful `AssumeRoleWithWebIdentity` answer.
+struct Minted {
+    access_key_id: String,
+    role_id: String,
+    token: String,
+    secret: String,
+    request_id: uuid::Uuid,
+}
+
+/// STS's documented `AssumeRoleWithWebIdentity` success, for the role and
+/// session the form asked for and lasting its `DurationSeconds`.
+fn assume_role_success(form: &HashMap<String, String>, minted: &Minted) -> Response {
     let role = form.get("RoleArn").cloned().unwrap_or_default();
     let session = form.get("RoleSessionName").cloned().unwrap_or_default();
     let (account, role_name) = role
@@ -253,8 +367,6 @@ fn sts_success(state: &RecorderState, form: &HashMap<String, String>) -> Respons
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let access_key_id = format!("ASIA{}", random(16, upper));
-    state.minted.lock().unwrap().push(access_key_id.clone());
     let body = format!(
         r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleWithWebIdentityResult>
@@ -276,10 +388,11 @@ fn sts_success(state: &RecorderState, form: &HashMap<String, String>) -> Respons
     <RequestId>{request_id}</RequestId>
   </ResponseMetadata>
 </AssumeRoleWithWebIdentityResponse>"#,
-        role_id = random(16, upper),
-        token = random(356, secret),
-        secret = random(40, secret),
-        request_id = uuid::Uuid::new_v4(),
+        access_key_id = minted.access_key_id,
+        role_id = minted.role_id,
+        token = minted.token,
+        secret = minted.secret,
+        request_id = minted.request_id,
     );
     (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
 }
@@ -289,4 +402,36 @@ fn sts_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Respo
         r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>"#
     );
     (status, [("content-type", "text/xml")], body).into_response()
+}
+
+/// The benchmark measures issuances through [`StsBehaviour::Load`]: the
+/// broker must take its answers as STS's, and its key ids must not repeat.
+#[cfg(test)]
+mod load_behaviour {
+    use std::collections::HashSet;
+
+    use crate::support::*;
+
+    #[tokio::test]
+    async fn the_broker_issues_through_the_load_double_with_unique_keys_and_nothing_recorded() {
+        let world = World::with_sts(StsBehaviour::Load).await;
+        let token = world.backstage.user_token("user:default/jane");
+        let mut keys = HashSet::new();
+        for _ in 0..3 {
+            let response = world
+                .broker
+                .request_credentials(Some(&token), credential_request("pulumi:acme/payments/dev"))
+                .await;
+            assert_eq!(response.status, 200, "{}", response.text);
+            let key = response.body["credentials"]["access_key_id"]
+                .as_str()
+                .unwrap();
+            assert!(key.starts_with("ASIA") && key.len() == 20, "{key}");
+            keys.insert(key.to_owned());
+        }
+        assert_eq!(keys.len(), 3);
+        assert_eq!(world.sts.load_calls(), 3);
+        assert!(world.sts.calls().is_empty());
+        assert!(world.sts.minted().is_empty());
+    }
 }
