@@ -96,13 +96,12 @@ fn append(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(write_error)?;
     let (mut seq, mut prev_hash): (i64, String) = transaction
-        .query_row(
+        .prepare_cached(
             "SELECT COALESCE((SELECT seq FROM audit_records ORDER BY seq DESC LIMIT 1), start_seq - 1), \
                     COALESCE((SELECT hash FROM audit_records ORDER BY seq DESC LIMIT 1), start_prev_hash) \
              FROM audit_chain WHERE id = 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
         )
+        .and_then(|mut head| head.query_row([], |row| Ok((row.get(0)?, row.get(1)?))))
         .map_err(write_error)?;
     {
         let mut insert = transaction.prepare_cached(insert).map_err(write_error)?;

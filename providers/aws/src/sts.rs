@@ -12,7 +12,7 @@ use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::config::interceptors::InterceptorContext;
 use aws_sdk_sts::config::retry::{ClassifyRetry, RetryAction, RetryConfig};
 use aws_sdk_sts::config::timeout::TimeoutConfig;
-use aws_sdk_sts::config::{BehaviorVersion, Region};
+use aws_sdk_sts::config::{BehaviorVersion, Region, StalledStreamProtectionConfig};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 use secrecy::{ExposeSecret, SecretString};
@@ -34,6 +34,10 @@ pub fn client(settings: &AwsSettings) -> aws_sdk_sts::Client {
         .region(Region::new(settings.region.clone()))
         .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
         .retry_classifier(NoRetryAfterLostAnswer)
+        // STS's request and answer are a few kilobytes: the operation
+        // timeout bounds a stalled one, without a throughput monitor (and its
+        // timers) on every body.
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(settings.connect_timeout())
