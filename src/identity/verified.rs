@@ -114,6 +114,12 @@ mod tests {
     struct Published(Mutex<Option<(String, Arc<DecodingKey>)>>);
 
     impl Published {
+        fn with(key: &SigningKey) -> Arc<Published> {
+            let published = Arc::new(Published(Mutex::new(None)));
+            published.set(Some(key));
+            published
+        }
+
         fn set(&self, key: Option<&SigningKey>) {
             *self.0.lock().unwrap() = key.map(|k| (k.kid().to_owned(), Arc::new(k.decoding_key())));
         }
@@ -164,8 +170,7 @@ mod tests {
     #[tokio::test]
     async fn a_remembered_token_is_refused_once_its_key_is_no_longer_published() {
         let (key, other) = (signing_key(), signing_key());
-        let published = Arc::new(Published(Mutex::new(None)));
-        published.set(Some(&key));
+        let published = Published::with(&key);
         let verifier = verifier(published.clone());
         let token = token(&key, "user:default/jane", 600);
         for _ in 0..2 {
@@ -193,9 +198,7 @@ mod tests {
     #[tokio::test]
     async fn a_remembered_token_is_refused_once_it_expires() {
         let key = signing_key();
-        let published = Arc::new(Published(Mutex::new(None)));
-        published.set(Some(&key));
-        let verifier = verifier(published);
+        let verifier = verifier(Published::with(&key));
         let token = token(&key, "user:default/jane", 1);
         assert!(verifier.verify(&token).await.is_ok());
         tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -208,9 +211,7 @@ mod tests {
     #[tokio::test]
     async fn only_the_same_bytes_are_remembered_and_only_once_accepted() {
         let key = signing_key();
-        let published = Arc::new(Published(Mutex::new(None)));
-        published.set(Some(&key));
-        let verifier = verifier(published);
+        let verifier = verifier(Published::with(&key));
         // Refused tokens are not remembered: a group subject fails the same
         // way the second time.
         let group = token(&key, "group:default/admins", 600);
