@@ -1,9 +1,10 @@
 //! The audit chain store over the shared [`Database`] handle, with one behaviour
 //! on SQLite and PostgreSQL:
 //!
-//! - Appends go through one writer task per process that groups every pending
-//!   append into one transaction (group commit): one fsync serves many requests,
-//!   and no caller is answered before its records are committed.
+//! - Appends go through one writer per process (PostgreSQL: a task here;
+//!   SQLite: a thread, `sqlite_writer.rs`) that groups every pending append
+//!   into one transaction (group commit): one fsync serves many requests, and
+//!   no caller is answered before its records are committed.
 //! - Each transaction takes the chain lock first (SQLite: `BEGIN IMMEDIATE`;
 //!   PostgreSQL: `SELECT … FOR UPDATE` on the single `audit_chain` row), reads the
 //!   head, and seals each record onto it. Instances sharing a database therefore
