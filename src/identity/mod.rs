@@ -262,13 +262,18 @@ impl Verifier {
         }
         let fingerprint = verified::fingerprint(token);
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let verified = match self.verified.get(&fingerprint, &self.issuers, now).await {
-            Some(verified) => verified,
-            None => self.check_signature(token, now).await?,
+        let (verified, remembered) = match self.verified.get(&fingerprint, &self.issuers, now).await
+        {
+            Some(verified) => (verified, true),
+            None => (self.check_signature(token, now).await?, false),
         };
         let issuer = &self.issuers[verified.issuer];
         let principal = principal(issuer, &verified.claims).await?;
-        self.verified.remember(fingerprint, verified);
+        // Only a fresh verification is remembered: inserting again on every
+        // hit would also restart its time to live, past REMEMBERED_FOR.
+        if !remembered {
+            self.verified.remember(fingerprint, verified);
+        }
         Ok(principal)
     }
 
