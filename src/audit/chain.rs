@@ -400,6 +400,53 @@ mod tests {
         );
     }
 
+    const GOLDEN_ENCODING: &str = r#"["stackpass-audit-v1",42,"0193a5b2-7c1e-7d3f-8a2b-1c2d3e4f5a6b","2026-11-29T08:00:01.123456Z","issued","issued","req \"quoted\" \\ back","0193a5b2-0000-7000-8000-000000000001","user:default/jané","user","agent:ci\n\t\u0001","https://backstage.example/api/auth","acme/payments/prod","{\"owner\":\"group:default/payments\",\"env\":\"prod\"}","payments-api","group:default/payments","owners-deploy","aws","arn:aws:iam::123456789012:role/deploy",-900,"2026-11-29T08:15:01Z","ASIAEXAMPLE","192.0.2.7","{\"note\":\"über \\\"x\\\"\"}","abababababababababababababababababababababababababababababababab"]"#;
+    const GOLDEN_HASH: &str = "6340bddeec1a723300dd60973a0de3e61cf3532eaa96c2c5d47774ea6c12f518";
+
+    /// Logs written by earlier versions must still verify: the encoding's
+    /// exact bytes and the hash are pinned for a record with every field set
+    /// and text that needs escaping.
+    #[test]
+    fn the_encoding_and_hash_of_a_full_record_are_stable() {
+        let record = StoredRecord {
+            seq: 42,
+            record_id: "0193a5b2-7c1e-7d3f-8a2b-1c2d3e4f5a6b".into(),
+            recorded_at: "2026-11-29T08:00:01.123456Z".into(),
+            event: "issued".into(),
+            outcome: "issued".into(),
+            request_id: "req \"quoted\" \\ back".into(),
+            issuance_id: Some("0193a5b2-0000-7000-8000-000000000001".into()),
+            requester: Some("user:default/jané".into()),
+            requester_kind: Some("user".into()),
+            actor: Some("agent:ci\n\t\u{1}".into()),
+            issuer: Some("https://backstage.example/api/auth".into()),
+            stack: Some("acme/payments/prod".into()),
+            tags: Some(r#"{"owner":"group:default/payments","env":"prod"}"#.into()),
+            component: Some("payments-api".into()),
+            owner: Some("group:default/payments".into()),
+            rule: Some("owners-deploy".into()),
+            provider: Some("aws".into()),
+            role: Some("arn:aws:iam::123456789012:role/deploy".into()),
+            duration_seconds: Some(-900),
+            expires_at: Some("2026-11-29T08:15:01Z".into()),
+            credential_id: Some("ASIAEXAMPLE".into()),
+            client_addr: Some("192.0.2.7".into()),
+            detail: Some(r#"{"note":"über \"x\""}"#.into()),
+            prev_hash: "ab".repeat(32),
+            hash: String::new(),
+        };
+        assert_eq!(record.canonical_encoding(), GOLDEN_ENCODING);
+        assert_eq!(record.compute_hash(), GOLDEN_HASH);
+        let sparse = StoredRecord {
+            record_id: "r".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            sparse.canonical_encoding(),
+            r#"["stackpass-audit-v1",0,"r","","","","",null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,""]"#
+        );
+    }
+
     #[test]
     fn the_encoding_distinguishes_null_from_empty_and_covers_every_field() {
         let mut a = chain(1).remove(0);
