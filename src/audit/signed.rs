@@ -90,15 +90,12 @@ pub fn sign_checkpoint(
     now: OffsetDateTime,
 ) -> Result<String, SignedCheckpointError> {
     let key = keys.signing().next().ok_or(SignedCheckpointError::NoKey)?;
-    let mut header = jsonwebtoken::Header::new(jwt_algorithm(key.algorithm()));
-    header.kid = Some(key.kid().to_owned());
-    header.typ = Some(TYP.to_owned());
     let claims = Claims {
         iss: issuer_url.to_owned(),
         iat: now.unix_timestamp(),
         checkpoint: checkpoint.to_string(),
     };
-    jsonwebtoken::encode(&header, &claims, key.encoding_key())
+    key.sign_jwt(&claims, Some(TYP))
         .map_err(|e| SignedCheckpointError::Signing(e.to_string()))
 }
 
@@ -154,6 +151,7 @@ pub fn verify_signed_checkpoint(
 mod tests {
     use super::*;
     use crate::issuer::SigningKey;
+    use secrecy::ExposeSecret;
 
     fn ring() -> KeyRing {
         KeyRing::single(SigningKey::random(SigningAlgorithm::Es256).unwrap().0)
@@ -212,12 +210,10 @@ mod tests {
             iat: 1,
             checkpoint: checkpoint().to_string(),
         };
-        let impostor = jsonwebtoken::encode(
-            &header,
-            &claims,
-            other.signing().next().unwrap().encoding_key(),
-        )
-        .unwrap();
+        let (_, other_pem) = SigningKey::random(SigningAlgorithm::Es256).unwrap();
+        let other_key =
+            jsonwebtoken::EncodingKey::from_ec_pem(other_pem.expose_secret().as_bytes()).unwrap();
+        let impostor = jsonwebtoken::encode(&header, &claims, &other_key).unwrap();
         assert!(matches!(
             verify_signed_checkpoint(&impostor, &jwks(&keys)),
             Err(SignedCheckpointError::BadSignature(_))

@@ -48,8 +48,6 @@ pub fn dev_token(config: &Config, args: &DevTokenArgs) -> Result<String, CliErro
     if let Some(actor) = &args.actor {
         claims["act"] = serde_json::json!({ "sub": actor });
     }
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some(key.kid().to_owned());
-    jsonwebtoken::encode(&header, &claims, key.encoding_key())
-        .map_err(|e| CliError::plain(format!("could not sign: {e}")))
+    key.sign_jwt(&claims, None)
+        .map_err(|e| CliError::plain(e.to_string()))
 }

@@ -99,7 +99,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use jsonwebtoken::{Algorithm, DecodingKey, Header};
+    use jsonwebtoken::{Algorithm, DecodingKey};
     use secrecy::SecretString;
     use serde_json::json;
     use stackpass_provider::SigningAlgorithm;
@@ -156,11 +156,9 @@ mod tests {
 
     fn token(key: &SigningKey, sub: &str, lifetime: i64) -> SecretString {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(key.kid().to_owned());
         let claims = json!({ "iss": "https://issuer.test", "aud": "stackpass", "sub": sub,
             "iat": now, "exp": now + lifetime });
-        SecretString::from(jsonwebtoken::encode(&header, &claims, key.encoding_key()).unwrap())
+        SecretString::from(key.sign_jwt(&claims, None).unwrap())
     }
 
     fn signing_key() -> SigningKey {

@@ -326,9 +326,8 @@ impl Issuer {
             },
             provider: &request.provider.claims,
         };
-        let mut header = jsonwebtoken::Header::new(signing_key::jwt_algorithm(request.algorithm));
-        header.kid = Some(key.kid().to_owned());
-        let token = jsonwebtoken::encode(&header, &claims, key.encoding_key())
+        let token = key
+            .sign_jwt(&claims, None)
             .map_err(|e| IssuerError::Signing(e.to_string()))?;
         Ok(SubjectToken {
             token: SecretString::from(token),
@@ -344,16 +343,9 @@ impl Issuer {
         let mut tested = 0;
         for key in ring.signing() {
             let algorithm = signing_key::jwt_algorithm(key.algorithm());
-            let mut header = jsonwebtoken::Header::new(algorithm);
-            header.kid = Some(key.kid().to_owned());
-            let token = jsonwebtoken::encode(
-                &header,
-                &serde_json::json!({ "iss": self.issuer_url }),
-                key.encoding_key(),
-            )
-            .map_err(|e| {
-                IssuerError::Signing(format!("{} key {}: {e}", key.algorithm(), key.kid()))
-            })?;
+            let token = key
+                .sign_jwt(&serde_json::json!({ "iss": self.issuer_url }), None)
+                .map_err(|e| IssuerError::Signing(format!("{} key: {e}", key.algorithm())))?;
             let mut validation = jsonwebtoken::Validation::new(algorithm);
             validation.required_spec_claims.clear();
             validation.validate_exp = false;

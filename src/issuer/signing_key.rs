@@ -2,15 +2,22 @@
 //! bits), kept as a 0600 PKCS#8 PEM file (or a root-owned 0640 one, as a
 //! Kubernetes Secret is mounted) and published as a JWK whose `kid` is
 //! its RFC 7638 thumbprint (so the same key always has the same `kid`, on every
-//! replica). The private half lives only in `secrecy` types and jsonwebtoken's
-//! `EncodingKey`; no error or log line ever carries it.
+//! replica). The private half lives only in `secrecy` types and ring's parsed
+//! key pair; no error or log line ever carries it.
+//!
+//! Tokens are signed here rather than with `jsonwebtoken::encode`: that takes
+//! the key as PKCS#8 bytes and parses it again on every signature, which for
+//! P-256 derives the public point (a scalar multiplication as costly as the
+//! signature itself) and for RSA re-validates the key. The key pair is parsed
+//! once, at load; the token is the same compact JWS (RFC 7515) jsonwebtoken
+//! writes and verifies.
 
 use std::io::Write;
 use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use jsonwebtoken::DecodingKey;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use rsa::traits::PublicKeyParts;
@@ -59,6 +66,8 @@ pub enum SigningKeyError {
         algorithm: SigningAlgorithm,
         message: String,
     },
+    #[error("could not sign a token with key {kid}: {message}")]
+    Signing { kid: String, message: String },
 }
 
 /// The public half as the JWK members that identify it.
@@ -68,9 +77,36 @@ enum PublicKey {
     Rsa { n: String, e: String },
 }
 
+/// The private half, parsed once.
+enum KeyPair {
+    Ecdsa(ring::signature::EcdsaKeyPair),
+    Rsa(ring::signature::RsaKeyPair),
+}
+
+impl KeyPair {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, ring::error::Unspecified> {
+        let random = ring::rand::SystemRandom::new();
+        match self {
+            KeyPair::Ecdsa(pair) => pair
+                .sign(&random, message)
+                .map(|signature| signature.as_ref().to_vec()),
+            KeyPair::Rsa(pair) => {
+                let mut signature = vec![0; pair.public().modulus_len()];
+                pair.sign(
+                    &ring::signature::RSA_PKCS1_SHA256,
+                    &random,
+                    message,
+                    &mut signature,
+                )?;
+                Ok(signature)
+            }
+        }
+    }
+}
+
 pub struct SigningKey {
     algorithm: SigningAlgorithm,
-    encoding: EncodingKey,
+    pair: KeyPair,
     kid: String,
     public: PublicKey,
 }
@@ -113,7 +149,7 @@ impl SigningKey {
     /// names what was expected, never the key.
     fn from_pem(algorithm: SigningAlgorithm, pem: &SecretString) -> Result<Self, &'static str> {
         let invalid = expected(algorithm);
-        let (public, encoding) = match algorithm {
+        let (public, pair) = match algorithm {
             SigningAlgorithm::Es256 => {
                 let secret =
                     p256::SecretKey::from_pkcs8_pem(pem.expose_secret()).map_err(|_| invalid)?;
@@ -122,9 +158,14 @@ impl SigningKey {
                     x: URL_SAFE_NO_PAD.encode(point.x().ok_or(invalid)?),
                     y: URL_SAFE_NO_PAD.encode(point.y().ok_or(invalid)?),
                 };
-                let encoding = EncodingKey::from_ec_pem(pem.expose_secret().as_bytes())
-                    .map_err(|_| invalid)?;
-                (public, encoding)
+                let der = secret.to_pkcs8_der().map_err(|_| invalid)?;
+                let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    der.as_bytes(),
+                    &ring::rand::SystemRandom::new(),
+                )
+                .map_err(|_| invalid)?;
+                (public, KeyPair::Ecdsa(pair))
             }
             SigningAlgorithm::Rs256 => {
                 let secret =
@@ -134,14 +175,15 @@ impl SigningKey {
                     return Err(invalid);
                 }
                 let public = rsa_members(&secret.to_public_key());
-                let encoding = EncodingKey::from_rsa_pem(pem.expose_secret().as_bytes())
-                    .map_err(|_| invalid)?;
-                (public, encoding)
+                let der = secret.to_pkcs8_der().map_err(|_| invalid)?;
+                let pair =
+                    ring::signature::RsaKeyPair::from_pkcs8(der.as_bytes()).map_err(|_| invalid)?;
+                (public, KeyPair::Rsa(pair))
             }
         };
         Ok(SigningKey {
             algorithm,
-            encoding,
+            pair,
             kid: thumbprint(&public),
             public,
         })
@@ -242,8 +284,34 @@ impl SigningKey {
         &self.kid
     }
 
-    pub fn encoding_key(&self) -> &EncodingKey {
-        &self.encoding
+    /// `claims` as a compact JWS signed by this key, its header naming the
+    /// key's algorithm and `kid`, with `typ` "JWT" unless another is given.
+    pub fn sign_jwt<T: serde::Serialize>(
+        &self,
+        claims: &T,
+        typ: Option<&str>,
+    ) -> Result<String, SigningKeyError> {
+        let failed = |message: String| SigningKeyError::Signing {
+            kid: self.kid.clone(),
+            message,
+        };
+        let mut header = jsonwebtoken::Header::new(jwt_algorithm(self.algorithm));
+        header.kid = Some(self.kid.clone());
+        if let Some(typ) = typ {
+            header.typ = Some(typ.to_owned());
+        }
+        let header = serde_json::to_vec(&header).map_err(|e| failed(e.to_string()))?;
+        let claims = serde_json::to_vec(claims).map_err(|e| failed(e.to_string()))?;
+        let mut token = URL_SAFE_NO_PAD.encode(header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut token);
+        let signature = self
+            .pair
+            .sign(token.as_bytes())
+            .map_err(|_| failed("the signature failed".into()))?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
     }
 
     pub fn decoding_key(&self) -> DecodingKey {
@@ -413,12 +481,13 @@ mod tests {
 
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = Some(key.kid().to_owned());
-        let token = jsonwebtoken::encode(
-            &header,
-            &serde_json::json!({"sub": "x", "exp": 4_000_000_000u64}),
-            key.encoding_key(),
-        )
-        .unwrap();
+        let token = key
+            .sign_jwt(
+                &serde_json::json!({"sub": "x", "exp": 4_000_000_000u64}),
+                None,
+            )
+            .unwrap();
+        assert_eq!(jsonwebtoken::decode_header(&token).unwrap(), header);
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.required_spec_claims.clear();
         jsonwebtoken::decode::<serde_json::Value>(&token, &key.decoding_key(), &validation)
