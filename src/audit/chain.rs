@@ -59,40 +59,16 @@ pub struct StoredRecord {
 
 impl StoredRecord {
     pub fn canonical_encoding(&self) -> String {
-        let text = |s: &Option<String>| s.as_deref().map_or(serde_json::Value::Null, |s| s.into());
-        serde_json::Value::Array(vec![
-            ENCODING_VERSION.into(),
-            self.seq.into(),
-            self.record_id.as_str().into(),
-            self.recorded_at.as_str().into(),
-            self.event.as_str().into(),
-            self.outcome.as_str().into(),
-            self.request_id.as_str().into(),
-            text(&self.issuance_id),
-            text(&self.requester),
-            text(&self.requester_kind),
-            text(&self.actor),
-            text(&self.issuer),
-            text(&self.stack),
-            text(&self.tags),
-            text(&self.component),
-            text(&self.owner),
-            text(&self.rule),
-            text(&self.provider),
-            text(&self.role),
-            self.duration_seconds
-                .map_or(serde_json::Value::Null, Into::into),
-            text(&self.expires_at),
-            text(&self.credential_id),
-            text(&self.client_addr),
-            text(&self.detail),
-            self.prev_hash.as_str().into(),
-        ])
-        .to_string()
+        serde_json::to_string(&Canonical(self)).expect("text and integers always serialize")
     }
 
     pub fn compute_hash(&self) -> String {
-        hex(&Sha256::digest(self.canonical_encoding().as_bytes()))
+        // The encoding goes straight into the hash, unbuffered: the writer
+        // seals every record in its one thread.
+        let mut hasher = Sha256::new();
+        serde_json::to_writer(&mut hasher, &Canonical(self))
+            .expect("text and integers always serialize");
+        hex(&hasher.finalize())
     }
 
     /// Places the record after (`seq`, `prev_hash`) and seals it with its hash.
@@ -103,8 +79,52 @@ impl StoredRecord {
     }
 }
 
+/// A record as the canonical encoding's JSON array. serde_json writes each
+/// element exactly as it writes the same `serde_json::Value`.
+struct Canonical<'a>(&'a StoredRecord);
+
+impl serde::Serialize for Canonical<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let r = self.0;
+        let mut array = serializer.serialize_seq(Some(25))?;
+        array.serialize_element(ENCODING_VERSION)?;
+        array.serialize_element(&r.seq)?;
+        array.serialize_element(&r.record_id)?;
+        array.serialize_element(&r.recorded_at)?;
+        array.serialize_element(&r.event)?;
+        array.serialize_element(&r.outcome)?;
+        array.serialize_element(&r.request_id)?;
+        array.serialize_element(&r.issuance_id)?;
+        array.serialize_element(&r.requester)?;
+        array.serialize_element(&r.requester_kind)?;
+        array.serialize_element(&r.actor)?;
+        array.serialize_element(&r.issuer)?;
+        array.serialize_element(&r.stack)?;
+        array.serialize_element(&r.tags)?;
+        array.serialize_element(&r.component)?;
+        array.serialize_element(&r.owner)?;
+        array.serialize_element(&r.rule)?;
+        array.serialize_element(&r.provider)?;
+        array.serialize_element(&r.role)?;
+        array.serialize_element(&r.duration_seconds)?;
+        array.serialize_element(&r.expires_at)?;
+        array.serialize_element(&r.credential_id)?;
+        array.serialize_element(&r.client_addr)?;
+        array.serialize_element(&r.detail)?;
+        array.serialize_element(&r.prev_hash)?;
+        array.end()
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(DIGITS[usize::from(byte >> 4)].into());
+        text.push(DIGITS[usize::from(byte & 0x0f)].into());
+    }
+    text
 }
 
 /// Where a chain starts: the genesis, or the seal left by retention pruning.
