@@ -11,7 +11,6 @@
 //! only when asked to explicitly.
 
 use serde::{Deserialize, Serialize};
-use stackpass_provider::SigningAlgorithm;
 use time::OffsetDateTime;
 
 use super::Checkpoint;
@@ -73,13 +72,6 @@ pub struct CheckpointSigner {
     pub kid: String,
     pub issuer: String,
     pub signed_at: OffsetDateTime,
-}
-
-fn jwt_algorithm(algorithm: SigningAlgorithm) -> jsonwebtoken::Algorithm {
-    match algorithm {
-        SigningAlgorithm::Es256 => jsonwebtoken::Algorithm::ES256,
-        SigningAlgorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
-    }
 }
 
 /// Signs `checkpoint` with the ring's first signing key (ES256 when there is one).
@@ -152,6 +144,7 @@ mod tests {
     use super::*;
     use crate::issuer::SigningKey;
     use secrecy::ExposeSecret;
+    use stackpass_provider::SigningAlgorithm;
 
     fn ring() -> KeyRing {
         KeyRing::single(SigningKey::random(SigningAlgorithm::Es256).unwrap().0)

@@ -118,13 +118,12 @@ macro_rules! chain_head {
     }};
 }
 
-/// Seals `$records` onto the head and inserts them.
+/// Seals `$records` (stored records, owned) onto the head and inserts them.
 macro_rules! append_locked {
     ($conn:expr, $records:expr) => {{
         let (mut seq, mut prev_hash) = chain_head!($conn);
         let mut sealed: Vec<StoredRecord> = Vec::new();
-        for record in $records {
-            let mut stored = record.to_stored();
+        for mut stored in $records {
             seq += 1;
             stored.seal(seq, &prev_hash);
             prev_hash = stored.hash.clone();
@@ -305,7 +304,9 @@ fn read_error(e: sqlx::Error) -> AuditError {
 }
 
 pub(super) struct PendingAppend {
-    pub records: Vec<AuditRecord>,
+    /// Converted by the caller, so the writer (one at a time) only seals and
+    /// inserts them.
+    pub records: Vec<StoredRecord>,
     pub done: oneshot::Sender<Result<(), AuditError>>,
 }
 
@@ -360,9 +361,9 @@ impl SqlAuditStore {
         SqlAuditStore { db, writer }
     }
 
-    async fn append_batch(db: &Database, records: &[&AuditRecord]) -> Result<(), AuditError> {
+    async fn append_batch(db: &Database, records: &[&StoredRecord]) -> Result<(), AuditError> {
         with_chain_lock!(db, conn => {
-            append_locked!(conn, records);
+            append_locked!(conn, records.iter().map(|&record| record.clone()));
             Ok(())
         })
     }
@@ -498,7 +499,7 @@ impl SqlAuditStore {
                 "pruned_through_hash": sealed_hash,
                 "recorded_before": cutoff,
             }));
-            append_locked!(conn, [&record]);
+            append_locked!(conn, [record.to_stored()]);
             Ok(PruneReport {
                 records_pruned: deleted,
                 sealed_at: Some(Checkpoint { seq: sealed_seq, hash: sealed_hash }),
@@ -531,7 +532,7 @@ pub(super) fn observe_commit(
 async fn write_loop(db: Database, mut queue: mpsc::Receiver<PendingAppend>) {
     while let Some(first) = queue.recv().await {
         let batch = collect_batch(first, || queue.try_recv().ok());
-        let records: Vec<&AuditRecord> = batch.iter().flat_map(|p| p.records.iter()).collect();
+        let records: Vec<&StoredRecord> = batch.iter().flat_map(|p| p.records.iter()).collect();
         let started = std::time::Instant::now();
         let result = SqlAuditStore::append_batch(&db, &records).await;
         observe_commit("postgres", started, batch.len(), result.is_ok());
@@ -540,7 +541,7 @@ async fn write_loop(db: Database, mut queue: mpsc::Receiver<PendingAppend>) {
             // others': commit each append on its own, so only that one fails.
             Err(AuditError::Unstorable(_)) if batch.len() > 1 => {
                 for pending in batch {
-                    let records: Vec<&AuditRecord> = pending.records.iter().collect();
+                    let records: Vec<&StoredRecord> = pending.records.iter().collect();
                     let result = SqlAuditStore::append_batch(&db, &records).await;
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "audit append failed");
@@ -565,6 +566,7 @@ impl AuditStore for SqlAuditStore {
     async fn append(&self, records: Vec<AuditRecord>) -> Result<(), AuditError> {
         let (done, answer) = oneshot::channel();
         let gone = || AuditError::Write("the audit writer has stopped".into());
+        let records = records.iter().map(AuditRecord::to_stored).collect();
         self.writer
             .send(PendingAppend { records, done })
             .await
@@ -590,7 +592,7 @@ impl AuditStore for SqlAuditStore {
             for statement in &change.then {
                 execute_statement!(conn, statement);
             }
-            append_locked!(conn, records.iter());
+            append_locked!(conn, records.iter().map(AuditRecord::to_stored));
             Ok(true)
         })
     }
@@ -598,7 +600,7 @@ impl AuditStore for SqlAuditStore {
     async fn ping(&self) -> Result<(), AuditError> {
         let probe = AuditRecord::new(AuditEvent::Decision, Outcome::Allowed, "readiness-probe");
         with_chain_lock!(&self.db, conn => {
-            append_locked!(conn, [&probe]);
+            append_locked!(conn, [probe.to_stored()]);
             Ok(())
         }, then rollback)?;
         let now = format_timestamp(OffsetDateTime::now_utc());
