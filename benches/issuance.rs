@@ -16,6 +16,8 @@
 //!   C connections, latency-corrected (latency counts from when a request was
 //!   due, so queueing is not hidden), requests in flight at the end awaited.
 //!   oha comes from `scripts/bench-tools` (crates.io, into target/, once).
+//!   First it measures the disk's fdatasync (`disk.rs`): every commit waits
+//!   for one and an issuance commits twice, so that is the latency floor.
 //! - `soak`: BENCH_SOAK_MINUTES of wrk at C connections in back-to-back 30 s
 //!   windows, each with its rate, latency and the broker's resident memory;
 //!   then the first window beside the last.
@@ -56,6 +58,8 @@
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
 
+#[path = "issuance/disk.rs"]
+mod disk;
 #[path = "issuance/load.rs"]
 mod load;
 #[path = "issuance/procfs.rs"]
@@ -286,6 +290,14 @@ async fn fixed_rate(knobs: &Knobs, oha: &std::path::Path) {
     println!(
         "\n## fixed-rate: oha -q {} -c {} -z {}s --latency-correction (open loop)",
         knobs.rate, knobs.connections, knobs.seconds
+    );
+    let floor = tokio::task::spawn_blocking(disk::fdatasync_latency)
+        .await
+        .expect("the disk probe");
+    println!(
+        "disk: fdatasync of an 8 KB append p50 {:.2} ms, p99 {:.2} ms; an issuance waits for two",
+        ms(floor.p50),
+        ms(floor.p99)
     );
     println!(
         "{:<9} {:>10} {:>7} {:>7} {:>8} {:>7} {}",
