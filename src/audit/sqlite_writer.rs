@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use super::store::{collect_batch, observe_commit, PendingAppend, COLUMNS};
+use super::store::{collect_batch, observe_commit, PendingAppend, CHAIN_HEAD, COLUMNS};
 use super::AuditError;
 
 /// How long the checkpointer lets commits gather before it copies them: one
@@ -165,11 +165,7 @@ fn append(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(write_error)?;
     let (mut seq, mut prev_hash): (i64, String) = transaction
-        .prepare_cached(
-            "SELECT COALESCE((SELECT seq FROM audit_records ORDER BY seq DESC LIMIT 1), start_seq - 1), \
-                    COALESCE((SELECT hash FROM audit_records ORDER BY seq DESC LIMIT 1), start_prev_hash) \
-             FROM audit_chain WHERE id = 1",
-        )
+        .prepare_cached(CHAIN_HEAD)
         .and_then(|mut head| head.query_row([], |row| Ok((row.get(0)?, row.get(1)?))))
         .map_err(write_error)?;
     {

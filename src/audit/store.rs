@@ -101,20 +101,20 @@ macro_rules! with_chain_lock {
 }
 
 /// The chain's head inside a locked transaction: the last record, or where the
-/// chain starts if no record is stored yet.
+/// chain starts if no record is stored yet. One statement, so one round trip
+/// to PostgreSQL; SQLite's writer runs the same text.
+pub(super) const CHAIN_HEAD: &str =
+    "SELECT COALESCE((SELECT seq FROM audit_records ORDER BY seq DESC LIMIT 1), start_seq - 1), \
+            COALESCE((SELECT hash FROM audit_records ORDER BY seq DESC LIMIT 1), start_prev_hash) \
+     FROM audit_chain WHERE id = 1";
+
 macro_rules! chain_head {
     ($conn:expr) => {{
-        let (start_seq, start_prev_hash): (i64, String) =
-            sqlx::query_as("SELECT start_seq, start_prev_hash FROM audit_chain WHERE id = 1")
-                .fetch_one(&mut *$conn)
-                .await
-                .map_err(write_error)?;
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *$conn)
-                .await
-                .map_err(write_error)?;
-        head.unwrap_or((start_seq - 1, start_prev_hash))
+        let head: (i64, String) = sqlx::query_as(CHAIN_HEAD)
+            .fetch_one(&mut *$conn)
+            .await
+            .map_err(write_error)?;
+        head
     }};
 }
 
