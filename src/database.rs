@@ -224,9 +224,10 @@ mod tests {
         );
     }
 
-    /// Migration 0008 rebuilds SQLite's audit table without the hash index: a
-    /// log written before it must come through whole, still verify, still
-    /// refuse edits, and take new appends on the same chain.
+    /// Migration 0008 rebuilds SQLite's audit table without the hash index (and
+    /// 0009 makes two indexes partial): a log written before them must come
+    /// through whole, still verify, still refuse edits, and take new appends
+    /// on the same chain.
     #[tokio::test]
     async fn the_audit_table_rebuild_keeps_the_chain_and_its_guards() {
         use crate::audit::{AuditEvent, AuditRecord, AuditStore, Outcome, SqlAuditStore};
@@ -280,21 +281,24 @@ mod tests {
             let refused = sqlx::query(edit).execute(pool).await.unwrap_err();
             assert!(refused.to_string().contains("append-only"), "{refused}");
         }
-        let indexed: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM pragma_index_list('audit_records') ORDER BY name")
-                .fetch_all(pool)
-                .await
-                .unwrap();
+        let indexed: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT name, partial FROM pragma_index_list('audit_records') ORDER BY name",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let indexed: Vec<(&str, bool)> = indexed.iter().map(|(n, p)| (n.as_str(), *p)).collect();
         assert_eq!(
             indexed,
             [
-                "audit_records_actor",
-                "audit_records_credential",
-                "audit_records_recorded_at",
-                "audit_records_requester",
-                "audit_records_stack",
+                // Partial since 0009: only records that name one.
+                ("audit_records_actor", true),
+                ("audit_records_credential", true),
+                ("audit_records_recorded_at", false),
+                ("audit_records_requester", false),
+                ("audit_records_stack", false),
                 // record_id UNIQUE; no index on hash any more.
-                "sqlite_autoindex_audit_records_1",
+                ("sqlite_autoindex_audit_records_1", false),
             ]
         );
     }
