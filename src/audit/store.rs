@@ -314,16 +314,24 @@ pub(super) struct PendingAppend {
 /// appends one transaction commits.
 pub(super) fn collect_batch(
     first: PendingAppend,
-    mut next: impl FnMut() -> Option<PendingAppend>,
+    next: impl FnMut() -> Option<PendingAppend>,
 ) -> Vec<PendingAppend> {
     let mut batch = vec![first];
+    fill_batch(&mut batch, next);
+    batch
+}
+
+/// Adds whatever is waiting (`next`) to `batch`, up to `MAX_BATCH`.
+pub(super) fn fill_batch(
+    batch: &mut Vec<PendingAppend>,
+    mut next: impl FnMut() -> Option<PendingAppend>,
+) {
     while batch.len() < MAX_BATCH {
         match next() {
             Some(pending) => batch.push(pending),
             None => break,
         }
     }
-    batch
 }
 
 /// What retention pruning did.
