@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use super::store::{collect_batch, fill_batch, observe_commit, PendingAppend, CHAIN_HEAD, COLUMNS};
+use super::store::{
+    collect_batch, fill_batch, observe_commit, PendingAppend, CHAIN_HEAD, COLUMNS, MAX_BATCH,
+};
 use super::AuditError;
 
 /// When appends arrive together (more than one was already waiting), the
@@ -56,7 +58,7 @@ fn write_loop(path: PathBuf, busy_timeout: Duration, mut queue: mpsc::Receiver<P
     let mut connection: Option<Connection> = None;
     while let Some(first) = queue.blocking_recv() {
         let mut batch = collect_batch(first, || queue.try_recv().ok());
-        if batch.len() > 1 {
+        if (2..MAX_BATCH).contains(&batch.len()) {
             std::thread::sleep(GATHER);
             fill_batch(&mut batch, || queue.try_recv().ok());
         }

@@ -33,7 +33,7 @@ use crate::metrics as metrics_names;
 
 /// At most this many appends share one transaction; bounded so that one batch
 /// stays well inside SQLite's limit on bound parameters.
-const MAX_BATCH: usize = 128;
+pub(super) const MAX_BATCH: usize = 128;
 const PAGE: u32 = 1000;
 pub(super) const COLUMNS: &str = "seq, record_id, recorded_at, event, outcome, request_id, issuance_id, requester, \
      requester_kind, actor, issuer, stack, tags, component, owner, rule, provider, role, duration_seconds, \
