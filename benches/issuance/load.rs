@@ -54,14 +54,24 @@ pub async fn wrk(request: &Request, connections: usize, seconds: u64) -> Report 
         .output()
         .await
         .unwrap_or_else(|e| panic!("wrk: {e}; apt-get install wrk"));
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    clean_report("wrk", &output, parse_wrk)
+}
+
+/// A load generator's report: it must have exited 0, and every request it
+/// sent must have succeeded.
+fn clean_report(
+    generator: &str,
+    output: &std::process::Output,
+    parse: fn(&str) -> Report,
+) -> Report {
+    let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "wrk failed: {}{text}",
+        "{generator} failed: {}{text}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report = parse_wrk(&text);
-    report.assert_clean("wrk", &text);
+    let report = parse(&text);
+    report.assert_clean(generator, &text);
     report
 }
 
@@ -172,15 +182,7 @@ pub async fn oha(
         .output()
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", oha.display()));
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "oha failed: {}{text}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = parse_oha(&text);
-    report.assert_clean("oha", &text);
-    report
+    clean_report("oha", &output, parse_oha)
 }
 
 /// oha's JSON report: latencies in seconds, answers by status code, errors
